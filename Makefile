@@ -1,0 +1,57 @@
+# Two commands on a fresh machine: `make test` and `make bench`.
+# Each does its whole set-up itself, idempotently (apt packages, .venv, the
+# project in editable mode, tox, the BPF objects).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl
+STAMP := $(VENV)/.installed
+
+.PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro lint clean
+
+setup: apt venv bpf
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml build_bpf.py
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	$(VPY) -m pip install -q -e '.[export,harness,test]' tox==4.67.15
+	touch $@
+
+venv: apt $(STAMP)
+
+bpf: apt
+	$(MAKE) -s -C tracer/bpf
+
+test: setup
+	$(VENV)/bin/tox -e py311,lint
+
+unit: setup
+	$(VPY) -m pytest tests/unit -q
+
+kernel: setup
+	$(VPY) -m pytest tests/kernel -q
+
+e2e: setup
+	$(VPY) -m pytest tests/e2e -q
+
+# The main job: the default benchmark scenario, short, report under reports/.
+bench: setup
+	$(VPY) -m harness bench --out reports
+
+bench-micro: setup
+	$(VENV)/bin/tox -e bench
+
+lint: setup
+	$(VENV)/bin/tox -e lint
+
+clean:
+	$(MAKE) -C tracer/bpf clean
+	rm -rf .tox build dist *.egg-info

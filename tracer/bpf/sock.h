@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * sock.h: the event layout shared by sock.bpf.c and tracer/events.py.
+ * It is the single source of truth; tests/unit/test_events_btf.py checks the
+ * Python mirror against the BTF of the compiled object. Fixed-width types and
+ * explicit padding only (built with -Wpadded).
+ */
+#ifndef __TRACER_SOCK_H
+#define __TRACER_SOCK_H
+
+/* Event structs must have explicit padding: the layout is an ABI. */
+#pragma clang diagnostic push
+#pragma clang diagnostic error "-Wpadded"
+
+#define TASK_COMM_LEN 16
+/* Upper bound of the per-event payload capture; the default is capture_bytes. */
+#define MAX_PAYLOAD 4096
+/* Only the first few iovecs of readv/writev/recvmsg/sendmsg are copied. */
+#define MAX_IOV 4
+
+enum event_type {
+	EVENT_OPEN = 1,  /* accept/connect returned, or first sight of an open socket */
+	EVENT_DATA = 2,  /* read/write-family syscall moved bytes */
+	EVENT_CLOSE = 3, /* close(fd) on a tracked socket */
+};
+
+enum conn_role {
+	ROLE_UNKNOWN = 0, /* socket opened before the tracer started */
+	ROLE_SERVER = 1,  /* from accept() */
+	ROLE_CLIENT = 2,  /* from connect() */
+};
+
+enum data_dir {
+	DIR_EGRESS = 0,  /* write, writev, sendto, sendmsg */
+	DIR_INGRESS = 1, /* read, readv, recvfrom, recvmsg */
+};
+
+/* Per-CPU counters, read by the loader; every loss is counted here. */
+enum counter {
+	CTR_EVENTS = 0,      /* events the kernel side tried to submit */
+	CTR_DROPPED = 1,     /* ring buffer full: bpf_ringbuf_output failed */
+	CTR_READ_FAULT = 2,  /* payload copy from user memory failed */
+	CTR_CONN_FULL = 3,   /* connection table update failed */
+	CTR_MAX = 4,
+};
+
+struct event_header {
+	__u8 type;      /* enum event_type */
+	__u8 dir;       /* enum data_dir (data events) */
+	__u8 role;      /* enum conn_role */
+	__u8 syscall;   /* which syscall (enum sys_kind), for debugging */
+	__u32 pid;      /* tgid */
+	__u32 tid;
+	__s32 fd;
+	__u64 conn_id;  /* unique per traced connection, never reused */
+	__u64 ts_enter; /* bpf_ktime_get_ns() at syscall entry */
+	__u64 ts_exit;  /* bpf_ktime_get_ns() at syscall exit */
+};
+
+struct open_event {
+	struct event_header hdr;
+	__u64 cgroup_id;
+	__u32 netns;    /* inode of the socket's network namespace */
+	__u16 family;   /* AF_INET or AF_INET6 */
+	__u16 lport;    /* host byte order */
+	__u16 rport;    /* host byte order */
+	__u8 pad[6];
+	__u8 laddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	char comm[TASK_COMM_LEN];
+};
+
+struct data_event {
+	struct event_header hdr;
+	__u32 bytes;    /* the syscall's return value: bytes really moved */
+	__u32 captured; /* payload bytes that follow (<= bytes) */
+	char comm[TASK_COMM_LEN];
+	__u8 payload[MAX_PAYLOAD];
+};
+
+struct close_event {
+	struct event_header hdr;
+};
+
+enum sys_kind {
+	SYS_READ = 1, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
+	SYS_WRITE, SYS_WRITEV, SYS_SENDTO, SYS_SENDMSG,
+	SYS_ACCEPT, SYS_CONNECT, SYS_CLOSE,
+};
+
+/* Run-time filter switches (array map "filter_cfg", one entry). */
+struct filter_config {
+	__u8 by_pid;    /* only tgids in filter_pids (children are added on fork) */
+	__u8 by_netns;  /* only netns inodes in filter_netns */
+	__u8 by_cgroup; /* only cgroup ids in filter_cgroups */
+	__u8 by_port;   /* only connections with a local or remote port in filter_ports */
+};
+
+#pragma clang diagnostic pop
+
+#endif
