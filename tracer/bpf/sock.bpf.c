@@ -214,6 +214,17 @@ static __always_inline struct sock *fd_to_tcp_sock(int fd)
 	return sk;
 }
 
+/* Bound a copy length for the verifier. A plain `if (n > MAX) n = MAX` is not
+ * enough: clang 14 may test a zero-extended copy and pass the original. */
+static __always_inline __u64 bound_payload(__u64 n)
+{
+	asm volatile("if %[n] <= %[max] goto +1;\n"
+		     "%[n] = %[max];\n"
+		     : [n] "+r"(n)
+		     : [max] "i"(MAX_PAYLOAD));
+	return n;
+}
+
 static __always_inline void fill_header(struct event_header *h, __u8 type, __u64 pid_tgid,
 					int fd, __u64 conn_id, __u8 role)
 {
@@ -307,11 +318,11 @@ static __always_inline struct conn_info *track(__u64 pid_tgid, int fd, __u8 role
 		__builtin_memset(ev->laddr, 0, sizeof(ev->laddr));
 		__builtin_memset(ev->raddr, 0, sizeof(ev->raddr));
 		if (ev->family == AF_INET) {
-			BPF_CORE_READ_INTO(ev->laddr, sk, __sk_common.skc_rcv_saddr);
-			BPF_CORE_READ_INTO(ev->raddr, sk, __sk_common.skc_daddr);
+			bpf_core_read(ev->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+			bpf_core_read(ev->raddr, 4, &sk->__sk_common.skc_daddr);
 		} else {
-			BPF_CORE_READ_INTO(ev->laddr, sk, __sk_common.skc_v6_rcv_saddr);
-			BPF_CORE_READ_INTO(ev->raddr, sk, __sk_common.skc_v6_daddr);
+			bpf_core_read(ev->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			bpf_core_read(ev->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 		}
 		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 		submit(s, ev, sizeof(*ev));
@@ -411,7 +422,7 @@ static __always_inline int io_exit(long ret)
 	struct active_io *io = bpf_map_lookup_elem(&active, &tid);
 	struct scratch *s;
 	struct data_event *ev;
-	__u32 want, n, off = 0;
+	__u64 want, n, off = 0;
 
 	if (!io)
 		return 0;
@@ -429,22 +440,18 @@ static __always_inline int io_exit(long ret)
 	ev->bytes = ret;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
-	want = min((__u64)ret, (__u64)capture_bytes);
-	if (want > MAX_PAYLOAD)
-		want = MAX_PAYLOAD;
+	want = bound_payload(min((__u64)ret, (__u64)capture_bytes));
 
 	if (!io->iovcnt) {
-		n = want;
-		barrier_var(n);
-		if (n > MAX_PAYLOAD)
-			n = MAX_PAYLOAD;
+		n = bound_payload(want);
 		if (bpf_probe_read_user(ev->payload, n, (void *)io->buf)) {
 			count(CTR_READ_FAULT);
 			n = 0;
 		}
 		off = n;
 	} else {
-		/* Copy a contiguous prefix from the first iovecs. */
+		/* Copy a contiguous prefix from the first iovecs. The spill area
+		 * after the payload keeps payload + off + n inside the map value. */
 		for (int i = 0; i < MAX_IOV; i++) {
 			struct iovec iov;
 
@@ -453,11 +460,8 @@ static __always_inline int io_exit(long ret)
 			if (bpf_probe_read_user(&iov, sizeof(iov),
 						(void *)(io->buf + i * sizeof(struct iovec))))
 				break;
-			n = min((__u64)iov.iov_len, (__u64)(want - off));
-			barrier_var(n);
-			if (n > MAX_PAYLOAD)
-				n = MAX_PAYLOAD;
-			barrier_var(off);
+			n = bound_payload(min((__u64)iov.iov_len, want - off));
+			off = bound_payload(off);
 			if (off >= MAX_PAYLOAD)
 				break;
 			if (bpf_probe_read_user(ev->payload + off, n, iov.iov_base)) {
@@ -472,10 +476,7 @@ static __always_inline int io_exit(long ret)
 	if (off > want)
 		off = want;
 	ev->captured = off;
-	n = off;
-	barrier_var(n);
-	if (n > MAX_PAYLOAD)
-		n = MAX_PAYLOAD;
+	n = bound_payload(off);
 	submit(s, ev, offsetof(struct data_event, payload) + n);
 out:
 	bpf_map_delete_elem(&active, &tid);

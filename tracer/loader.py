@@ -1,0 +1,591 @@
+"""A thin, typed binding to the system libbpf (libbpf.so.1) through ctypes.
+
+Life cycle of an object, as a context manager:
+
+    with BPFObject.open(path) as obj:          # OpenError
+        obj.set_rodata(capture_bytes=512)      # before load
+        obj.load()                             # LoadError, carries the verifier log
+        obj.attach_all()                       # AttachError, names the program
+        rb = obj.ring_buffer("events")         # mmap consumer, no callback per event
+        rb.poll(100); rb.consume(handler)
+    # links, maps and the object are released on exit
+
+The ring buffer is read by mapping it into this process (as libbpf does) and
+walking the records in Python: that avoids a ctypes callback per event, which
+costs more than the decode itself. Every lost event is counted by the BPF side
+in a per-CPU counters map that `percpu_sum` reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import mmap
+import os
+import select
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+log = logging.getLogger("tracer.loader")
+
+BPF_DIR = Path(__file__).parent / "bpf"
+BUILD_DIR = BPF_DIR / "build"
+
+# enum values from the kernel uapi (stable ABI)
+BTF_KIND_VAR = 14
+BTF_KIND_DATASEC = 15
+BPF_RINGBUF_BUSY_BIT = 1 << 31
+BPF_RINGBUF_DISCARD_BIT = 1 << 30
+BPF_RINGBUF_HDR_SZ = 8
+
+
+class LoaderError(Exception):
+    """Base of the loader's errors. str() is one actionable line."""
+
+    stage = "bpf"
+
+    def __init__(self, message: str, *, err: int = 0, log_text: str = ""):
+        super().__init__(message)
+        self.err = err
+        self.log = log_text
+
+
+class LibraryError(LoaderError):
+    stage = "library"
+
+
+class OpenError(LoaderError):
+    stage = "open"
+
+
+class LoadError(LoaderError):
+    """The kernel refused the object; `log` holds libbpf's and the verifier's output."""
+
+    stage = "load"
+
+
+class AttachError(LoaderError):
+    stage = "attach"
+
+    def __init__(self, message: str, *, program: str, err: int = 0, log_text: str = ""):
+        super().__init__(message, err=err, log_text=log_text)
+        self.program = program
+
+
+class MapError(LoaderError):
+    stage = "map"
+
+
+# ---------------------------------------------------------------------------
+# libbpf binding
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32),
+                ("size_or_type", ctypes.c_uint32)]
+
+
+class _BtfVarSecinfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32),
+                ("size", ctypes.c_uint32)]
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+_lib = None
+_lib_lock = threading.Lock()
+_print_cb = None  # keep the callback alive for the process lifetime
+
+
+class _LogCapture:
+    """libbpf's print callback: collects messages (for verifier logs) and
+    forwards them to logging at DEBUG (shown with -v)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.capturing = False
+
+    def take(self) -> str:
+        text = "".join(self.lines)
+        self.lines.clear()
+        return text
+
+
+_capture = _LogCapture()
+_LIBBPF_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+
+
+def libbpf() -> ctypes.CDLL:
+    """Load and describe libbpf.so.1 once."""
+    global _lib, _print_cb
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        name = "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise LibraryError(
+                f"cannot load {name} ({e}): install it with 'apt-get install libbpf1'") from None
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        vsnprintf = libc.vsnprintf
+        vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        vsnprintf.restype = ctypes.c_int
+
+        P, I, U32, SZ = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
+        sigs = {
+            "libbpf_set_print": ([_PRINT_FN], P),
+            "bpf_object__open_file": ([ctypes.c_char_p, P], P),
+            "bpf_object__load": ([P], I),
+            "bpf_object__close": ([P], None),
+            "bpf_object__btf": ([P], P),
+            "bpf_object__find_map_by_name": ([P, ctypes.c_char_p], P),
+            "bpf_object__next_program": ([P, P], P),
+            "bpf_object__next_map": ([P, P], P),
+            "bpf_program__name": ([P], ctypes.c_char_p),
+            "bpf_program__section_name": ([P], ctypes.c_char_p),
+            "bpf_program__set_autoload": ([P, ctypes.c_bool], I),
+            "bpf_program__autoload": ([P], ctypes.c_bool),
+            "bpf_program__attach": ([P], P),
+            "bpf_program__attach_uprobe_opts": ([P, I, ctypes.c_char_p, SZ, P], P),
+            "bpf_program__attach_cgroup": ([P, I], P),
+            "bpf_program__fd": ([P], I),
+            "bpf_link__destroy": ([P], I),
+            "bpf_map__fd": ([P], I),
+            "bpf_map__name": ([P], ctypes.c_char_p),
+            "bpf_map__key_size": ([P], U32),
+            "bpf_map__value_size": ([P], U32),
+            "bpf_map__max_entries": ([P], U32),
+            "bpf_map__set_max_entries": ([P, U32], I),
+            "bpf_map__initial_value": ([P, ctypes.POINTER(SZ)], P),
+            "bpf_map_lookup_elem": ([I, P, P], I),
+            "bpf_map_update_elem": ([I, P, P, ctypes.c_uint64], I),
+            "bpf_map_delete_elem": ([I, P], I),
+            "bpf_map_get_next_key": ([I, P, P], I),
+            "btf__find_by_name_kind": ([P, ctypes.c_char_p, U32], ctypes.c_int32),
+            "btf__type_by_id": ([P, U32], ctypes.POINTER(_BtfType)),
+            "btf__name_by_offset": ([P, U32], ctypes.c_char_p),
+            "libbpf_num_possible_cpus": ([], I),
+            "libbpf_probe_bpf_prog_type": ([I, P], I),
+            "libbpf_probe_bpf_map_type": ([I, P], I),
+            "libbpf_probe_bpf_helper": ([I, I, P], I),
+            "bpf_obj_get_info_by_fd": ([I, P, ctypes.POINTER(U32)], I),
+            "bpf_enable_stats": ([I], I),
+        }
+        for fname, (args, res) in sigs.items():
+            fn = getattr(lib, fname)
+            fn.argtypes = args
+            fn.restype = res
+
+        # The verifier log arrives as one message: one large, reused buffer.
+        buf = ctypes.create_string_buffer(1 << 20)
+
+        def _print(level, fmt, ap):
+            vsnprintf(buf, len(buf), fmt, ap)
+            text = buf.value.decode("utf-8", "replace")
+            if _capture.capturing:
+                _capture.lines.append(text)
+            log.log(_LIBBPF_LEVELS.get(level, logging.DEBUG), "libbpf: %s", text.rstrip())
+            return 0
+
+        _print_cb = _PRINT_FN(_print)
+        lib.libbpf_set_print(_print_cb)
+        _lib = lib
+        return lib
+
+
+def _errno_msg(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)}: {os.strerror(err)}"
+
+
+def _last_error() -> int:
+    return ctypes.get_errno() or errno.EINVAL
+
+
+def ensure_tracefs() -> bool:
+    """libbpf resolves tracepoint ids through tracefs, which is not mounted at
+    boot on our kernels. Mount it if needed; True when it is usable."""
+    for p in ("/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"):
+        if os.path.isdir(p):
+            return True
+    ret = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
+    return ret == 0 and os.path.isdir("/sys/kernel/tracing/events")
+
+
+def object_path(name: str) -> Path:
+    """Path of a compiled object; a clear error when the build step was not run."""
+    path = BUILD_DIR / f"{name}.bpf.o"
+    if not path.exists():
+        raise OpenError(f"{path} not found: build the BPF objects with 'make bpf'")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# maps
+
+
+class Map:
+    """A map of a loaded object: fixed key/value sizes, raw bytes in and out."""
+
+    def __init__(self, ptr: int, name: str):
+        lib = libbpf()
+        self._lib = lib
+        self.name = name
+        self.fd = lib.bpf_map__fd(ptr)
+        self.key_size = lib.bpf_map__key_size(ptr)
+        self.value_size = lib.bpf_map__value_size(ptr)
+        self.max_entries = lib.bpf_map__max_entries(ptr)
+
+    def _key(self, key: bytes | int):
+        if isinstance(key, int):
+            key = key.to_bytes(self.key_size, "little")
+        if len(key) != self.key_size:
+            raise MapError(f"map {self.name}: key of {len(key)} bytes, expected {self.key_size}")
+        return ctypes.create_string_buffer(key, len(key))
+
+    def lookup(self, key: bytes | int, value_size: int | None = None) -> bytes | None:
+        k = self._key(key)
+        v = ctypes.create_string_buffer(value_size or self.value_size)
+        if self._lib.bpf_map_lookup_elem(self.fd, k, v):
+            err = _last_error()
+            if err == errno.ENOENT:
+                return None
+            raise MapError(f"map {self.name}: lookup failed ({_errno_msg(err)})", err=err)
+        return v.raw
+
+    def update(self, key: bytes | int, value: bytes | int, flags: int = 0) -> None:
+        if isinstance(value, int):
+            value = value.to_bytes(self.value_size, "little")
+        k = self._key(key)
+        v = ctypes.create_string_buffer(value, len(value))
+        if self._lib.bpf_map_update_elem(self.fd, k, v, flags):
+            err = _last_error()
+            raise MapError(f"map {self.name}: update failed ({_errno_msg(err)})", err=err)
+
+    def delete(self, key: bytes | int) -> bool:
+        if self._lib.bpf_map_delete_elem(self.fd, self._key(key)):
+            err = _last_error()
+            if err == errno.ENOENT:
+                return False
+            raise MapError(f"map {self.name}: delete failed ({_errno_msg(err)})", err=err)
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        cur = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while self._lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            yield nxt.raw
+            cur = ctypes.create_string_buffer(nxt.raw, self.key_size)
+
+    def percpu_sum(self, index: int) -> int:
+        """Sum of a u64 slot of a PERCPU_ARRAY over all possible CPUs."""
+        ncpu = self._lib.libbpf_num_possible_cpus()
+        stride = (self.value_size + 7) // 8 * 8
+        raw = self.lookup(index, stride * ncpu)
+        if raw is None:
+            return 0
+        return sum(struct.unpack_from("<Q", raw, i * stride)[0] for i in range(ncpu))
+
+
+# ---------------------------------------------------------------------------
+# ring buffer
+
+
+class RingBuffer:
+    """Consumer side of a BPF_MAP_TYPE_RINGBUF, mapped into this process.
+
+    Layout (kernel/bpf/ringbuf.c): page 0 holds consumer_pos (read-write),
+    page 1 producer_pos, then the data area mapped twice in a row, so a record
+    that wraps can be read linearly.
+    """
+
+    def __init__(self, fd: int, size: int):
+        self.fd = fd
+        self.size = size
+        self.mask = size - 1
+        page = mmap.PAGESIZE
+        self._page = page
+        try:
+            self._cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._prod = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                   offset=page)
+        except OSError as e:
+            raise MapError(f"cannot map the ring buffer ({e})", err=e.errno or 0) from None
+        self.data = memoryview(self._prod)  # records at page + (pos & mask)
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+        self.records = 0
+        self.bytes = 0
+
+    def poll(self, timeout_ms: int) -> bool:
+        """Wait until data is available or the timeout passes (no consumption)."""
+        if self.available():
+            return True
+        try:
+            return bool(self._epoll.poll(timeout_ms / 1000.0))
+        except InterruptedError:
+            return False
+
+    def available(self) -> int:
+        cons = struct.unpack_from("<Q", self._cons, 0)[0]
+        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        return prod - cons
+
+    def consume(self, handler: Callable[[memoryview, int, int], None], limit: int = 0) -> int:
+        """Call handler(buf, offset, size) for each committed record, in order;
+        the record memory is valid only during the call. Returns the count."""
+        unpack = struct.unpack_from
+        cons_mm, prod_mm, data = self._cons, self._prod, self.data
+        base, mask = self._page, self.mask
+        cons = unpack("<Q", cons_mm, 0)[0]
+        n = 0
+        nbytes = 0
+        busy = False
+        while not busy:
+            prod = unpack("<Q", prod_mm, 0)[0]
+            if cons >= prod:
+                break
+            while cons < prod:
+                off = base + (cons & mask)
+                length = unpack("<I", data, off)[0]
+                if length & BPF_RINGBUF_BUSY_BIT:
+                    busy = True  # not committed yet: resume from here next time
+                    break
+                size = length & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+                if not length & BPF_RINGBUF_DISCARD_BIT:
+                    handler(data, off + BPF_RINGBUF_HDR_SZ, size)
+                    n += 1
+                    nbytes += size
+                cons += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7
+                # release the slot to the producer (x86 stores are ordered)
+                struct.pack_into("<Q", cons_mm, 0, cons)
+                if limit and n >= limit:
+                    busy = True
+                    break
+        self.records += n
+        self.bytes += nbytes
+        return n
+
+    def close(self) -> None:
+        self.data.release()
+        self._epoll.close()
+        self._prod.close()
+        self._cons.close()
+
+
+# ---------------------------------------------------------------------------
+# objects
+
+
+class BPFObject:
+    """One BPF object file: open → configure → load → attach → close."""
+
+    def __init__(self, ptr: int, path: Path):
+        self._lib = libbpf()
+        self._ptr = ptr
+        self.path = path
+        self.loaded = False
+        self._links: dict[str, int] = {}
+        self._rbs: list[RingBuffer] = []
+        self.programs = self._programs()
+
+    # -- open ------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> BPFObject:
+        lib = libbpf()
+        path = Path(path)
+        if not path.exists():
+            raise OpenError(f"{path} not found: build the BPF objects with 'make bpf'")
+        _capture.take()
+        _capture.capturing = True
+        try:
+            ptr = lib.bpf_object__open_file(str(path).encode(), None)
+            err = _last_error()
+        finally:
+            _capture.capturing = False
+        if not ptr:
+            raise OpenError(f"cannot open {path.name} ({_errno_msg(err)})", err=err,
+                            log_text=_capture.take())
+        return cls(ptr, path)
+
+    def __enter__(self) -> BPFObject:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _programs(self) -> dict[str, int]:
+        out = {}
+        p = None
+        while True:
+            p = self._lib.bpf_object__next_program(self._ptr, p)
+            if not p:
+                return out
+            out[self._lib.bpf_program__name(p).decode()] = p
+
+    def section(self, prog: str) -> str:
+        return self._lib.bpf_program__section_name(self.programs[prog]).decode()
+
+    def maps(self) -> list[str]:
+        out = []
+        m = None
+        while True:
+            m = self._lib.bpf_object__next_map(self._ptr, m)
+            if not m:
+                return out
+            out.append(self._lib.bpf_map__name(m).decode())
+
+    def _map_ptr(self, name: str) -> int:
+        ptr = self._lib.bpf_object__find_map_by_name(self._ptr, name.encode())
+        if not ptr:
+            raise MapError(f"{self.path.name} has no map '{name}'")
+        return ptr
+
+    # -- configure (before load) -------------------------------------------------
+    def rodata_vars(self, section: str = ".rodata") -> dict[str, tuple[int, int]]:
+        """name -> (offset, size) of the const volatile globals, from BTF."""
+        btf = self._lib.bpf_object__btf(self._ptr)
+        if not btf:
+            return {}
+        tid = self._lib.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
+        if tid < 0:
+            return {}
+        t = self._lib.btf__type_by_id(btf, tid)
+        vlen = t.contents.info & 0xFFFF
+        secinfo = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType),
+                              ctypes.POINTER(_BtfVarSecinfo))
+        out = {}
+        for i in range(vlen):
+            si = secinfo[i]
+            vt = self._lib.btf__type_by_id(btf, si.type)
+            name = self._lib.btf__name_by_offset(btf, vt.contents.name_off).decode()
+            out[name] = (si.offset, si.size)
+        return out
+
+    def set_rodata(self, **values: int) -> None:
+        """Set const volatile globals (filters, knobs) before load."""
+        if self.loaded:
+            raise OpenError("rodata can only be set before load")
+        mptr = self._map_ptr(".rodata")
+        size = ctypes.c_size_t()
+        data = self._lib.bpf_map__initial_value(mptr, ctypes.byref(size))
+        layout = self.rodata_vars()
+        for name, value in values.items():
+            if name not in layout:
+                raise OpenError(f"{self.path.name} has no rodata variable '{name}'")
+            off, vsize = layout[name]
+            if off + vsize > size.value:
+                raise OpenError(f"rodata variable '{name}' is out of the section")
+            raw = int(value).to_bytes(vsize, "little", signed=value < 0)
+            ctypes.memmove(data + off, raw, vsize)
+
+    def set_autoload(self, prog: str, enabled: bool) -> None:
+        self._lib.bpf_program__set_autoload(self.programs[prog], enabled)
+
+    def autoload(self, prog: str) -> bool:
+        return bool(self._lib.bpf_program__autoload(self.programs[prog]))
+
+    def set_max_entries(self, map_name: str, n: int) -> None:
+        if self._lib.bpf_map__set_max_entries(self._map_ptr(map_name), n):
+            err = _last_error()
+            raise MapError(f"map {map_name}: cannot resize to {n} ({_errno_msg(err)})", err=err)
+
+    # -- load -------------------------------------------------------------------
+    def load(self) -> None:
+        _capture.take()
+        _capture.capturing = True
+        try:
+            ret = self._lib.bpf_object__load(self._ptr)
+        finally:
+            _capture.capturing = False
+        text = _capture.take()
+        if ret:
+            err = -ret if ret < 0 else _last_error()
+            hint = ""
+            if err == errno.EPERM:
+                hint = ": run as root, or with CAP_BPF and CAP_PERFMON"
+            raise LoadError(f"kernel refused {self.path.name} ({_errno_msg(err)}){hint}",
+                            err=err, log_text=text)
+        self.loaded = True
+
+    # -- attach -----------------------------------------------------------------
+    def attach(self, prog: str) -> None:
+        if prog in self._links:
+            return
+        sec = self.section(prog)
+        if sec.startswith("tracepoint/") or sec.startswith("tp/"):
+            ensure_tracefs()
+        _capture.take()
+        _capture.capturing = True
+        try:
+            link = self._lib.bpf_program__attach(self.programs[prog])
+            err = _last_error()
+        finally:
+            _capture.capturing = False
+        if not link:
+            raise AttachError(f"cannot attach {prog} ({sec}): {_errno_msg(err)}", program=prog,
+                              err=err, log_text=_capture.take())
+        self._links[prog] = link
+
+    def attach_uprobe(self, prog: str, binary: str, offset: int, pid: int = -1,
+                      retprobe: bool = False) -> None:
+        """Attach at a file offset of `binary` (a shared library or executable)."""
+
+        class _UprobeOpts(ctypes.Structure):
+            _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
+                        ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
+                        ("func_name", ctypes.c_char_p)]
+
+        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, 0, retprobe, None)
+        key = f"{prog}@{binary}:{offset}:{pid}"
+        link = self._lib.bpf_program__attach_uprobe_opts(
+            self.programs[prog], pid, binary.encode(), offset, ctypes.byref(opts))
+        if not link:
+            err = _last_error()
+            raise AttachError(f"cannot attach uprobe {prog} to {binary}+{offset:#x}: "
+                              f"{_errno_msg(err)}", program=prog, err=err)
+        self._links[key] = link
+
+    def attach_all(self) -> list[str]:
+        """Attach every program that was loaded; returns their names."""
+        names = [p for p in self.programs if self.autoload(p)]
+        for p in names:
+            self.attach(p)
+        return names
+
+    def detach(self, prog: str) -> None:
+        link = self._links.pop(prog, None)
+        if link:
+            self._lib.bpf_link__destroy(link)
+
+    @property
+    def attached(self) -> list[str]:
+        return list(self._links)
+
+    # -- run time -----------------------------------------------------------------
+    def map(self, name: str) -> Map:
+        return Map(self._map_ptr(name), name)
+
+    def ring_buffer(self, name: str) -> RingBuffer:
+        m = self.map(name)
+        rb = RingBuffer(m.fd, m.max_entries)
+        self._rbs.append(rb)
+        return rb
+
+    def prog_fd(self, prog: str) -> int:
+        return self._lib.bpf_program__fd(self.programs[prog])
+
+    def close(self) -> None:
+        for rb in self._rbs:
+            rb.close()
+        self._rbs.clear()
+        for link in self._links.values():
+            self._lib.bpf_link__destroy(link)
+        self._links.clear()
+        if self._ptr:
+            self._lib.bpf_object__close(self._ptr)
+            self._ptr = None
