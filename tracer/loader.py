@@ -116,7 +116,6 @@ class _LogCapture:
 
 
 _capture = _LogCapture()
-_LIBBPF_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
 def libbpf() -> ctypes.CDLL:
@@ -189,7 +188,9 @@ def libbpf() -> ctypes.CDLL:
             text = buf.value.decode("utf-8", "replace")
             if _capture.capturing:
                 _capture.lines.append(text)
-            log.log(_LIBBPF_LEVELS.get(level, logging.DEBUG), "libbpf: %s", text.rstrip())
+            # Expected failures (feature probes, fallbacks) print warnings too:
+            # everything goes to DEBUG, shown with -v; errors carry the text.
+            log.debug("libbpf: %s", text.rstrip())
             return 0
 
         _print_cb = _PRINT_FN(_print)

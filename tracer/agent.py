@@ -1,0 +1,245 @@
+"""The tracing agent: loads sock.bpf.o, applies filters, drains the ring buffer
+into the connection table, and hands spans to a sink.
+
+    tracer = Tracer(Filters(ports=[8080]), sink=writer)
+    tracer.start()                  # LoaderError subclasses on failure
+    tracer.run(duration=10, stop=event)
+    summary = tracer.stop()         # drains, closes, reads kernel counters
+
+One thread does everything: poll, decode, reassemble, parse, export. The BPF
+side batches wake-ups, so a poll returns many records at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import events, loader
+from .conn import ConnectionTable
+from .stats import Stats
+
+log = logging.getLogger("tracer.agent")
+
+IDLE_EXPIRY_NS = 300 * 1_000_000_000  # connections with no event for 5 min are dropped
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass
+class Filters:
+    """In-kernel filters; empty lists mean "everything"."""
+
+    pids: list[int] = field(default_factory=list)
+    netns: list[int] = field(default_factory=list)  # netns inodes
+    cgroups: list[int] = field(default_factory=list)  # cgroup v2 ids
+    ports: list[int] = field(default_factory=list)
+
+
+def clock_offset_ns() -> int:
+    """Offset from bpf_ktime_get_ns (CLOCK_MONOTONIC) to the wall clock.
+
+    Bracket a monotonic read with two wall-clock reads and keep the tightest
+    of a few tries, so the offset error is a few hundred ns at most.
+    """
+    best = None
+    for _ in range(16):
+        w0 = time.time_ns()
+        m = time.monotonic_ns()
+        w1 = time.time_ns()
+        if best is None or w1 - w0 < best[0]:
+            best = (w1 - w0, (w0 + w1) // 2 - m)
+    return best[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Living descendants of pid, from /proc (new ones are followed in the kernel)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class Tracer:
+    def __init__(self, filters: Filters | None = None, *, sink: Callable | None = None,
+                 capture_bytes: int = 512, ring_bytes: int = 8 << 20,
+                 stats: Stats | None = None):
+        if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
+            raise ValueError(f"capture size must be 16..{events.MAX_PAYLOAD} bytes")
+        self.filters = filters or Filters()
+        self.sink = sink or (lambda span: None)
+        self.capture_bytes = capture_bytes
+        self.ring_bytes = ring_bytes
+        self.stats = stats or Stats()
+        self.clock_offset_ns = clock_offset_ns()
+        self.table = ConnectionTable(self._emit, self.stats, clock_offset_ns=self.clock_offset_ns,
+                                     capture_bytes=capture_bytes)
+        self.obj: loader.BPFObject | None = None
+        self.rb: loader.RingBuffer | None = None
+        self.attached: list[str] = []
+        self.skipped: dict[str, str] = {}  # program -> why it could not attach
+        self.started_at = 0.0
+        self.stopped_at = 0.0
+        self._kernel = {}
+        self._handler = self._make_handler()
+
+    def _emit(self, span) -> None:
+        self.stats.spans_emitted += 1
+        self.sink(span)
+
+    def _make_handler(self):
+        decode = events.decode
+        handle = self.table.handle
+        stats = self.stats
+        DecodeError = events.DecodeError
+
+        def on_record(buf, off, size):
+            try:
+                ev = decode(buf, off, size)
+            except DecodeError:
+                stats.decode_errors += 1
+                return
+            handle(ev)
+
+        return on_record
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        loader.ensure_tracefs()
+        obj = loader.BPFObject.open(loader.object_path("sock"))
+        try:
+            obj.set_rodata(capture_bytes=self.capture_bytes, self_tgid=os.getpid())
+            obj.set_max_entries("events", self.ring_bytes)
+            obj.load()
+            self._apply_filters(obj)
+            for prog in obj.programs:
+                try:
+                    obj.attach(prog)
+                except loader.AttachError as e:
+                    # e.g. a syscall this kernel lacks: trace the rest, say what is missing
+                    self.skipped[prog] = str(e)
+                    log.warning("%s; continuing without it", e)
+            self.attached = obj.attached
+            if not self.attached:
+                raise loader.AttachError("no program could be attached", program="*")
+            self.rb = obj.ring_buffer("events")
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self.started_at = time.time()
+
+    def _apply_filters(self, obj: loader.BPFObject) -> None:
+        f = self.filters
+        cfg = events.FilterConfigC(bool(f.pids), bool(f.netns), bool(f.cgroups), bool(f.ports))
+        one = b"\x01"
+        pids = set(f.pids)
+        for pid in f.pids:
+            pids.update(descendants(pid))
+        m = obj.map("filter_pids")
+        for pid in pids:
+            m.update(pid, one)
+        m = obj.map("filter_netns")
+        for ino in f.netns:
+            m.update(ino, one)
+        m = obj.map("filter_cgroups")
+        for cg in f.cgroups:
+            m.update(cg, one)
+        m = obj.map("filter_ports")
+        for port in f.ports:
+            m.update(port, one)
+        obj.map("filter_cfg").update(0, bytes(cfg))
+
+    def poll_once(self, timeout_ms: int = 100) -> int:
+        rb = self.rb
+        rb.poll(timeout_ms)
+        n = rb.consume(self._handler)
+        self.stats.events_delivered += n
+        return n
+
+    def run(self, duration: float | None = None, stop: threading.Event | None = None,
+            on_tick: Callable[[], None] | None = None) -> None:
+        """Poll until `duration` seconds pass or `stop` is set."""
+        deadline = time.monotonic() + duration if duration else None
+        next_house = time.monotonic() + HOUSEKEEPING_S
+        while not (stop and stop.is_set()):
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            self.poll_once(100)
+            if now >= next_house:
+                next_house = now + HOUSEKEEPING_S
+                self.table.expire(time.monotonic_ns(), IDLE_EXPIRY_NS)
+                self.read_kernel_counters()
+                if on_tick:
+                    on_tick()
+
+    def read_kernel_counters(self) -> dict[str, int]:
+        if not self.obj:
+            return self._kernel
+        m = self.obj.map("counters")
+        C = events.Counter
+        k = {
+            "events": m.percpu_sum(C.CTR_EVENTS),
+            "dropped": m.percpu_sum(C.CTR_DROPPED),
+            "read_faults": m.percpu_sum(C.CTR_READ_FAULT),
+            "conn_table_full": m.percpu_sum(C.CTR_CONN_FULL),
+        }
+        self._kernel = k
+        self.stats.events_seen = k["events"]
+        self.stats.events_dropped = k["dropped"]
+        return k
+
+    def stop(self) -> dict:
+        """Detach, drain what is left, close connections, return the summary."""
+        if self.obj:
+            for prog in list(self.obj.attached):
+                self.obj.detach(prog)
+            # the kernel side is quiet now: everything submitted is in the ring
+            n = self.rb.consume(self._handler)
+            self.stats.events_delivered += n
+            self.read_kernel_counters()
+            self.table.close_all()
+            self.obj.close()
+            self.obj = None
+            self.rb = None
+        self.stopped_at = self.stopped_at or time.time()
+        return self.summary()
+
+    def summary(self) -> dict:
+        s = self.stats.as_dict()
+        dur = max((self.stopped_at or time.time()) - self.started_at, 1e-9)
+        s.update({
+            "duration_s": round(dur, 3),
+            "events_per_s": round(s["events_delivered"] / dur, 1),
+            "read_faults": self._kernel.get("read_faults", 0),
+            "conn_table_full": self._kernel.get("conn_table_full", 0),
+            "capture_bytes": self.capture_bytes,
+            "clock_offset_ns": self.clock_offset_ns,
+            "programs_attached": len(self.attached),
+            "programs_skipped": self.skipped,
+        })
+        return s
+
+    def __enter__(self) -> Tracer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

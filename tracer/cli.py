@@ -1,0 +1,190 @@
+"""Command line (contract 2 of ARCHITECTURE.md).
+
+Exit codes: 0 success; 1 a check failed; 2 the environment or usage is wrong,
+with one line naming the cause and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+EXIT_OK, EXIT_CHECK, EXIT_ENV = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or environment; str() is the one line shown to the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 with usage: keep that, one line
+        self.exit(EXIT_ENV, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m tracer", description="Zero-code eBPF tracer for HTTP/1.x and gRPC")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    pr = sub.add_parser("probe", help="show what this kernel allows and the fallbacks taken")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.add_argument("-v", "--verbose", action="store_true")
+
+    r = sub.add_parser("run", help="trace HTTP traffic and write spans")
+    r.add_argument("--pid", type=int, action="append", default=[],
+                   help="only this process and its children (repeatable)")
+    r.add_argument("--netns", action="append", default=[], metavar="NAME|INODE",
+                   help="only sockets in this network namespace (repeatable)")
+    r.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+                   help="only processes in this cgroup v2 (repeatable)")
+    r.add_argument("--port", type=int, action="append", default=[],
+                   help="only connections with this local or remote TCP port (repeatable)")
+    r.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until SIGINT/SIGTERM)")
+    r.add_argument("--output", default="-", metavar="FILE|-", help="span output (default stdout)")
+    r.add_argument("--format", default="jsonl", choices=["jsonl"])
+    r.add_argument("--export", action="append", default=[], metavar="URL",
+                   help="otlp-grpc://host:4317, otlp-http://host:4318/v1/traces, jaeger-json:FILE")
+    r.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics")
+    r.add_argument("--config", default=None, metavar="FILE")
+    r.add_argument("--capture-bytes", type=int, default=512, metavar="N",
+                   help="payload prefix copied per syscall (16..4096, default 512)")
+    r.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
+    return p
+
+
+# ---- argument resolution ---------------------------------------------------------
+
+def resolve_netns(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    path = value if value.startswith("/") else f"/run/netns/{value}"
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        raise UsageError(f"network namespace '{value}' not found ({path}): create it with "
+                         f"'ip netns add {value}' or pass its inode number") from None
+
+
+def resolve_cgroup(value: str) -> int:
+    """cgroup v2 id == inode of the cgroup's directory."""
+    candidates = [value] if value.startswith("/") else []
+    candidates += [os.path.join(root, value.lstrip("/"))
+                   for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")]
+    for path in candidates:
+        if os.path.isdir(path):
+            return os.stat(path).st_ino
+    raise UsageError(f"cgroup '{value}' not found: give its path under the cgroup v2 mount "
+                     "(e.g. /sys/fs/cgroup/system.slice/foo.service)")
+
+
+def _check_args(args) -> None:
+    for port in args.port:
+        if not 0 < port < 65536:
+            raise UsageError(f"--port {port}: not a TCP port (1..65535)")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if not 16 <= args.capture_bytes <= 4096:
+        raise UsageError("--capture-bytes must be within 16..4096")
+    if args.export or args.metrics:
+        raise UsageError("--export and --metrics are not available yet (issue 7): "
+                         "use --output FILE for JSON lines")
+    if args.config:
+        raise UsageError("--config is not available yet: pass options on the command line")
+
+
+# ---- commands ----------------------------------------------------------------------
+
+def cmd_probe(args) -> int:
+    from . import probe
+
+    try:
+        probe.require_environment()
+    except probe.EnvironmentProblem as e:
+        raise UsageError(str(e)) from None
+    res = probe.probe()
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=2))
+    else:
+        print(probe.format_table(res))
+    return EXIT_OK
+
+
+def _summary_line(s: dict) -> str:
+    return (f"tracer: events seen {s['events_seen']}, delivered {s['events_delivered']}, "
+            f"dropped {s['events_dropped']}; decode errors {s['decode_errors']}; "
+            f"unparsed {s['unparsed_bytes']} bytes, {s['unparsed_connections']} connections; "
+            f"incomplete {s['incomplete_requests']}; spans {s['spans_emitted']} "
+            f"in {s['duration_s']:.1f} s")
+
+
+def cmd_run(args) -> int:
+    from . import loader, probe
+    from .agent import Filters, Tracer
+    from .export.jsonl import JsonlWriter
+
+    _check_args(args)
+    try:
+        probe.require_environment()
+    except probe.EnvironmentProblem as e:
+        raise UsageError(str(e)) from None
+    filters = Filters(pids=args.pid, netns=[resolve_netns(n) for n in args.netns],
+                      cgroups=[resolve_cgroup(c) for c in args.cgroup], ports=args.port)
+    try:
+        writer = JsonlWriter(args.output)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    tracer = Tracer(filters, sink=writer, capture_bytes=args.capture_bytes)
+    try:
+        tracer.start()
+    except loader.LoaderError as e:
+        writer.close()
+        if args.verbose and e.log:
+            sys.stderr.write(e.log)
+        raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
+                                                     else " (run with -v for the log)")) from None
+    logging.getLogger("tracer").info("tracing with %d programs", len(tracer.attached))
+    try:
+        tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
+    finally:
+        summary = tracer.stop()
+        writer.close()
+    sys.stderr.write(_summary_line(summary) + "\n")
+    if args.output != "-":
+        with open(args.output + ".summary.json", "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    try:
+        if args.cmd == "probe":
+            return cmd_probe(args)
+        if args.cmd == "run":
+            return cmd_run(args)
+    except UsageError as e:
+        sys.stderr.write(f"tracer: {e}\n")
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `... | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_ENV

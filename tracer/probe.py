@@ -1,0 +1,240 @@
+"""Kernel feature detection by trying, and the fallback decisions built on it.
+
+Each feature is found by doing the thing: loading and attaching a trivial
+program (tracer/bpf/probes/features.bpf.c), asking the kernel to create a map
+or verify a helper (libbpf_probe_*), enabling bpf_stats. Version numbers are
+never consulted: backports and lockdown make them meaningless.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import asdict, dataclass, field
+
+from . import loader
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+# uapi enum values (stable ABI)
+BPF_PROG_TYPE_KPROBE = 2
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_PROG_TYPE_SK_MSG = 16
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_MAP_TYPE_SOCKHASH = 18
+BPF_STATS_RUN_TIME = 0
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass
+class Feature:
+    name: str
+    available: bool
+    detail: str = ""
+
+
+@dataclass
+class ProbeResult:
+    kernel: str
+    features: dict[str, Feature] = field(default_factory=dict)
+    lockdown: str = "unknown"
+
+    def ok(self, name: str) -> bool:
+        f = self.features.get(name)
+        return bool(f and f.available)
+
+    def as_dict(self) -> dict:
+        return {
+            "kernel": self.kernel,
+            "lockdown": self.lockdown,
+            "features": {k: asdict(v) for k, v in self.features.items()},
+            "decisions": decisions(self),
+        }
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_privileges() -> list[str]:
+    """Capabilities the tracer needs and lacks (empty when all present)."""
+    caps = effective_caps()
+    missing = []
+    if not caps >> CAP_SYS_ADMIN & 1:
+        if not caps >> CAP_BPF & 1:
+            missing.append("CAP_BPF")
+        if not caps >> CAP_PERFMON & 1:
+            missing.append("CAP_PERFMON")
+    return missing
+
+
+def btf_available() -> bool:
+    return os.access(BTF_PATH, os.R_OK)
+
+
+def lockdown_mode() -> str:
+    """The bracketed mode of /sys/kernel/security/lockdown; securityfs is
+    mounted if needed (it is not at boot on our machines)."""
+    path = "/sys/kernel/security/lockdown"
+    if not os.path.exists(path):
+        os.system("mount -t securityfs securityfs /sys/kernel/security >/dev/null 2>&1")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "unknown"
+
+
+def _try_program(prog: str, attach) -> Feature:
+    """Load one program of the features object alone, then attach it."""
+    try:
+        with loader.BPFObject.open(loader.object_path("features")) as obj:
+            for p in obj.programs:
+                obj.set_autoload(p, p == prog)
+            obj.load()
+            attach(obj)
+    except loader.LoadError as e:
+        return Feature(prog, False, f"load: {loader._errno_msg(e.err)}")
+    except loader.AttachError as e:
+        return Feature(prog, False, f"attach: {loader._errno_msg(e.err)}")
+    except loader.LoaderError as e:
+        return Feature(prog, False, str(e))
+    return Feature(prog, True, "loaded and attached")
+
+
+def _libc_path() -> str:
+    for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+              "/lib/aarch64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib/libc.so.6"):
+        if os.path.exists(p):
+            return p
+    return "libc.so.6"
+
+
+def _attach_uprobe(obj: loader.BPFObject) -> None:
+    # Offset 0 on the ELF header: attaching does not need a real function, and
+    # the probe never fires (the page is not executable code).
+    obj.attach_uprobe("probe_uprobe", _libc_path(), 0, pid=os.getpid())
+
+
+def _probe_type(kind: str, value: int, *extra) -> Feature:
+    lib = loader.libbpf()
+    fn = {"prog": lib.libbpf_probe_bpf_prog_type, "map": lib.libbpf_probe_bpf_map_type,
+          "helper": lib.libbpf_probe_bpf_helper}[kind]
+    ret = fn(value, *extra, None)
+    if ret == 1:
+        return Feature(kind, True, "accepted by the kernel")
+    if ret == 0:
+        return Feature(kind, False, "rejected by the kernel")
+    return Feature(kind, False, f"probe failed: {loader._errno_msg(-ret)}")
+
+
+def _bpf_stats() -> Feature:
+    lib = loader.libbpf()
+    fd = lib.bpf_enable_stats(BPF_STATS_RUN_TIME)
+    if fd >= 0:
+        os.close(fd)
+        return Feature("bpf_stats", True, "BPF_ENABLE_STATS works")
+    err = ctypes.get_errno() or -fd
+    return Feature("bpf_stats", False, loader._errno_msg(err))
+
+
+def probe() -> ProbeResult:
+    res = ProbeResult(kernel=os.uname().release)
+    f = res.features
+
+    def put(name: str, feat: Feature):
+        feat.name = name
+        f[name] = feat
+
+    put("btf", Feature("btf", btf_available(),
+                       BTF_PATH if btf_available() else f"{BTF_PATH} missing"))
+    tracefs = loader.ensure_tracefs()
+    put("tracefs", Feature("tracefs", tracefs, "mounted" if tracefs else "cannot mount"))
+    put("ringbuf", _probe_type("map", BPF_MAP_TYPE_RINGBUF))
+    put("tracepoint_syscalls", _try_program("probe_tp_syscall",
+                                            lambda o: o.attach("probe_tp_syscall")))
+    put("tracepoint_sock", _try_program("probe_tp_sock", lambda o: o.attach("probe_tp_sock")))
+    put("tracepoint_tcp", _try_program("probe_tp_tcp", lambda o: o.attach("probe_tp_tcp")))
+    put("raw_tracepoint", _try_program("probe_raw_tp", lambda o: o.attach("probe_raw_tp")))
+    put("kprobe", _try_program("probe_kprobe", lambda o: o.attach("probe_kprobe")))
+    put("fentry", _try_program("probe_fentry", lambda o: o.attach("probe_fentry")))
+    put("uprobe", _try_program("probe_uprobe", _attach_uprobe))
+    put("tc", _probe_type("prog", BPF_PROG_TYPE_SCHED_CLS))
+    put("sockops", _probe_type("prog", BPF_PROG_TYPE_SOCK_OPS))
+    put("sk_msg", _probe_type("prog", BPF_PROG_TYPE_SK_MSG))
+    # libbpf_probe_bpf_helper reports "supported" for any load failure that is
+    # not an unknown helper, so load a real caller instead.
+    put("probe_write_user", _try_program("probe_write_user", lambda o: None))
+    put("bpf_stats", _bpf_stats())
+    res.lockdown = lockdown_mode()
+    return res
+
+
+def decisions(res: ProbeResult) -> dict[str, str]:
+    """What the tracer will use for each job, and the fallback it took."""
+    d = {}
+    if res.ok("tracepoint_syscalls"):
+        d["socket capture"] = "syscall tracepoints (sock.bpf.o)"
+    elif res.ok("raw_tracepoint"):
+        d["socket capture"] = "unavailable: syscall tracepoints missing (raw sys_enter not built yet)"
+    else:
+        d["socket capture"] = "unavailable: no syscall tracepoints"
+    if res.ok("kprobe"):
+        d["kprobes"] = "available, not needed (tracepoints are used everywhere)"
+    else:
+        d["kprobes"] = "absent: syscall tracepoints instead"
+    if not res.ok("fentry"):
+        d["fentry"] = "refused: syscall tracepoints instead"
+    d["event transport"] = ("BPF ring buffer, batched wake-ups" if res.ok("ringbuf")
+                            else "unavailable: needs BPF ring buffer (Linux 5.8+)")
+    d["TLS plaintext"] = "OpenSSL uprobes" if res.ok("uprobe") else "unavailable: no uprobes"
+    d["header injection"] = ("sockops + sk_msg" if res.ok("sockops") and res.ok("sk_msg")
+                             else "unavailable")
+    if not res.ok("probe_write_user"):
+        d["bpf_probe_write_user"] = f"refused (lockdown={res.lockdown}): not used"
+    return d
+
+
+def format_table(res: ProbeResult) -> str:
+    rows = [f"kernel {res.kernel}, lockdown={res.lockdown}", ""]
+    width = max(len(k) for k in res.features)
+    for name, feat in res.features.items():
+        mark = "yes" if feat.available else "no "
+        rows.append(f"  {name:<{width}}  {mark}  {feat.detail}")
+    rows.append("")
+    rows.append("decisions:")
+    for k, v in decisions(res).items():
+        rows.append(f"  {k}: {v}")
+    return "\n".join(rows)
+
+
+def require_environment() -> None:
+    """Raise EnvironmentProblem with a one-line message when tracing cannot work."""
+    missing = missing_privileges()
+    if missing:
+        raise EnvironmentProblem(
+            f"missing capability {' and '.join(missing)}: run as root, or grant it with "
+            f"'setcap cap_bpf,cap_perfmon+ep' on the Python interpreter")
+    if not btf_available():
+        raise EnvironmentProblem(
+            f"no kernel BTF ({BTF_PATH} missing): boot a kernel built with "
+            "CONFIG_DEBUG_INFO_BTF=y")
+
+
+class EnvironmentProblem(Exception):
+    """The environment cannot run the tracer; str() is one actionable line."""
+
+
+__all__ = ["probe", "decisions", "format_table", "require_environment", "EnvironmentProblem",
+           "missing_privileges", "ProbeResult", "Feature"]
