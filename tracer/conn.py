@@ -1,0 +1,262 @@
+"""Connection table: per-connection state, protocol detection and dispatch.
+
+Each connection (keyed by the kernel's never-reused conn_id) has a protocol
+slot, `Conn.proto`, an object with on_data(ev) and on_close(eof). It starts as
+a sniffer that picks the protocol from the first request bytes:
+- HTTP/1 request line -> tracer.protocols.http1.Http1Session
+- HTTP/2 prior-knowledge preface -> the h2 factory given to the table (or a
+  no-op slot until an h2 parser exists), counted in h2_connections
+- anything else -> given up, counted as unparsed.
+For ROLE_UNKNOWN connections (open before the tracer started, possibly no
+OpenEvent ever) the sniffer also infers the role: the direction that carries
+a request line is the request direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from tracer.events import CloseEvent, ConnRole, DataDir, DataEvent, OpenEvent
+from tracer.protocols.http1 import Http1Session, is_request_start
+from tracer.spans import Span
+from tracer.stats import Stats
+
+ROLE_UNKNOWN = int(ConnRole.ROLE_UNKNOWN)
+ROLE_SERVER = int(ConnRole.ROLE_SERVER)
+ROLE_CLIENT = int(ConnRole.ROLE_CLIENT)
+INGRESS = int(DataDir.DIR_INGRESS)
+EGRESS = int(DataDir.DIR_EGRESS)
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+# A pre-existing connection that shows no request line in this many syscalls
+# is given up (it is probably not HTTP, or stuck in a long stream).
+SNIFF_LIMIT = 16
+
+
+class ProtocolHandler(Protocol):
+    """The per-connection protocol slot (HTTP/1 now; HTTP/2 plugs in here)."""
+
+    def on_data(self, ev: DataEvent) -> None: ...
+
+    def on_close(self, eof: bool) -> None:
+        """eof: the socket closed (close-delimited messages are complete).
+        False: shutdown or expiry; unfinished requests count as incomplete."""
+
+
+H2Factory = Callable[["Conn", "ConnectionTable"], ProtocolHandler]
+
+
+class Conn:
+    """One traced socket as seen by one process."""
+
+    __slots__ = ("conn_id", "role", "proto", "last_ts", "pid", "comm", "netns", "cgroup_id",
+                 "laddr", "lport", "raddr", "rport", "table")
+
+    def __init__(self, table: ConnectionTable, conn_id: int, role: int) -> None:
+        self.table = table
+        self.conn_id = conn_id
+        self.role = role
+        self.last_ts = 0
+        self.pid = 0
+        self.comm = ""
+        self.netns = 0
+        self.cgroup_id = 0
+        self.laddr = ""
+        self.lport = 0
+        self.raddr = ""
+        self.rport = 0
+        self.proto: ProtocolHandler = _Sniffer(self)
+
+    def set_open(self, ev: OpenEvent) -> None:
+        self.pid = ev.pid
+        self.comm = ev.comm
+        self.netns = ev.netns
+        self.cgroup_id = ev.cgroup_id
+        self.laddr = ev.laddr
+        self.lport = ev.lport
+        self.raddr = ev.raddr
+        self.rport = ev.rport
+        if self.role == ROLE_UNKNOWN:
+            self.role = ev.role
+
+    def give_up(self, counted: bool) -> None:
+        """Stop parsing this connection for good; counted: as not-HTTP."""
+        if counted:
+            self.table.stats.unparsed_connections += 1
+            self.proto = _Unparsed(self.table.stats)
+        else:
+            self.proto = _IGNORED
+
+    def __repr__(self) -> str:
+        return (f"<Conn {self.conn_id} role={self.role} {self.laddr}:{self.lport}"
+                f" <-> {self.raddr}:{self.rport} {type(self.proto).__name__}>")
+
+
+class _Ignored:
+    """A connection we deliberately do not parse (upgraded, or h2 with no parser)."""
+
+    __slots__ = ()
+
+    def on_data(self, ev: DataEvent) -> None:
+        pass
+
+    def on_close(self, eof: bool) -> None:
+        pass
+
+
+_IGNORED = _Ignored()
+
+
+class _Unparsed:
+    """Given up as not-HTTP: only count the bytes (cheap)."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def on_data(self, ev: DataEvent) -> None:
+        self.stats.unparsed_bytes += ev.size
+
+    def on_close(self, eof: bool) -> None:
+        pass
+
+
+class _Sniffer:
+    """First bytes of a connection: pick the protocol (and the role if unknown)."""
+
+    __slots__ = ("conn", "seen")
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.seen = 0
+
+    def on_data(self, ev: DataEvent) -> None:
+        conn = self.conn
+        table = conn.table
+        stats = table.stats
+        data = ev.payload
+        role = conn.role
+        if role == ROLE_UNKNOWN:
+            ingress = ev.direction == INGRESS
+            if data.startswith(H2_PREFACE):
+                conn.role = ROLE_SERVER if ingress else ROLE_CLIENT
+                self._h2(ev)
+            elif is_request_start(data):
+                conn.role = ROLE_SERVER if ingress else ROLE_CLIENT
+                self._http1(ev)
+            else:
+                # mid-stream bytes of a connection we joined late: skip to a request
+                stats.unparsed_bytes += ev.size
+                self.seen += 1
+                if self.seen >= SNIFF_LIMIT:
+                    conn.give_up(counted=True)
+            return
+        if (ev.direction == INGRESS) != (role == ROLE_SERVER):
+            # response-direction bytes before any request: not HTTP/1 (server
+            # speaks first) or the request was lost; wait for a request
+            stats.unparsed_bytes += ev.size
+            self.seen += 1
+            if self.seen >= SNIFF_LIMIT:
+                conn.give_up(counted=True)
+            return
+        if data.startswith(H2_PREFACE):
+            self._h2(ev)
+        else:
+            # the HTTP/1 parser validates the start and gives up on garbage
+            self._http1(ev)
+
+    def _http1(self, ev: DataEvent) -> None:
+        conn = self.conn
+        conn.proto = Http1Session(conn, conn.table)
+        conn.proto.on_data(ev)
+
+    def _h2(self, ev: DataEvent) -> None:
+        conn = self.conn
+        table = conn.table
+        table.stats.h2_connections += 1
+        factory = table.h2_factory
+        if factory is None:
+            conn.proto = _IGNORED
+            return
+        conn.proto = factory(conn, table)
+        conn.proto.on_data(ev)
+
+    def on_close(self, eof: bool) -> None:
+        pass
+
+
+class ConnectionTable:
+    """Events in, spans out (through `sink`). Single-threaded, like the pipeline.
+
+    capture_bytes is informational here (each DataEvent says what it captured);
+    it is kept so the table reports the configuration it was built for."""
+
+    __slots__ = ("sink", "stats", "clock_offset_ns", "capture_bytes", "h2_factory", "conns")
+
+    def __init__(self, sink: Callable[[Span], None], stats: Stats, clock_offset_ns: int = 0,
+                 capture_bytes: int = 512, h2_factory: H2Factory | None = None) -> None:
+        self.sink = sink
+        self.stats = stats
+        self.clock_offset_ns = clock_offset_ns
+        self.capture_bytes = capture_bytes
+        self.h2_factory = h2_factory
+        self.conns: dict[int, Conn] = {}
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def handle(self, ev: DataEvent | OpenEvent | CloseEvent) -> None:
+        self.stats.events_handled += 1
+        if type(ev) is DataEvent:
+            conn = self.conns.get(ev.conn_id)
+            if conn is None:
+                if not ev.size:
+                    return
+                conn = self._add(ev.conn_id, ev.role)
+                conn.pid = ev.pid
+                conn.comm = ev.comm
+            conn.last_ts = ev.ts_exit
+            if ev.size:
+                conn.proto.on_data(ev)
+        elif type(ev) is OpenEvent:
+            conn = self.conns.get(ev.conn_id)
+            if conn is None:
+                conn = self._add(ev.conn_id, ev.role)
+            conn.set_open(ev)
+            conn.last_ts = ev.ts
+        elif type(ev) is CloseEvent:
+            conn = self.conns.pop(ev.conn_id, None)
+            if conn is not None:
+                self.stats.connections_open -= 1
+                conn.proto.on_close(True)
+
+    def _add(self, conn_id: int, role: int) -> Conn:
+        conn = Conn(self, conn_id, role)
+        self.conns[conn_id] = conn
+        stats = self.stats
+        stats.connections_total += 1
+        stats.connections_open += 1
+        return conn
+
+    def expire(self, now_ktime_ns: int, idle_ns: int) -> int:
+        """Drop connections idle for idle_ns or more; what they had in flight is
+        counted as lost. Returns how many were dropped."""
+        limit = now_ktime_ns - idle_ns
+        idle = [c for c in self.conns.values() if c.last_ts <= limit]
+        for conn in idle:
+            del self.conns[conn.conn_id]
+            conn.proto.on_close(False)
+        n = len(idle)
+        self.stats.connections_open -= n
+        self.stats.connections_expired += n
+        return n
+
+    def close_all(self) -> None:
+        """Shutdown: no half spans; unfinished requests count as incomplete."""
+        conns = self.conns
+        self.conns = {}
+        self.stats.connections_open -= len(conns)
+        for conn in conns.values():
+            conn.proto.on_close(False)

@@ -1,0 +1,263 @@
+"""The span model (contract 1 of ARCHITECTURE.md), ids, trace context and the
+HTTP/1 request/response -> span step with the latency rules.
+
+Latency rules (contract):
+- server span (request ingress, response egress): start = ts_exit of the read
+  that returned the request's first byte (a blocking read's entry is not the
+  request's arrival); end = ts_exit of the write that sent the response's last
+  byte.
+- client span (request egress, response ingress): start = ts_enter of the first
+  write of the request; end = ts_exit of the read that returned the response's
+  last byte.
+The raw ktimes stay on the Span (req_*/resp_* fields) for the correlation stage.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from tracer.events import ConnRole
+
+if TYPE_CHECKING:
+    from tracer.conn import Conn
+    from tracer.protocols.http1 import Message
+
+SCHEMA = 1
+_ROLE_SERVER = int(ConnRole.ROLE_SERVER)
+_getrandbits = random.getrandbits
+_HEX_DIGITS = "0123456789abcdef"
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def new_trace_id() -> str:
+    # random.getrandbits: ids need uniqueness, not secrecy, and os.urandom is a
+    # syscall per span. `or 1`: the all-zero id is invalid in W3C trace context.
+    return f"{_getrandbits(128) or 1:032x}"
+
+
+def new_span_id() -> str:
+    return f"{_getrandbits(64) or 1:016x}"
+
+
+def _is_hex(s: str) -> bool:
+    # strip() stops at the first non-hex char, so only all-hex strings become empty
+    return not s.strip(_HEX_DIGITS)
+
+
+def parse_traceparent(value: str) -> tuple[str, str] | None:
+    """(trace_id, parent_span_id) of a valid W3C traceparent, else None."""
+    v = value.strip()
+    n = len(v)
+    if n < 55 or v[2] != "-" or v[35] != "-" or v[52] != "-":
+        return None
+    version = v[:2]
+    if version == "ff" or (n > 55 and (version == "00" or v[55] != "-")):
+        return None
+    trace_id = v[3:35]
+    parent = v[36:52]
+    if not (_is_hex(version) and _is_hex(trace_id) and _is_hex(parent) and _is_hex(v[53:55])):
+        return None
+    if trace_id == _ZERO_TRACE or parent == _ZERO_SPAN:
+        return None
+    return trace_id, parent
+
+
+class Span:
+    """One request/response exchange seen from one process."""
+
+    __slots__ = (
+        "trace_id", "span_id", "parent_span_id", "kind", "protocol",
+        "method", "path", "query", "status", "version",
+        "start_ktime", "end_ktime", "clock_offset_ns",
+        "pid", "tid", "comm", "netns", "cgroup_id",
+        "local_addr", "local_port", "peer_addr", "peer_port", "tls",
+        "correlation_source", "correlation_confidence",
+        "request_headers", "response_headers", "conn_id",
+        # raw ktimes of the syscalls that bound the exchange (correlation stage)
+        "req_first_enter", "req_first_exit", "req_last_exit",
+        "resp_first_enter", "resp_first_exit", "resp_last_enter", "resp_last_exit",
+        "resp_tid",
+        "attributes_extra",  # extra attributes a later stage wants exported
+    )
+
+    def __init__(self, **fields) -> None:
+        # The slow, flexible constructor (tests, other protocols); the HTTP/1 hot
+        # path builds spans through http1_span() instead.
+        self.trace_id = ""
+        self.span_id = ""
+        self.parent_span_id = None
+        self.kind = "server"
+        self.protocol = "http1"
+        self.method = ""
+        self.path = ""
+        self.query = ""
+        self.status = 0
+        self.version = "1.1"
+        self.start_ktime = self.end_ktime = self.clock_offset_ns = 0
+        self.pid = self.tid = self.netns = self.cgroup_id = 0
+        self.comm = ""
+        self.local_addr = self.peer_addr = ""
+        self.local_port = self.peer_port = 0
+        self.tls = False
+        self.correlation_source = "none"
+        self.correlation_confidence = 0.0
+        self.request_headers = {}
+        self.response_headers = {}
+        self.conn_id = 0
+        self.req_first_enter = self.req_first_exit = self.req_last_exit = 0
+        self.resp_first_enter = self.resp_first_exit = 0
+        self.resp_last_enter = self.resp_last_exit = 0
+        self.resp_tid = 0
+        self.attributes_extra = None
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    @property
+    def start_time_unix_nano(self) -> int:
+        return self.start_ktime + self.clock_offset_ns
+
+    @property
+    def duration_ns(self) -> int:
+        d = self.end_ktime - self.start_ktime
+        return d if d > 0 else 0
+
+    def attributes(self) -> dict:
+        server = self.kind == "server"
+        host = self.request_headers.get("host", "")
+        host_name, host_port = _split_host(host)
+        a = {"http.request.method": self.method, "url.path": self.path}
+        if self.query:
+            a["url.query"] = self.query
+        a["http.response.status_code"] = self.status
+        conn_addr = self.local_addr if server else self.peer_addr
+        conn_port = self.local_port if server else self.peer_port
+        srv_addr = host_name or conn_addr
+        if srv_addr:
+            a["server.address"] = srv_addr
+        srv_port = conn_port or host_port
+        if srv_port:
+            a["server.port"] = srv_port
+        client = self.peer_addr if server else self.local_addr
+        if client:
+            a["client.address"] = client
+        ua = self.request_headers.get("user-agent")
+        if ua:
+            a["user_agent.original"] = ua
+        rid = self.request_headers.get("x-request-id")
+        if rid:
+            a["http.request.header.x-request-id"] = rid
+        if self.version:
+            a["network.protocol.version"] = self.version
+        if self.attributes_extra:
+            a.update(self.attributes_extra)
+        return a
+
+    def to_dict(self) -> dict:
+        """Exactly the contract schema (version 1)."""
+        return {
+            "schema": SCHEMA,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "kind": self.kind,
+            "protocol": self.protocol,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "start_time_unix_nano": self.start_time_unix_nano,
+            "duration_ns": self.duration_ns,
+            "pid": self.pid,
+            "tid": self.tid,
+            "comm": self.comm,
+            "netns": self.netns,
+            "cgroup_id": self.cgroup_id,
+            "local_addr": self.local_addr,
+            "local_port": self.local_port,
+            "peer_addr": self.peer_addr,
+            "peer_port": self.peer_port,
+            "tls": self.tls,
+            "attributes": self.attributes(),
+            "correlation": {
+                "source": self.correlation_source,
+                "confidence": self.correlation_confidence,
+            },
+        }
+
+    def __repr__(self) -> str:
+        return (f"Span({self.kind} {self.method} {self.path} -> {self.status}, "
+                f"{self.duration_ns} ns, pid={self.pid} conn={self.conn_id})")
+
+
+def _split_host(host: str) -> tuple[str, int]:
+    """'example.com:8080' -> ('example.com', 8080); '[::1]:80' -> ('::1', 80)."""
+    if not host:
+        return "", 0
+    if host[0] == "[":
+        end = host.find("]")
+        if end < 0:
+            return host, 0
+        name, rest = host[1:end], host[end + 1:]
+        port = rest[1:] if rest[:1] == ":" else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, int(port) if port.isdigit() and len(port) <= 5 else 0
+
+
+_new = object.__new__
+
+
+def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) -> Span:
+    """Pair one HTTP/1 request with its response (hot path: no keyword init)."""
+    s = _new(Span)
+    first = req.first_ev
+    last = resp.last_ev
+    rfirst = resp.first_ev
+    server = conn.role == _ROLE_SERVER
+    s.kind = "server" if server else "client"
+    s.start_ktime = first.ts_exit if server else first.ts_enter
+    s.end_ktime = last.ts_exit
+    s.clock_offset_ns = clock_offset_ns
+    s.protocol = "http1"
+    s.method = req.method
+    s.path = req.path
+    s.query = req.query
+    s.status = resp.status
+    s.version = req.version or resp.version
+    s.pid = first.pid
+    s.tid = first.tid
+    s.comm = first.comm
+    s.netns = conn.netns
+    s.cgroup_id = conn.cgroup_id
+    s.local_addr = conn.laddr
+    s.local_port = conn.lport
+    s.peer_addr = conn.raddr
+    s.peer_port = conn.rport
+    s.tls = False
+    s.conn_id = conn.conn_id
+    hdrs = req.headers
+    s.request_headers = hdrs
+    s.response_headers = resp.headers
+    s.req_first_enter = first.ts_enter
+    s.req_first_exit = first.ts_exit
+    s.req_last_exit = req.last_ev.ts_exit
+    s.resp_first_enter = rfirst.ts_enter
+    s.resp_first_exit = rfirst.ts_exit
+    s.resp_last_enter = last.ts_enter
+    s.resp_last_exit = last.ts_exit
+    s.resp_tid = last.tid
+    s.attributes_extra = None
+    s.span_id = f"{_getrandbits(64) or 1:016x}"
+    tp = hdrs.get("traceparent")
+    ctx = parse_traceparent(tp) if tp is not None else None
+    if ctx is None:
+        s.trace_id = f"{_getrandbits(128) or 1:032x}"
+        s.parent_span_id = None
+        s.correlation_source = "none"
+        s.correlation_confidence = 0.0
+    else:
+        s.trace_id, s.parent_span_id = ctx
+        s.correlation_source = "header"
+        s.correlation_confidence = 1.0
+    return s

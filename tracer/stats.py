@@ -1,0 +1,51 @@
+"""Plain counters shared by every user-space stage.
+
+One object per tracer run, passed to each layer. Attribute increments are the
+cheapest thing Python offers, so the hot path just does `stats.x += 1`; nothing
+here locks, because the whole pipeline runs on one thread.
+"""
+
+from __future__ import annotations
+
+# Adding a counter: append its name here; as_dict() and the summary follow.
+COUNTERS = (
+    # loader / decode
+    "events_seen",  # events the kernel side tried to submit (CTR_EVENTS)
+    "events_delivered",  # records read out of the ring buffer
+    "events_dropped",  # kernel bpf_ringbuf reserve/output failures (CTR_DROPPED)
+    "decode_errors",  # records that matched no event layout
+    # connection table
+    "events_handled",  # events given to ConnectionTable.handle
+    "connections_open",  # gauge: connections in the table now
+    "connections_total",  # connections ever entered into the table
+    "connections_expired",  # dropped by expire() while idle
+    "h2_connections",  # HTTP/2 prior-knowledge preface seen (handed to the h2 slot)
+    "upgraded_connections",  # 101 Switching Protocols / CONNECT tunnel: no longer parsed
+    # protocol parsing
+    "unparsed_bytes",  # bytes no message could be made of (garbage, resync skips)
+    "unparsed_connections",  # connections given up as not-HTTP, counted once each
+    "malformed_messages",  # a message boundary held something that is not HTTP/1.x
+    "truncated_messages",  # a header block cut by the capture (or lost in a gap)
+    "framing_lost",  # a capture gap hit chunk framing: fell back to heuristics
+    "incomplete_requests",  # requests that never got their response (close, stop, expiry)
+    "unpaired_responses",  # responses with no request to pair with
+    # output
+    "spans_emitted",
+)
+
+
+class Stats:
+    """Monotonic counters (plus the connections_open gauge)."""
+
+    __slots__ = COUNTERS
+
+    def __init__(self) -> None:
+        for name in COUNTERS:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in self.as_dict().items() if v)
+        return f"Stats({inner})"
