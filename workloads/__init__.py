@@ -1,0 +1,1 @@
+"""Workloads for the harness: servers that log their own ground truth."""

@@ -1,0 +1,1 @@
+"""http-chain workload: Flask frontend -> Flask backend -> SQLite, under gunicorn."""

@@ -1,0 +1,1 @@
+"""grpc workload: a grpcio Catalog service (unary + server streaming)."""

@@ -1,0 +1,1 @@
+"""mixed workload: Flask frontend (HTTP/1) -> gRPC Catalog backend."""
