@@ -1,0 +1,29 @@
+"""Kernel tier: root and real BPF. A missing privilege or kernel feature turns
+into a skip that names it, never a failure (CI runs as root on a kernel that
+has everything, so nothing skips there)."""
+
+import functools
+import os
+
+import pytest
+
+
+@functools.cache
+def _probe():
+    from tracer import probe
+
+    return probe.probe()
+
+
+def require(*features: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_BPF, CAP_PERFMON)")
+    res = _probe()
+    for f in features:
+        if not res.ok(f):
+            pytest.skip(f"kernel feature missing: {f} ({res.features[f].detail})")
+
+
+@pytest.fixture
+def sock_features():
+    require("btf", "ringbuf", "tracepoint_syscalls")
