@@ -76,7 +76,8 @@ def is_request_start(data: bytes) -> bool:
 
 
 def is_response_start(data: bytes) -> bool:
-    return data.startswith(b"HTTP/1.") and data[9:12].isdigit()
+    code = data[9:12]
+    return data.startswith(b"HTTP/1.") and len(code) == 3 and code.isdigit()
 
 
 class Message:
