@@ -88,7 +88,7 @@ class Tracer:
         self.ring_bytes = ring_bytes
         self.stats = stats or Stats()
         self.clock_offset_ns = clock_offset_ns()
-        self.table = ConnectionTable(self._emit, self.stats, clock_offset_ns=self.clock_offset_ns,
+        self.table = ConnectionTable(self.sink, self.stats, clock_offset_ns=self.clock_offset_ns,
                                      capture_bytes=capture_bytes)
         self.obj: loader.BPFObject | None = None
         self.rb: loader.RingBuffer | None = None
@@ -98,10 +98,6 @@ class Tracer:
         self.stopped_at = 0.0
         self._kernel = {}
         self._handler = self._make_handler()
-
-    def _emit(self, span) -> None:
-        self.stats.spans_emitted += 1
-        self.sink(span)
 
     def _make_handler(self):
         decode = events.decode
