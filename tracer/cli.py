@@ -157,7 +157,10 @@ def cmd_run(args) -> int:
             sys.stderr.write(e.log)
         raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
                                                      else " (run with -v for the log)")) from None
-    logging.getLogger("tracer").info("tracing with %d programs", len(tracer.attached))
+    # One line when tracing really starts: scripts and tests wait for it.
+    sys.stderr.write(f"tracer: tracing ({len(tracer.attached)} programs attached"
+                     f"{', ' + str(len(tracer.skipped)) + ' skipped' if tracer.skipped else ''})\n")
+    sys.stderr.flush()
     try:
         tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
     finally:
