@@ -126,7 +126,8 @@ class Listener(Protocol):
 class Http1Parser:
     """Requests (is_request=True) or responses of one direction of one connection."""
 
-    __slots__ = ("is_request", "listener", "stats", "state", "buf", "buf_ev", "cur", "remaining")
+    __slots__ = ("is_request", "listener", "stats", "state", "buf", "buf_ev", "cur", "remaining",
+                 "soft")
 
     def __init__(self, is_request: bool, listener: Listener, stats: Stats) -> None:
         self.is_request = is_request
@@ -137,6 +138,7 @@ class Http1Parser:
         self.buf_ev: DataEvent | None = None  # the event that carried buf's first byte
         self.cur: Message | None = None  # the message being received
         self.remaining = 0
+        self.soft = False  # LOST: accept a merely plausible head start (see _resync)
 
     # ---- feeding ----
 
@@ -408,7 +410,8 @@ class Http1Parser:
         if self.is_request:
             sp = data.find(b" ", pos, pos + n)
             if sp < 0:
-                return n < 16 and data[pos:pos + n].isalpha()
+                part = data[pos:pos + n]
+                return n < 16 and part.isalpha() and part.isupper()
             mb = data[pos:sp]
             return mb in _METHODS or (mb.isalpha() and mb.isupper())
         return b"HTTP/1."[:n] == data[pos:pos + min(n, 7)]
@@ -424,6 +427,8 @@ class Http1Parser:
     def _resync(self, ev: DataEvent) -> bool:
         """LOST: True if this syscall starts a new message (parse it normally)."""
         data = ev.payload
+        soft = self.soft
+        self.soft = False
         if is_request_start(data) if self.is_request else is_response_start(data):
             self.state = HEAD
             if self.cur is not None:
@@ -432,6 +437,11 @@ class Http1Parser:
             return True
         cur = self.cur
         if cur is None:
+            if soft and self._plausible(data, 0, len(data)):
+                # the other direction ended our message: the next byte is most
+                # likely a new head, even one split after its first bytes
+                self.state = HEAD
+                return True
             self.stats.unparsed_bytes += ev.size
             return False
         cur.last_ev = ev
@@ -440,11 +450,12 @@ class Http1Parser:
         return False
 
     def finish_lost(self) -> bool:
-        """End a message whose framing is lost (the other direction moved on).
-        True if a message was ended."""
+        """End a message whose framing is lost, because the other direction
+        started a message (or the socket closed). True if one was ended."""
         if self.state == LOST and self.cur is not None:
             cur = self.cur
             self.cur = None
+            self.soft = True
             self.listener.on_end(self, cur)
             return True
         return False
@@ -515,10 +526,14 @@ class Http1Session:
     # ---- Listener ----
 
     def on_head(self, parser: Http1Parser, msg: Message) -> None:
+        # direction alternation: a message starting on one side ends the other
+        # side's message whose end we lost (a request is over once its response
+        # starts; a response once the next request starts)
         if parser is self.req:
-            # direction alternation: a new request ends a response whose end we lost
             self.resp.finish_lost()
             self.pending.append(msg)
+        else:
+            self.req.finish_lost()
 
     def on_end(self, parser: Http1Parser, msg: Message) -> None:
         if parser is self.req:
