@@ -41,9 +41,7 @@ def new_span_id() -> str:
     return f"{_getrandbits(64) or 1:016x}"
 
 
-def _is_hex(s: str) -> bool:
-    # strip() stops at the first non-hex char, so only all-hex strings become empty
-    return not s.strip(_HEX_DIGITS)
+_HEX_OR_DASH = _HEX_DIGITS + "-"
 
 
 def parse_traceparent(value: str) -> tuple[str, str] | None:
@@ -55,10 +53,13 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
     version = v[:2]
     if version == "ff" or (n > 55 and (version == "00" or v[55] != "-")):
         return None
+    # lowercase hex everywhere else: strip() stops at the first other char, and
+    # the count rules out dashes inside the fields
+    head = v[:55]
+    if head.strip(_HEX_OR_DASH) or head.count("-") != 3:
+        return None
     trace_id = v[3:35]
     parent = v[36:52]
-    if not (_is_hex(version) and _is_hex(trace_id) and _is_hex(parent) and _is_hex(v[53:55])):
-        return None
     if trace_id == _ZERO_TRACE or parent == _ZERO_SPAN:
         return None
     return trace_id, parent

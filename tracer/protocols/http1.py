@@ -55,6 +55,7 @@ _SELECT = {
               "content-type", "content-length", "transfer-encoding", "connection")
 }
 
+_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -351,7 +352,8 @@ class Http1Parser:
             sp2 = start.rfind(b" ")
             if sp2 > sp and start.startswith(b"HTTP/1.", sp2 + 1):
                 target = start[sp + 1:sp2]
-                msg.version = start[sp2 + 6:].decode("latin-1")
+                v = start[sp2 + 6:]
+                msg.version = _VERSIONS.get(v) or v.decode("latin-1")
             elif truncated and len(lines) == 1:
                 target = start[sp + 1:]  # the capture cut the request line itself
             else:
@@ -374,7 +376,8 @@ class Http1Parser:
             if not code.isdigit() or start[8:9] != b" " or (len(start) > 12 and start[12] != 32):
                 return None
             msg.status = int(code)
-            msg.version = start[5:8].decode("latin-1")
+            v = start[5:8]
+            msg.version = _VERSIONS.get(v) or v.decode("latin-1")
         hdrs = msg.headers
         select = _SELECT.get
         for i in range(1, len(lines)):
