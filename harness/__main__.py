@@ -58,7 +58,14 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="harness: %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _sigterm)
+    old_handler = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _bench(args)
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+
+
+def _bench(args) -> int:
     from harness.bench import bench
     from harness.budgets import BudgetFileError
     from harness.runner import BenchConfig, HarnessError

@@ -1,0 +1,126 @@
+"""Budget gating on synthetic run tables: one budget that must fail, one that
+must pass, and a failure inside the A/A noise floor that must be inconclusive."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from harness import analysis
+from harness.__main__ import main
+from harness.budgets import (
+    DEFAULT_BUDGETS,
+    FAIL,
+    INCONCLUSIVE,
+    MISSING,
+    PASS,
+    Budget,
+    BudgetFileError,
+    evaluate,
+    judge,
+    load_budgets,
+)
+
+
+def _runs(p99_base: float, p99_traced: float, aa: tuple[float, float], tracer_cpu: float,
+          recall: float, pairs: int = 6) -> pd.DataFrame:
+    rows = []
+    for i, v in enumerate(aa):
+        rows.append({"scenario": "http-chain", "label": "aa", "variant": "baseline", "pair": 0,
+                     "position": i, "latency_p99_us": v, "latency_p50_us": 1000.0,
+                     "workload_cpu_cores": 0.20, "achieved_rps": 1000.0, "valid": True})
+    for i in range(pairs):
+        rows.append({"scenario": "http-chain", "label": "pair", "variant": "baseline", "pair": i,
+                     "position": i % 2, "latency_p99_us": p99_base + i,
+                     "latency_p50_us": 1000.0, "workload_cpu_cores": 0.20,
+                     "achieved_rps": 1000.0, "valid": True})
+        rows.append({"scenario": "http-chain", "label": "pair", "variant": "traced", "pair": i,
+                     "position": 1 - i % 2, "latency_p99_us": p99_traced + i,
+                     "latency_p50_us": 1010.0, "workload_cpu_cores": 0.20,
+                     "tracer_cpu_cores": tracer_cpu, "achieved_rps": 1000.0,
+                     "tracer_rss_peak_mb": 30.0, "tracer_events_seen": 1000.0,
+                     "tracer_events_dropped": 0.0, "recall": recall, "precision": 1.0,
+                     "field_accuracy": 1.0, "correlation": 0.0, "valid": True})
+    return pd.DataFrame(rows)
+
+
+def _verdict(runs: pd.DataFrame):
+    version, budgets = load_budgets(DEFAULT_BUDGETS)
+    figs, noise = analysis.figures(runs)
+    return evaluate(version, budgets, figs, noise), figs
+
+
+def _status(verdict, name: str) -> str:
+    return next(r.status for r in verdict.results if r.budget == name)
+
+
+def test_default_budgets_file_is_versioned_and_complete():
+    version, budgets = load_budgets(DEFAULT_BUDGETS)
+    assert version >= 1
+    names = {b.name for b in budgets}
+    assert {"tracer_cpu", "p99_added_latency", "tracer_rss", "drop_rate", "detection_recall",
+            "correlation"} <= names
+    assert not next(b for b in budgets if b.name == "correlation").gate
+
+
+def test_everything_within_budget_passes():
+    verdict, figs = _verdict(_runs(5000, 5010, aa=(5000, 5004), tracer_cpu=0.01, recall=1.0))
+    assert figs["http-chain"]["p99_added_us"] == pytest.approx(10)
+    assert figs["http-chain"]["cpu_overhead_pct_core_per_1k_rps"] == pytest.approx(1.0)
+    assert _status(verdict, "p99_added_latency") == PASS
+    assert _status(verdict, "tracer_cpu") == PASS
+    # Correlation fails but is not gated: the bench still passes.
+    assert _status(verdict, "correlation") == FAIL
+    assert verdict.overall == PASS and verdict.ok
+
+
+def test_latency_over_budget_beyond_noise_fails_with_margin():
+    verdict, _ = _verdict(_runs(5000, 5300, aa=(5000, 5010), tracer_cpu=0.01, recall=1.0))
+    r = next(r for r in verdict.results if r.budget == "p99_added_latency")
+    assert r.status == FAIL
+    assert r.margin == pytest.approx(50 - 300)
+    assert "p99_added_latency" in r.line() and "margin -250" in r.line()
+    assert verdict.overall == FAIL and not verdict.ok
+
+
+def test_failure_inside_aa_noise_is_inconclusive():
+    verdict, _ = _verdict(_runs(5000, 5300, aa=(5000, 5400), tracer_cpu=0.01, recall=1.0))
+    assert _status(verdict, "p99_added_latency") == INCONCLUSIVE
+    assert verdict.overall == INCONCLUSIVE and not verdict.ok
+
+
+def test_low_recall_fails_and_missing_data_is_not_a_pass():
+    verdict, _ = _verdict(_runs(5000, 5000, aa=(5000, 5000), tracer_cpu=0.01, recall=0.9))
+    assert _status(verdict, "detection_recall") == FAIL
+    b = Budget("x", "recall", 0.999, "min")
+    assert judge(b, "s", math.nan).status == MISSING
+    assert judge(b, "s", None).status == MISSING
+    assert judge(b, "s", 0.9995).status == PASS
+
+
+def test_min_budget_ignores_noise():
+    b = Budget("x", "events_per_s", 10_000, "min", noise=False)
+    assert judge(b, "stress", 9_000, noise_floor=5_000).status == FAIL
+
+
+def test_bad_budgets_file(tmp_path):
+    p = tmp_path / "b.toml"
+    p.write_text("version = 1\n[[budget]]\nname = 'a'\nmetric = 'm'\n")
+    with pytest.raises(BudgetFileError, match="exactly one of max/min"):
+        load_budgets(p)
+    p.write_text("not toml [")
+    with pytest.raises(BudgetFileError, match="not valid TOML"):
+        load_budgets(p)
+
+
+def test_cli_usage_and_environment_errors_exit_2(tmp_path, capsys):
+    assert main(["matrix"]) == 2
+    assert "issue 9" in capsys.readouterr().err
+    assert main(["bench", "--budgets", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "budgets file not found" in err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--scenario", "nope"])
+    assert e.value.code == 2

@@ -1,0 +1,125 @@
+"""Scoring spans against ground truth, percentiles, CIs, the run plan and the
+tracer command template."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.analysis import mann_whitney, median_ci
+from harness.runner import BenchConfig, HarnessError, format_tracer_cmd, plan
+from harness.scenarios import Expected
+from harness.score import latency_percentiles, score_spans, span_request_id
+from workloads.groundtruth import make_traceparent, parse_traceparent
+
+CHAIN = (Expected("frontend", "server", "load"),
+         Expected("frontend", "client", ("frontend", "server")),
+         Expected("backend", "server", ("frontend", "client")))
+NETNS = {111: "frontend", 222: "backend"}
+
+
+def _gt(rid, service, kind, method="GET", path="/api/items/1", status=200, dur_us=1000):
+    return {"request_id": rid, "service": service, "kind": kind, "method": method,
+            "path": path, "status": status, "start_unix_ns": 10**18,
+            "end_unix_ns": 10**18 + dur_us * 1000}
+
+
+def _span(rid, netns, kind, span_id, trace_id="t" * 32, parent=None, method="GET",
+          path="/api/items/1", status=200, dur_us=1100):
+    return {"netns": netns, "kind": kind, "span_id": span_id, "trace_id": trace_id,
+            "parent_span_id": parent, "method": method, "path": path, "status": status,
+            "duration_ns": dur_us * 1000,
+            "attributes": {"http.request.header.x-request-id": rid}}
+
+
+def _chain_gt(rid):
+    return [_gt(rid, "frontend", "server"), _gt(rid, "frontend", "client", path="/items/1"),
+            _gt(rid, "backend", "server", path="/items/1")]
+
+
+def test_perfect_tracer_scores_one():
+    gt = _chain_gt("r1-1") + _chain_gt("r1-2")
+    ctx = {"r1-1": ("a" * 32, "p" * 16), "r1-2": ("b" * 32, "q" * 16)}
+    spans = []
+    for rid, (tid, pid) in ctx.items():
+        spans += [_span(rid, 111, "server", f"{rid}s", tid, pid),
+                  _span(rid, 111, "client", f"{rid}c", tid, f"{rid}s", path="/items/1"),
+                  _span(rid, 222, "server", f"{rid}b", tid, f"{rid}c", path="/items/1")]
+    s = score_spans(gt, spans, tag="r1", netns_services=NETNS, chain=CHAIN, load_context=ctx)
+    assert s["gt_requests"] == 2 and s["gt_records"] == 6
+    assert s["precision"] == s["recall"] == s["field_accuracy"] == s["correlation"] == 1.0
+    assert s["latency_error_p50_us"] == pytest.approx(100)
+
+
+def test_missing_wrong_duplicate_and_foreign_spans():
+    gt = _chain_gt("r1-1") + _chain_gt("r0-9")  # r0: another run, not expected
+    spans = [
+        _span("r1-1", 111, "server", "s1", status=500),  # wrong status
+        _span("r1-1", 111, "server", "s1b"),  # duplicate
+        _span(None, 111, "server", "s2"),  # no request id: false positive
+        _span("r1-1", 999, "server", "s3"),  # other namespace: ignored
+        _span("r1-1", 222, "server", "s4", path="/items/1"),
+    ]
+    s = score_spans(gt, spans, tag="r1", netns_services=NETNS, chain=CHAIN)
+    assert s["gt_records"] == 3
+    assert s["spans_total"] == 4 and s["spans_matched"] == 2
+    assert s["spans_duplicate"] == 1 and s["spans_unmatched"] == 1
+    assert s["recall"] == pytest.approx(2 / 3)
+    assert s["precision"] == pytest.approx(2 / 4)
+    assert s["status_accuracy"] == 0.5 and s["method_accuracy"] == 1.0
+    assert s["correlation"] == 0.0  # no load context: nothing can be right
+
+
+def test_no_spans_gives_zero_recall_and_undefined_precision():
+    s = score_spans(_chain_gt("r1-1"), [], tag="r1", netns_services=NETNS, chain=CHAIN)
+    assert s["recall"] == 0.0 and math.isnan(s["precision"])
+
+
+def test_request_id_from_other_attribute_keys():
+    assert span_request_id({"attributes": {"rpc.grpc.request.metadata.x-request-id": ["a"]}}) \
+        == "a"
+    assert span_request_id({"attributes": {}}) is None
+
+
+def test_latency_percentiles_are_exact():
+    p = latency_percentiles(list(range(1, 1001)))
+    assert p["latency_p50_us"] == pytest.approx(500.5)
+    assert p["latency_p999_us"] == pytest.approx(999.001)
+    assert math.isnan(latency_percentiles([])["latency_p99_us"])
+
+
+def test_median_ci_and_mann_whitney():
+    med, lo, hi = median_ci([5, 1, 4, 2, 6, 3])
+    assert (med, lo, hi) == (3.5, 1, 6)
+    assert median_ci([])[0] != median_ci([])[0]  # nan
+    assert mann_whitney([1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]) < 0.01
+    assert math.isnan(mann_whitney([1], [2]))
+
+
+def test_plan_alternates_order_and_has_aa_and_bpf():
+    runs = plan(BenchConfig(scenarios=["x"], repeat=6))
+    assert [(r.label, r.variant) for r in runs[:2]] == [("aa", "baseline")] * 2
+    pairs = [r for r in runs if r.label == "pair"]
+    assert len(pairs) == 12
+    firsts = [r.variant for r in pairs if r.position == 0]
+    assert firsts == ["baseline", "traced"] * 3
+    assert runs[-1].label == "bpf" and runs[-1].variant == "traced"
+    assert len(runs) == BenchConfig(scenarios=["x"]).runs_per_scenario()
+
+
+def test_tracer_cmd_template():
+    argv = format_tracer_cmd("{python} -m tracer run {netns_args} --output {output}",
+                             python="/py", netns_args="--netns a --netns b", output="/o/s.jsonl")
+    assert argv == ["/py", "-m", "tracer", "run", "--netns", "a", "--netns", "b", "--output",
+                    "/o/s.jsonl"]
+    with pytest.raises(HarnessError, match="unknown placeholder"):
+        format_tracer_cmd("tracer {bogus}")
+    with pytest.raises(HarnessError, match="empty"):
+        format_tracer_cmd("  ")
+
+
+def test_traceparent_round_trip():
+    tp = make_traceparent("a" * 32, "b" * 16)
+    assert parse_traceparent(tp) == ("a" * 32, "b" * 16)
+    assert parse_traceparent("garbage") is None and parse_traceparent(None) is None
