@@ -45,7 +45,7 @@ class HarnessError(RuntimeError):
 @dataclass
 class BenchConfig:
     scenarios: list[str]
-    duration: float = 4.0
+    duration: float = 3.0
     rps: float | None = None  # None: each scenario's default
     repeat: int = 6
     tracer_cmd: str = DEFAULT_TRACER_CMD

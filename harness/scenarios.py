@@ -118,7 +118,7 @@ def build(name: str, workdir: Path) -> Scenario:
                         "--ground-truth", gt), 8080, FRONTEND),
             ),
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend",),
-            chain=(Expected("frontend", "server", "load"),), default_rps=2500,
+            chain=(Expected("frontend", "server", "load"),), default_rps=6000,
             config={"server": "asyncio minimal HTTP/1.1"},
         )
     raise KeyError(name)
