@@ -181,7 +181,9 @@ class Tracer:
             self.poll_once(100)
             if now >= next_house:
                 next_house = now + HOUSEKEEPING_S
-                self.table.expire(time.monotonic_ns(), IDLE_EXPIRY_NS)
+                now_ns = time.monotonic_ns()
+                self.table.expire(now_ns, IDLE_EXPIRY_NS)
+                self.table.correlator.flush(now_ns)
                 self.read_kernel_counters()
                 if on_tick:
                     on_tick()
@@ -212,6 +214,7 @@ class Tracer:
             self.stats.events_delivered += n
             self.read_kernel_counters()
             self.table.close_all()
+            self.table.correlator.close()
             self.obj.close()
             self.obj = None
             self.rb = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from tracer.correlate import Correlator
 from tracer.events import CloseEvent, ConnRole, DataDir, DataEvent, OpenEvent
 from tracer.protocols.http1 import Http1Session, is_request_start
 from tracer.spans import Span
@@ -193,7 +194,8 @@ class ConnectionTable:
     capture_bytes is informational here (each DataEvent says what it captured);
     it is kept so the table reports the configuration it was built for."""
 
-    __slots__ = ("sink", "stats", "clock_offset_ns", "capture_bytes", "h2_factory", "conns")
+    __slots__ = ("sink", "stats", "clock_offset_ns", "capture_bytes", "h2_factory", "conns",
+                 "correlator")
 
     def __init__(self, sink: Callable[[Span], None], stats: Stats, clock_offset_ns: int = 0,
                  capture_bytes: int = 512, h2_factory: H2Factory | None = None) -> None:
@@ -203,6 +205,8 @@ class ConnectionTable:
         self.capture_bytes = capture_bytes
         self.h2_factory = h2_factory
         self.conns: dict[int, Conn] = {}
+        # every protocol goes through the correlator: ids at request start, links
+        self.correlator = Correlator(sink, stats)
 
     def __len__(self) -> int:
         return len(self.conns)

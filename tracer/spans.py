@@ -249,16 +249,4 @@ def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) ->
     s.resp_last_exit = last.ts_exit
     s.resp_tid = last.tid
     s.attributes_extra = None
-    s.span_id = f"{_getrandbits(64) or 1:016x}"
-    tp = hdrs.get("traceparent")
-    ctx = parse_traceparent(tp) if tp is not None else None
-    if ctx is None:
-        s.trace_id = f"{_getrandbits(128) or 1:032x}"
-        s.parent_span_id = None
-        s.correlation_source = "none"
-        s.correlation_confidence = 0.0
-    else:
-        s.trace_id, s.parent_span_id = ctx
-        s.correlation_source = "header"
-        s.correlation_confidence = 1.0
     return s

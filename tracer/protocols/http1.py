@@ -87,7 +87,7 @@ class Message:
 
     __slots__ = ("is_request", "method", "path", "query", "target", "version", "status",
                  "headers", "content_length", "chunked", "close", "truncated",
-                 "first_ev", "last_ev")
+                 "first_ev", "last_ev", "ctx")
 
     def __init__(self, is_request: bool, first_ev: DataEvent) -> None:
         self.is_request = is_request
@@ -104,6 +104,7 @@ class Message:
         self.truncated = False
         self.first_ev = first_ev
         self.last_ev = first_ev
+        self.ctx = None  # correlate.Context of a request, set when its head is parsed
 
     def __repr__(self) -> str:
         if self.is_request:
@@ -492,7 +493,8 @@ class Http1Session:
     responses pair with nothing; 101 and CONNECT-2xx end parsing (another
     protocol follows)."""
 
-    __slots__ = ("conn", "table", "stats", "req", "resp", "pending", "req_dir", "dead")
+    __slots__ = ("conn", "table", "stats", "req", "resp", "pending", "req_dir", "dead", "seq",
+                 "server")
 
     def __init__(self, conn: Conn, table: ConnectionTable) -> None:
         self.conn = conn
@@ -501,8 +503,10 @@ class Http1Session:
         self.req = Http1Parser(True, self, table.stats)
         self.resp = Http1Parser(False, self, table.stats)
         self.pending: deque[Message] = deque()
-        self.req_dir = _INGRESS if conn.role == _ROLE_SERVER else _EGRESS
+        self.server = conn.role == _ROLE_SERVER
+        self.req_dir = _INGRESS if self.server else _EGRESS
         self.dead = False
+        self.seq = 0  # requests on this connection: the cross-process match key
 
     def on_data(self, ev: DataEvent) -> None:
         if ev.direction == self.req_dir:
@@ -535,6 +539,10 @@ class Http1Session:
         if parser is self.req:
             self.resp.finish_lost()
             self.pending.append(msg)
+            ev = msg.first_ev
+            msg.ctx = self.table.correlator.start(self.conn, self.server, ev.pid, ev.tid,
+                                                  msg.headers, self.seq)
+            self.seq += 1
         else:
             self.req.finish_lost()
 
@@ -550,8 +558,7 @@ class Http1Session:
             return
         req = pending.popleft()
         table = self.table
-        table.sink(http1_span(self.conn, req, msg, table.clock_offset_ns))
-        self.stats.spans_emitted += 1
+        table.correlator.finish(req.ctx, http1_span(self.conn, req, msg, table.clock_offset_ns))
         if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
             self.stats.upgraded_connections += 1
             self.stats.incomplete_requests += len(pending)
