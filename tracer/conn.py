@@ -52,7 +52,7 @@ class Conn:
     """One traced socket as seen by one process."""
 
     __slots__ = ("conn_id", "role", "proto", "last_ts", "pid", "comm", "netns", "cgroup_id",
-                 "laddr", "lport", "raddr", "rport", "table")
+                 "laddr", "lport", "raddr", "rport", "table", "fresh")
 
     def __init__(self, table: ConnectionTable, conn_id: int, role: int) -> None:
         self.table = table
@@ -67,6 +67,9 @@ class Conn:
         self.lport = 0
         self.raddr = ""
         self.rport = 0
+        # seen from accept/connect: request order on it is known from the first
+        # request, so it can be matched with the other end (correlation)
+        self.fresh = False
         self.proto: ProtocolHandler = _Sniffer(self)
 
     def set_open(self, ev: OpenEvent) -> None:
@@ -78,6 +81,7 @@ class Conn:
         self.lport = ev.lport
         self.raddr = ev.raddr
         self.rport = ev.rport
+        self.fresh = ev.role != ROLE_UNKNOWN
         if self.role == ROLE_UNKNOWN:
             self.role = ev.role
 
