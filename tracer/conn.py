@@ -82,6 +82,8 @@ class Conn:
         self.raddr = ev.raddr
         self.rport = ev.rport
         self.fresh = ev.role != ROLE_UNKNOWN
+        if ev.role == ROLE_CLIENT:
+            self.table.correlator.note_client(ev.laddr, ev.netns)
         if self.role == ROLE_UNKNOWN:
             self.role = ev.role
 

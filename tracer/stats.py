@@ -29,6 +29,9 @@ COUNTERS = (
     "framing_lost",  # a capture gap hit chunk framing: fell back to heuristics
     "incomplete_requests",  # requests that never got their response (close, stop, expiry)
     "unpaired_responses",  # responses with no request to pair with
+    # correlation
+    "correlation_ambiguous",  # outgoing request on a thread with several requests in flight
+    "correlation_unresolved",  # a server span waited HOLD_NS for its client side in vain
     # output
     "spans_emitted",
 )

@@ -525,7 +525,7 @@ class Http1Session:
         if self.req.buf:  # a request head never finished
             stats.incomplete_requests += 1
         stats.incomplete_requests += len(self.pending)
-        self.pending.clear()
+        self._abandon()
         self.req.stop()
         self.resp.stop()
         self.dead = True
@@ -541,7 +541,7 @@ class Http1Session:
             self.pending.append(msg)
             ev = msg.first_ev
             msg.ctx = self.table.correlator.start(self.conn, self.server, ev.pid, ev.tid,
-                                                  msg.headers, self.seq)
+                                                  msg.headers, self.seq, ev.ts_exit)
             self.seq += 1
         else:
             self.req.finish_lost()
@@ -562,7 +562,7 @@ class Http1Session:
         if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
             self.stats.upgraded_connections += 1
             self.stats.incomplete_requests += len(pending)
-            pending.clear()
+            self._abandon()
             self.req.stop()
             self.resp.stop()
             self.dead = True
@@ -572,11 +572,18 @@ class Http1Session:
         stats = self.stats
         stats.unparsed_bytes += nbytes
         stats.incomplete_requests += len(self.pending)
-        self.pending.clear()
+        self._abandon()
         self.req.stop()
         self.resp.stop()
         self.dead = True
         self.conn.give_up(counted=True)
+
+    def _abandon(self) -> None:
+        abandon = self.table.correlator.abandon
+        for msg in self.pending:
+            if msg.ctx is not None:
+                abandon(msg.ctx)
+        self.pending.clear()
 
     def request_method(self) -> str | None:
         pending = self.pending
