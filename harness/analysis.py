@@ -133,6 +133,11 @@ def figures(runs: pd.DataFrame) -> tuple[dict[str, dict], dict[str, dict]]:
             "p50_added_us": med([_get(t, "latency_p50_us") - _get(b, "latency_p50_us")
                                  for b, t in pairs]),
             "tracer_cpu_cores": med(list(_col(traced_main, "tracer_cpu_cores"))),
+            # The tracer process alone, same normalisation: not subject to the
+            # workload's run-to-run noise.
+            "tracer_cpu_pct_core_per_1k_rps": med([
+                _get(t, "tracer_cpu_cores") * 1e5 / _get(t, "achieved_rps")
+                for _, t in traced_main.iterrows() if _get(t, "achieved_rps") > 0]),
             "tracer_rss_peak_mb": float(_col(traced, "tracer_rss_peak_mb").max())
             if _col(traced, "tracer_rss_peak_mb").notna().any() else math.nan,
             "tracer_rss_steady_mb": med(list(_col(traced_main, "tracer_rss_steady_mb"))),

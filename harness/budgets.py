@@ -126,6 +126,8 @@ def judge(budget: Budget, scenario: str, value, noise_floor=None) -> Result:
         return r
     r.margin = budget.limit - value if budget.kind == "max" else value - budget.limit
     if r.margin >= 0:
+        if noise is not None and noise > r.margin:
+            r.note = "A/A noise floor exceeds the margin: the pass is not resolved"
         return r
     r.status = FAIL
     # Over the limit, but by no more than the A/A difference: the data cannot

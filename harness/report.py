@@ -26,6 +26,7 @@ PACKAGES = ["pyroute2", "locust", "flask", "gunicorn", "grpcio", "grpcio-tools",
 FIGURE_ROWS = [
     ("achieved_rps", "achieved load", "req/s"),
     ("cpu_overhead_pct_core_per_1k_rps", "CPU overhead", "% core / 1k req/s"),
+    ("tracer_cpu_pct_core_per_1k_rps", "tracer process CPU", "% core / 1k req/s"),
     ("tracer_cpu_cores", "tracer CPU", "cores"),
     ("p50_added_us", "p50 added", "us"),
     ("p99_added_us", "p99 added", "us"),
@@ -156,13 +157,14 @@ def summary_md_rows(summary: pd.DataFrame) -> tuple[list[str], list]:
 
 
 def verdict_rows(verdict: Verdict) -> tuple[list[str], list]:
-    headers = ["status", "budget", "scenario", "value", "limit", "margin", "A/A noise", "gated"]
+    headers = ["status", "budget", "scenario", "value", "limit", "margin", "A/A noise", "gated",
+               "note"]
     rows = []
     for r in verdict.results:
         rel = "≤" if r.kind == "max" else "≥"
         rows.append([r.status.upper(), r.budget, r.scenario, _fmt(r.value, r.unit or "x"),
                      f"{rel} {r.limit:g} {r.unit}", _fmt(r.margin, r.unit or "x"),
-                     _fmt(r.noise_floor, "x"), "yes" if r.gate else "no"])
+                     _fmt(r.noise_floor, "x"), "yes" if r.gate else "no", r.note])
     return headers, rows
 
 

@@ -338,8 +338,11 @@ class ScenarioRunner:
         wall = max(t1 - t0, 1e-9)
         row.update(self._load_figures(load, lat_path, wall))
         row.update(self._resource_figures(sampler.rows, t0, t1, wall, tracer_cpu_total))
+        # Invalid: the load generator was CPU-bound, so it, not the servers, set
+        # the latency. Locust samples every few seconds; psutil covers the run.
+        row["valid"] = not row["locust_cpu_warning"] and not row["loadgen_cpu_cores"] > 0.9
         ctx = self._load_context(lat_path)
-        gt = list(read_log(self.workdir / "ground_truth.jsonl"))
+        gt = list(read_log(self.workdir / "ground_truth.jsonl", contains=f'"{tag}-'))
         row["gt_requests"] = score.count_ground_truth(gt, tag, (sc.chain[0].service,
                                                                 sc.chain[0].kind))
         if traced:
@@ -415,9 +418,6 @@ class ScenarioRunner:
             steady = [v for t, v in rss if t0 + wall / 2 <= t <= t1]
             out["tracer_rss_steady_mb"] = (float(np.median(steady)) / 1e6 if steady
                                            else out["tracer_rss_peak_mb"])
-        # Locust warns above 90% CPU; our own measurement covers the whole run,
-        # while Locust samples only every few seconds.
-        out["valid"] = not (out.get("loadgen_cpu_cores", 0) > 0.9)
         return out
 
     def _tracer_summary(self, output: Path, wall: float) -> dict:

@@ -88,15 +88,16 @@ class GroundTruthLog:
         os.close(self._fd)
 
 
-def read_log(path: str | os.PathLike) -> Iterator[dict]:
-    """Records from a ground-truth file; a torn last line (killed writer) is skipped."""
+def read_log(path: str | os.PathLike, contains: str | None = None) -> Iterator[dict]:
+    """Records from a ground-truth file; a torn last line (killed writer) is skipped.
+    ``contains``: only lines holding this text are parsed (cheap per-run filter)."""
     p = Path(path)
     if not p.exists():
         return
     with p.open() as fh:
         for line in fh:
             line = line.strip()
-            if not line:
+            if not line or (contains is not None and contains not in line):
                 continue
             try:
                 yield json.loads(line)

@@ -124,3 +124,10 @@ def test_cli_usage_and_environment_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--scenario", "nope"])
     assert e.value.code == 2
+
+
+def test_pass_inside_noise_is_flagged_as_unresolved():
+    b = Budget("cpu", "cpu_overhead_pct_core_per_1k_rps", 1.5, "max", noise=True)
+    r = judge(b, "http-chain", 1.0, noise_floor=10.0)
+    assert r.status == PASS and "not resolved" in r.note
+    assert judge(b, "http-chain", 1.0, noise_floor=0.1).note == ""
