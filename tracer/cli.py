@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--export", action="append", default=[], metavar="URL",
                    help="otlp-grpc://host:4317, otlp-http://host:4318/v1/traces, jaeger-json:FILE")
     r.add_argument("--metrics", default=None, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics")
+                   help="serve Prometheus /metrics (e.g. :9464)")
+    r.add_argument("--service-name", action="append", default=[], metavar="COMM=NAME",
+                   help="exported service.name for a process name or executable "
+                        "(default: the process name; repeatable)")
     r.add_argument("--config", default=None, metavar="FILE")
     r.add_argument("--capture-bytes", type=int, default=512, metavar="N",
                    help="payload prefix copied per syscall (16..4096, default 512)")
@@ -91,9 +94,14 @@ def _check_args(args) -> None:
         raise UsageError("--duration must be positive")
     if not 16 <= args.capture_bytes <= 4096:
         raise UsageError("--capture-bytes must be within 16..4096")
-    if args.export or args.metrics:
-        raise UsageError("--export and --metrics are not available yet (issue 7): "
-                         "use --output FILE for JSON lines")
+    from .export import semconv, targets
+
+    try:
+        args.export_targets = [targets.parse_export(u) for u in args.export]
+        args.metrics_addr = targets.parse_metrics(args.metrics) if args.metrics else None
+        args.service_names = semconv.parse_service_names(args.service_name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.config:
         raise UsageError("--config is not available yet: pass options on the command line")
 
@@ -123,6 +131,24 @@ def _summary_line(s: dict) -> str:
             f"in {s['duration_s']:.1f} s")
 
 
+def _open_exports(args, writer):
+    """The exporters and the metrics endpoint; a file or port that cannot be
+    opened is a usage error (exit 2), found before tracing starts."""
+    from .export.sinks import Exports
+
+    try:
+        return Exports(args.export_targets, args.metrics_addr, args.service_names)
+    except OSError as e:
+        writer.close()
+        what = (f"--metrics {args.metrics}" if e.filename is None and args.metrics
+                else f"--export {e.filename}")
+        raise UsageError(f"{what}: {e.strerror or e}: choose another file or port") from None
+    except ImportError as e:
+        writer.close()
+        raise UsageError(f"--export needs {e.name}: install the 'export' extra "
+                         "(pip install 'httptrace-ebpf[export]')") from None
+
+
 def cmd_run(args) -> int:
     from . import loader, probe
     from .agent import Filters, Tracer
@@ -139,6 +165,7 @@ def cmd_run(args) -> int:
         writer = JsonlWriter(args.output)
     except OSError as e:
         raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    exports = _open_exports(args, writer)
 
     stop = threading.Event()
 
@@ -148,10 +175,11 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    tracer = Tracer(filters, sink=writer, capture_bytes=args.capture_bytes)
+    tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes)
     try:
         tracer.start()
     except loader.LoaderError as e:
+        exports.close(timeout=0)
         writer.close()
         if args.verbose and e.log:
             sys.stderr.write(e.log)
@@ -161,12 +189,21 @@ def cmd_run(args) -> int:
     sys.stderr.write(f"tracer: tracing ({len(tracer.attached)} programs attached"
                      f"{', ' + str(len(tracer.skipped)) + ' skipped' if tracer.skipped else ''})\n")
     sys.stderr.flush()
+    exports.start(tracer)
     try:
         tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
     finally:
+        exports.stop_metrics()  # scrapes read the BPF object that stop() closes
         summary = tracer.stop()
         writer.close()
-    sys.stderr.write(_summary_line(summary) + "\n")
+        exports.close()  # sends what is queued (bounded wait), then counts the rest
+    summary.update(exports.summary())
+    line = _summary_line(summary)
+    if "spans_exported" in summary:
+        line += (f"; exported {summary['spans_exported']}, export failed "
+                 f"{summary['spans_export_failed']}, export dropped "
+                 f"{summary['spans_export_dropped']}")
+    sys.stderr.write(line + "\n")
     if args.output != "-":
         with open(args.output + ".summary.json", "w") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
