@@ -88,3 +88,16 @@ def test_usage_errors_are_one_line_exit_2(args, needle):
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 1 or r.stderr.startswith("usage:")
+
+
+def test_missing_btf_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
+    """Kernels without BTF cannot run CO-RE objects: say so, name the fix."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the capability check comes first")
+    from tracer import cli, probe
+
+    monkeypatch.setattr(probe, "BTF_PATH", str(tmp_path / "no-btf"))
+    assert cli.main(["run", "--duration", "1", "--output", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no kernel BTF" in err and "CONFIG_DEBUG_INFO_BTF=y" in err
