@@ -4,12 +4,17 @@ Each connection (keyed by the kernel's never-reused conn_id) has a protocol
 slot, `Conn.proto`, an object with on_data(ev) and on_close(eof). It starts as
 a sniffer that picks the protocol from the first request bytes:
 - HTTP/1 request line -> tracer.protocols.http1.Http1Session
-- HTTP/2 prior-knowledge preface -> the h2 factory given to the table (or a
-  no-op slot until an h2 parser exists), counted in h2_connections
+- HTTP/2 prior-knowledge preface in the request direction, or a SETTINGS
+  frame first in the response direction (servers may speak first) ->
+  tracer.protocols.http2.Http2Session (or the h2 factory given to the
+  table), counted in h2_connections
 - anything else -> given up, counted as unparsed.
 For ROLE_UNKNOWN connections (open before the tracer started, possibly no
 OpenEvent ever) the sniffer also infers the role: the direction that carries
-a request line is the request direction.
+a request line is the request direction. HTTP/2 joined mid-stream is
+recognised by frame shape (a syscall starting with a run of well-formed
+frames, see http2.looks_like_frames), counted in h2_midstream; its role is
+learnt from the first decodable HEADERS, and its HPACK tables start unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Protocol
 from tracer.correlate import Correlator
 from tracer.events import CloseEvent, ConnRole, DataDir, DataEvent, OpenEvent
 from tracer.protocols.http1 import Http1Session, is_request_start
+from tracer.protocols.http2 import Http2Session, looks_like_frames
 from tracer.spans import Span
 from tracer.stats import Stats
 
@@ -36,7 +42,7 @@ SNIFF_LIMIT = 16
 
 
 class ProtocolHandler(Protocol):
-    """The per-connection protocol slot (HTTP/1 now; HTTP/2 plugs in here)."""
+    """The per-connection protocol slot (Http1Session, Http2Session)."""
 
     def on_data(self, ev: DataEvent) -> None: ...
 
@@ -46,6 +52,11 @@ class ProtocolHandler(Protocol):
 
 
 H2Factory = Callable[["Conn", "ConnectionTable"], ProtocolHandler]
+# Called with the DataEvent that revealed an HTTP/2 connection joined
+# mid-stream, so the kernel side can raise that connection's capture size
+# (the preface case is handled in the kernel itself).
+H2CaptureHook = Callable[[DataEvent], None]
+_SETTINGS = 4
 
 
 class Conn:
@@ -101,7 +112,7 @@ class Conn:
 
 
 class _Ignored:
-    """A connection we deliberately do not parse (upgraded, or h2 with no parser)."""
+    """A connection we deliberately do not parse (upgraded)."""
 
     __slots__ = ()
 
@@ -133,11 +144,14 @@ class _Unparsed:
 class _Sniffer:
     """First bytes of a connection: pick the protocol (and the role if unknown)."""
 
-    __slots__ = ("conn", "seen")
+    __slots__ = ("conn", "seen", "held")
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
         self.seen = 0
+        # request-direction syscalls that are only a prefix of the h2 preface
+        # (a split write): held until the protocol is known, then replayed
+        self.held: list[DataEvent] = []
 
     def on_data(self, ev: DataEvent) -> None:
         conn = self.conn
@@ -149,10 +163,17 @@ class _Sniffer:
             ingress = ev.direction == INGRESS
             if data.startswith(H2_PREFACE):
                 conn.role = ROLE_SERVER if ingress else ROLE_CLIENT
-                self._h2(ev)
+                self._h2(ev, True)
             elif is_request_start(data):
                 conn.role = ROLE_SERVER if ingress else ROLE_CLIENT
                 self._http1(ev)
+            elif looks_like_frames(data, ev.size):
+                # h2 joined late: the role comes from the first decodable HEADERS
+                stats.h2_midstream += 1
+                hook = table.h2_capture
+                if hook is not None:
+                    hook(ev)
+                self._h2(ev, False)
             else:
                 # mid-stream bytes of a connection we joined late: skip to a request
                 stats.unparsed_bytes += ev.size
@@ -161,6 +182,10 @@ class _Sniffer:
                     conn.give_up(counted=True)
             return
         if (ev.direction == INGRESS) != (role == ROLE_SERVER):
+            if looks_like_frames(data, ev.size, _SETTINGS):
+                # an h2 server's SETTINGS, sent before it read the client preface
+                self._h2(ev, True)
+                return
             # response-direction bytes before any request: not HTTP/1 (server
             # speaks first) or the request was lost; wait for a request
             stats.unparsed_bytes += ev.size
@@ -168,27 +193,35 @@ class _Sniffer:
             if self.seen >= SNIFF_LIMIT:
                 conn.give_up(counted=True)
             return
+        if self.held:
+            data = b"".join(e.payload for e in self.held) + data
         if data.startswith(H2_PREFACE):
-            self._h2(ev)
+            self._h2(ev, True)
+        elif len(data) < len(H2_PREFACE) and ev.size == len(ev.payload) \
+                and H2_PREFACE.startswith(data):
+            self.held.append(ev)
         else:
             # the HTTP/1 parser validates the start and gives up on garbage
             self._http1(ev)
 
     def _http1(self, ev: DataEvent) -> None:
         conn = self.conn
-        conn.proto = Http1Session(conn, conn.table)
-        conn.proto.on_data(ev)
+        conn.proto = proto = Http1Session(conn, conn.table)
+        for held in self.held:
+            proto.on_data(held)
+        proto.on_data(ev)
 
-    def _h2(self, ev: DataEvent) -> None:
+    def _h2(self, ev: DataEvent, known: bool) -> None:
+        """known: the connection's start is in view (HPACK tables known)."""
         conn = self.conn
         table = conn.table
         table.stats.h2_connections += 1
         factory = table.h2_factory
-        if factory is None:
-            conn.proto = _IGNORED
-            return
-        conn.proto = factory(conn, table)
-        conn.proto.on_data(ev)
+        conn.proto = proto = (Http2Session(conn, table, known) if factory is None
+                              else factory(conn, table))
+        for held in self.held:
+            proto.on_data(held)
+        proto.on_data(ev)
 
     def on_close(self, eof: bool) -> None:
         pass
@@ -200,16 +233,18 @@ class ConnectionTable:
     capture_bytes is informational here (each DataEvent says what it captured);
     it is kept so the table reports the configuration it was built for."""
 
-    __slots__ = ("sink", "stats", "clock_offset_ns", "capture_bytes", "h2_factory", "conns",
-                 "correlator")
+    __slots__ = ("sink", "stats", "clock_offset_ns", "capture_bytes", "h2_factory", "h2_capture",
+                 "conns", "correlator")
 
     def __init__(self, sink: Callable[[Span], None], stats: Stats, clock_offset_ns: int = 0,
-                 capture_bytes: int = 512, h2_factory: H2Factory | None = None) -> None:
+                 capture_bytes: int = 512, h2_factory: H2Factory | None = None,
+                 h2_capture: H2CaptureHook | None = None) -> None:
         self.sink = sink
         self.stats = stats
         self.clock_offset_ns = clock_offset_ns
         self.capture_bytes = capture_bytes
-        self.h2_factory = h2_factory
+        self.h2_factory = h2_factory  # None: tracer.protocols.http2.Http2Session
+        self.h2_capture = h2_capture
         self.conns: dict[int, Conn] = {}
         # every protocol goes through the correlator: ids at request start, links
         self.correlator = Correlator(sink, stats)

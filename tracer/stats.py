@@ -19,7 +19,8 @@ COUNTERS = (
     "connections_open",  # gauge: connections in the table now
     "connections_total",  # connections ever entered into the table
     "connections_expired",  # dropped by expire() while idle
-    "h2_connections",  # HTTP/2 prior-knowledge preface seen (handed to the h2 slot)
+    "h2_connections",  # connections handed to the HTTP/2 parser (preface, SETTINGS-first, mid-stream)
+    "h2_midstream",  # of those, joined mid-stream (recognised by frame shape, HPACK state unknown)
     "upgraded_connections",  # 101 Switching Protocols / CONNECT tunnel: no longer parsed
     # protocol parsing
     "unparsed_bytes",  # bytes no message could be made of (garbage, resync skips)
@@ -29,6 +30,10 @@ COUNTERS = (
     "framing_lost",  # a capture gap hit chunk framing: fell back to heuristics
     "incomplete_requests",  # requests that never got their response (close, stop, expiry)
     "unpaired_responses",  # responses with no request to pair with
+    "h2_headers_lost",  # spans (or HEADERS) with fields not decodable: gap, or unknown HPACK table
+    "h2_framing_lost",  # an HTTP/2 frame header lost in a gap (or malformed): resynced or given up
+    "h2_streams_reset",  # RST_STREAM ended a stream before its response completed
+    "grpc_framing_lost",  # spans whose gRPC message counts were left out (a prefix in a gap)
     # correlation
     "correlation_ambiguous",  # outgoing request on a thread with several requests in flight
     "correlation_unresolved",  # a server span waited HOLD_NS for its client side in vain

@@ -1,0 +1,182 @@
+"""HPACK decoding that stays exact when the dynamic table state is unknown.
+
+One HpackTable per connection direction (RFC 7541: each direction has its own
+encoder/decoder pair). hpack's own Decoder needs the whole table and a whole
+header block; we join connections late and lose bytes in capture gaps, so this
+walks the representations itself, with hpack's Huffman decoder, integer
+decoder and static table.
+
+Why lookups stay exact without knowing the table: the dynamic table is FIFO,
+and an encoder only references entries it still holds. Index 62+j is always
+the (j+1)-th newest entry present, and every entry newer than the oldest one
+present is present too. So if we saw the last k insertions, index 62+j for
+j < k is exactly our j-th newest insertion, whatever came before we started
+(or whatever a "too large" insertion or size update evicted). An index we
+cannot resolve is *unknown*: the block is marked lost, nothing is guessed.
+A missed insertion (a header block lost in a gap, or cut by the capture)
+breaks that chain, so the table is reset to "k = 0, state unknown".
+
+Eviction here is only a memory bound: entry sizes are kept as lower bounds
+(an entry whose name or value is unknown counts its known part + 32), so we
+never evict an entry the encoder could still reference.
+"""
+
+from __future__ import annotations
+
+from hpack.exceptions import HPACKDecodingError
+from hpack.hpack import decode_integer
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+_STATIC = HeaderTable.STATIC_TABLE  # index i (1..61) -> _STATIC[i - 1]
+_NSTATIC = len(_STATIC)
+DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE initial value (RFC 9113 6.5.2)
+UNKNOWN_TABLE_LIMIT = 65536  # memory bound while the real maximum is unknown
+
+
+class Truncated(Exception):
+    """The block ended inside a representation (cut by the capture)."""
+
+
+def _int(data: bytes, pos: int, mask: int) -> tuple[int, int]:
+    """An HPACK integer with a `mask`-bit prefix at pos -> (value, next pos)."""
+    v = data[pos] & mask
+    if v < mask:
+        return v, pos + 1
+    try:
+        v, used = decode_integer(data[pos:pos + 12], mask.bit_length())
+    except HPACKDecodingError as e:
+        raise Truncated from e
+    return v, pos + used
+
+
+class HpackTable:
+    """The decoder side of one direction's dynamic table."""
+
+    __slots__ = ("entries", "size", "max_size", "known")
+
+    def __init__(self, known: bool = True) -> None:
+        # newest last: index 62 + j is entries[-1 - j]; (name, value), either
+        # may be None when it came from an entry we could not resolve
+        self.entries: list[tuple[bytes | None, bytes | None]] = []
+        self.size = 0  # lower bound of the octets held (RFC 7541 4.1 sizes)
+        self.max_size = DEFAULT_TABLE_SIZE if known else UNKNOWN_TABLE_LIMIT
+        self.known = known  # False: entries older than the ones we saw may exist
+
+    def reset(self) -> None:
+        """Insertions were missed: from now on only what we see is known."""
+        self.entries = []
+        self.size = 0
+        self.max_size = UNKNOWN_TABLE_LIMIT
+        self.known = False
+
+    def _insert(self, name: bytes | None, value: bytes | None) -> None:
+        entries = self.entries
+        entries.append((name, value))
+        self.size += 32 + (len(name) if name else 0) + (len(value) if value else 0)
+        if self.size > self.max_size:
+            self._trim()
+
+    def _lookup(self, idx: int) -> tuple[bytes | None, bytes | None]:
+        if idx <= _NSTATIC:
+            if idx == 0:
+                raise Truncated  # index 0 is a decoding error: treat the rest as lost
+            return _STATIC[idx - 1]
+        j = idx - _NSTATIC - 1
+        entries = self.entries
+        if j < len(entries):
+            return entries[-1 - j]
+        return None, None
+
+    def decode(self, block: bytes, select: dict[bytes, str], out: dict[str, str],
+               complete: bool = True) -> bool:
+        """Decode a header block, keeping the fields named in `select` (wire
+        name -> key) in `out`. Returns True if anything was lost: a field we
+        could not resolve, or (complete=False) the block was cut. A cut block
+        resets the table, since its later insertions are missed."""
+        lost = False
+        pos = 0
+        n = len(block)
+        try:
+            while pos < n:
+                b = block[pos]
+                if b & 0x80:  # indexed field
+                    idx, pos = _int(block, pos, 0x7F)
+                    name, value = self._lookup(idx)
+                    if name is None or value is None:
+                        lost = True
+                        continue
+                    key = select.get(name)
+                    if key is not None:
+                        out[key] = value.decode("latin-1")
+                    continue
+                if b & 0x40:  # literal with incremental indexing
+                    mask = 0x3F
+                    index = True
+                elif b & 0x20:  # dynamic table size update
+                    size, pos = _int(block, pos, 0x1F)
+                    self.max_size = size
+                    if not size:
+                        self.entries = []
+                        self.size = 0
+                    elif self.size > size:
+                        self._trim()
+                    continue
+                else:  # literal without indexing / never indexed
+                    mask = 0x0F
+                    index = False
+                idx, pos = _int(block, pos, mask)
+                if idx:
+                    name = self._lookup(idx)[0]
+                else:
+                    name, pos = self._string(block, pos, True)
+                key = select.get(name) if name is not None else None
+                if index:
+                    value, pos = self._string(block, pos, True)
+                    self._insert(name, value)
+                else:  # nobody refers to it later: decode only what we keep
+                    value, pos = self._string(block, pos, key is not None)
+                if name is None:
+                    lost = True
+                elif key is not None:
+                    out[key] = value.decode("latin-1")
+        except Truncated:
+            lost = True
+            self.reset()
+            return lost
+        if not complete:
+            lost = True
+            self.reset()
+        return lost
+
+    def _trim(self) -> None:
+        # shrink to the new maximum (oldest first), as the encoder did
+        entries = self.entries
+        size = self.size
+        drop = 0
+        while size > self.max_size and drop < len(entries):
+            n, v = entries[drop]
+            size -= 32 + (len(n) if n else 0) + (len(v) if v else 0)
+            drop += 1
+        del entries[:drop]
+        self.size = size
+
+    @staticmethod
+    def _string(block: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
+        """A string literal at pos -> (bytes or None if not wanted, next pos)."""
+        if pos >= len(block):
+            raise Truncated
+        huff = block[pos] & 0x80
+        length, pos = _int(block, pos, 0x7F)
+        end = pos + length
+        if end > len(block):
+            raise Truncated
+        if not want:
+            return None, end
+        raw = block[pos:end]
+        if huff:
+            try:
+                raw = decode_huffman(raw)
+            except HPACKDecodingError as e:
+                raise Truncated from e
+        return raw, end

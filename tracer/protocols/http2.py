@@ -1,0 +1,646 @@
+"""HTTP/2 (h2c, and gRPC over it) from captured syscall byte streams.
+
+Per connection: two FrameReaders (one per direction, each with its own HPACK
+table) feed an Http2Session, which pairs requests and responses by stream id
+and finishes spans through the correlator.
+
+Capture gaps (a syscall moved `size` bytes, only a prefix was copied) do not
+break framing: frame lengths come from the 9-byte frame headers, and bytes
+past the capture are skipped by count. What a gap can cost:
+- a HEADERS/CONTINUATION/PUSH_PROMISE body: the block is decoded as far as it
+  was captured, the span is marked as having lost headers, and the HPACK table
+  of that direction becomes "unknown" (see hpack_partial);
+- a frame header: framing is lost. The direction resyncs on the next syscall
+  that starts with a plausible run of frames (writers emit whole frames, so
+  this comes soon), with its HPACK table unknown; or the connection is given
+  up after RESYNC_LIMIT syscalls. Counted in h2_framing_lost.
+
+The frame layer is hyperframe's: frame classes, flag definitions, and body
+parsing of the rare frames; DATA (the hot case) and the 9-byte header are
+handled inline, since their bodies are usually only partly captured.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import (
+    FRAMES,
+    ContinuationFrame,
+    DataFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+from tracer.events import ConnRole, DataDir, DataEvent
+from tracer.protocols import grpc
+from tracer.protocols.hpack_partial import HpackTable
+from tracer.spans import Span
+
+if TYPE_CHECKING:
+    from tracer.conn import Conn, ConnectionTable
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE_LEN = len(PREFACE)
+
+_DATA = DataFrame.type
+_HEADERS = HeadersFrame.type
+_PRIORITY = PriorityFrame.type
+_RST = RstStreamFrame.type
+_SETTINGS = SettingsFrame.type
+_PUSH = PushPromiseFrame.type
+_PING = PingFrame.type
+_GOAWAY = GoAwayFrame.type
+_WINDOW = WindowUpdateFrame.type
+_CONT = ContinuationFrame.type
+
+_END_STREAM = 0x01
+_END_HEADERS = 0x04
+_PADDED = 0x08
+_PRIORITY_FLAG = 0x20
+
+# flags each core frame type may carry, from hyperframe's definitions
+_VALID_FLAGS = {t: sum(bit for _, bit in cls.defined_flags)
+                for t, cls in FRAMES.items() if t <= _CONT}
+_STREAM0 = {_SETTINGS, _PING, _GOAWAY}  # connection-level frames only
+_FIXED_LEN = {_PRIORITY: 5, _RST: 4, _PING: 8, _WINDOW: 4}
+# Frames larger than this are not believed when recognising frames by shape
+# (the default SETTINGS_MAX_FRAME_SIZE is 16384; some peers raise it).
+SHAPE_MAX_LEN = 1 << 20
+RESYNC_LIMIT = 64  # syscalls without a frame-aligned start before giving up
+
+_FRAME_HDR = struct.Struct(">BHBBI")  # length high byte, length low 16, type, flags, stream
+
+_ROLE_SERVER = int(ConnRole.ROLE_SERVER)
+_ROLE_CLIENT = int(ConnRole.ROLE_CLIENT)
+_ROLE_UNKNOWN = int(ConnRole.ROLE_UNKNOWN)
+_INGRESS = int(DataDir.DIR_INGRESS)
+_EGRESS = int(DataDir.DIR_EGRESS)
+
+# Header fields kept (wire name -> key). Every field still goes through the
+# HPACK table; these are the ones spans and correlation use.
+SELECT = {
+    k.encode(): k
+    for k in (":method", ":path", ":status", ":authority", ":scheme", "content-type",
+              "grpc-status", "grpc-message", "user-agent", "traceparent", "tracestate", "b3",
+              "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled",
+              "x-request-id")
+}
+
+
+def frame_ok(ftype: int, flags: int, sid: int, length: int) -> bool:
+    """Is this 9-byte header shaped like a valid frame of a core type?
+    (Unknown types are allowed by RFC 9113 and accepted by the parser; the
+    shape check is for recognising frames, so it sticks to core types.)"""
+    valid = _VALID_FLAGS.get(ftype)
+    if valid is None or flags & ~valid & 0xFF or sid & 0x80000000:
+        return False
+    if ftype in _STREAM0:
+        if sid:
+            return False
+        if ftype == _SETTINGS:
+            return not length % 6 and not (flags and length)
+        if ftype == _GOAWAY:
+            return length >= 8
+    elif not sid and ftype != _WINDOW:
+        return False
+    fixed = _FIXED_LEN.get(ftype)
+    return fixed is None or length == fixed
+
+
+def looks_like_frames(data: bytes, size: int, first_type: int = -1) -> bool:
+    """Does a syscall's payload start with a run of HTTP/2 frames? Every frame
+    header within the capture must be well-shaped and the run must fit the
+    syscall: it ends exactly at `size`, or runs on past the capture. One lone
+    frame that does not end exactly at `size` is not enough (too weak)."""
+    cap = len(data)
+    pos = 0
+    n = 0
+    unpack = _FRAME_HDR.unpack_from
+    while pos + 9 <= cap:
+        hi, lo, ftype, flags, sid = unpack(data, pos)
+        length = hi << 16 | lo
+        if length > SHAPE_MAX_LEN or not frame_ok(ftype, flags, sid, length):
+            return False
+        if not n and first_type >= 0 and ftype != first_type:
+            return False
+        n += 1
+        pos += 9 + length
+    if not n or pos > size:
+        # the last frame continues in a later syscall: fine if others vouch for it
+        return n >= 2
+    if pos == size:
+        return True
+    # stopped inside the capture (a partial header at its end) or in the gap
+    return n >= 2
+
+
+class _Stream:
+    """One HTTP/2 stream (one request/response exchange)."""
+
+    __slots__ = ("sid", "req", "resp_hdrs", "status", "trailers", "ctx", "lost", "orphan",
+                 "req_first", "req_last", "resp_first", "resp_last", "grpc", "req_msgs",
+                 "resp_msgs")
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.req: dict[str, str] = {}
+        self.resp_hdrs: dict[str, str] | None = None
+        self.status = 0
+        self.trailers: dict[str, str] | None = None
+        self.ctx = None
+        self.lost = False  # some header field could not be decoded
+        self.orphan = False  # request not seen (joined late): not a span
+        self.req_first: DataEvent | None = None
+        self.req_last: DataEvent | None = None
+        self.resp_first: DataEvent | None = None
+        self.resp_last: DataEvent | None = None
+        self.grpc = False
+        self.req_msgs: grpc.MessageCounter | None = None
+        self.resp_msgs: grpc.MessageCounter | None = None
+
+
+class FrameReader:
+    """Frames of one direction of one connection, reassembled across syscalls."""
+
+    __slots__ = ("session", "direction", "hpack", "buf", "buf_ev", "preface", "remaining",
+                 "ftype", "flags", "sid", "flen", "frame_ev", "body", "short", "msgs",
+                 "dpre", "dcontent", "block", "lost", "lost_events")
+
+    def __init__(self, session: Http2Session, direction: int, known: bool,
+                 preface: bool) -> None:
+        self.session = session
+        self.direction = direction
+        self.hpack = HpackTable(known)
+        self.buf = b""  # an unfinished frame header (no gap), kept across syscalls
+        self.buf_ev: DataEvent | None = None
+        self.preface = preface  # the client preface may come first in this direction
+        self.remaining = 0  # body bytes of the current frame still to come
+        self.ftype = -1  # current frame (type -1: between frames)
+        self.flags = 0
+        self.sid = 0
+        self.flen = 0
+        self.frame_ev: DataEvent | None = None  # the syscall that carried its first byte
+        self.body: list[bytes] | None = None  # captured body parts, for frames we decode
+        self.short = False  # part of that body fell in a gap
+        self.msgs: grpc.MessageCounter | None = None  # DATA of a gRPC stream
+        self.dpre = 0  # DATA: pad-length byte still to come
+        self.dcontent = 0  # DATA: content bytes still to come (-1: unknown)
+        # an open header block: [sid, parts, flags of the HEADERS frame, first ev, short, push]
+        self.block: list | None = None
+        self.lost = False  # framing lost: waiting for a frame-aligned syscall
+        self.lost_events = 0
+
+    # ---- bytes in ----
+
+    def feed(self, ev: DataEvent) -> None:
+        data = ev.payload
+        size = ev.size
+        if self.lost:
+            if not looks_like_frames(data, size):
+                stats = self.session.stats
+                stats.unparsed_bytes += size
+                self.lost_events += 1
+                if self.lost_events >= RESYNC_LIMIT:
+                    self.session.give_up()
+                return
+            self.lost = False
+            self.lost_events = 0
+        if self.buf:
+            # positions stay consistent: the buffered bytes were all captured
+            data = self.buf + data
+            size += len(self.buf)
+            self.buf = b""
+        cap = len(data)
+        pos = 0
+        if self.preface:
+            if PREFACE.startswith(data[:_PREFACE_LEN]):
+                if size >= _PREFACE_LEN:
+                    self.preface = False
+                    pos = _PREFACE_LEN
+                elif cap == size:
+                    self.buf = data  # the preface itself split across syscalls
+                    return
+            self.preface = False
+        unpack = _FRAME_HDR.unpack_from
+        while pos < size:
+            rem = self.remaining
+            if rem:
+                avail = size - pos
+                take = rem if rem <= avail else avail
+                body = self.body
+                if body is not None:
+                    end = pos + take
+                    if end <= cap:
+                        body.append(data[pos:end])
+                    else:
+                        if pos < cap:
+                            body.append(data[pos:cap])
+                        self.short = True
+                elif self.msgs is not None:
+                    self._data(data, pos, take, cap)
+                pos += take
+                self.remaining = rem - take
+                if rem == take:
+                    self._frame_end(ev)
+                    if self.lost:
+                        return
+                continue
+            if pos + 9 > cap:
+                if cap == size:
+                    # no gap: the header continues in the next syscall
+                    self.buf = data[pos:cap]
+                    if self.buf_ev is None:
+                        self.buf_ev = ev
+                    return
+                self._lose(size - pos)
+                return
+            hi, lo, ftype, flags, sid = unpack(data, pos)
+            length = hi << 16 | lo
+            sid &= 0x7FFFFFFF
+            pos += 9
+            first = self.buf_ev or ev
+            self.buf_ev = None
+            block = self.block
+            if block is not None and (ftype != _CONT or sid != block[0]):
+                # RFC 9113 6.10: nothing may come between a block's frames
+                self._lose(size - pos + 9)
+                return
+            if ftype <= _CONT and not frame_ok(ftype, flags, sid, length):
+                self._lose(size - pos + 9)
+                return
+            self.ftype = ftype
+            self.flags = flags
+            self.sid = sid
+            self.flen = length
+            self.frame_ev = first
+            self.remaining = length
+            if ftype == _DATA:
+                self.body = None
+                self.msgs = self.session.msg_counter(self, sid)
+                if self.msgs is not None:
+                    self.dpre = 1 if flags & _PADDED else 0
+                    self.dcontent = length - self.dpre if not self.dpre else -1
+            elif ftype == _HEADERS or ftype == _CONT or ftype == _PUSH or ftype == _RST \
+                    or ftype == _GOAWAY:
+                self.body = []
+                self.short = False
+                self.msgs = None
+            else:
+                self.body = None
+                self.msgs = None
+            if not length:
+                self._frame_end(ev)
+                if self.lost:
+                    return
+
+    def _data(self, data: bytes, pos: int, n: int, cap: int) -> None:
+        """DATA body bytes of a gRPC stream: strip padding, count messages."""
+        if self.dpre:
+            self.dpre = 0
+            if pos < cap:
+                content = self.flen - 1 - data[pos]
+                self.dcontent = content if content >= 0 else 0
+            else:
+                self.msgs.lost = True  # padding length unknown
+                self.dcontent = 0
+            pos += 1
+            n -= 1
+        c = self.dcontent
+        if n > c:
+            n = c
+        if n > 0:
+            self.dcontent = c - n
+            self.msgs.feed(data, pos, n, cap)
+
+    def _frame_end(self, ev: DataEvent) -> None:
+        ftype = self.ftype
+        self.ftype = -1
+        session = self.session
+        if ftype == _DATA:
+            self.msgs = None
+            session.on_data_end(self, self.sid, self.flags & _END_STREAM, ev)
+            return
+        body = self.body
+        if body is None:
+            return
+        self.body = None
+        raw = b"".join(body) if len(body) != 1 else body[0]
+        short = self.short
+        if ftype == _HEADERS or ftype == _PUSH:
+            frag = self._fragment(ftype, raw, short)
+            if frag is None:
+                self._lose(0)
+                return
+            if self.flags & _END_HEADERS:
+                self._block_done(self.sid, frag, self.flags, self.frame_ev, ev, short,
+                                 ftype == _PUSH)
+            else:
+                self.block = [self.sid, [frag], self.flags, self.frame_ev, short,
+                              ftype == _PUSH]
+        elif ftype == _CONT:
+            block = self.block
+            block[1].append(raw)
+            block[4] = block[4] or short
+            if self.flags & _END_HEADERS:
+                self.block = None
+                self._block_done(block[0], b"".join(block[1]), block[2], block[3], ev,
+                                 block[4], block[5])
+        elif short:
+            return  # an RST_STREAM/GOAWAY cut by the capture: its fields are unknown
+        elif ftype == _RST:
+            f = RstStreamFrame(self.sid)
+            try:
+                f.parse_body(memoryview(raw))
+            except HyperframeError:
+                return
+            session.on_rst(self, self.sid, f.error_code, ev)
+        elif ftype == _GOAWAY:
+            f = GoAwayFrame(0)
+            try:
+                f.parse_body(memoryview(raw))
+            except HyperframeError:
+                return
+            session.on_goaway(self, f.last_stream_id, ev)
+
+    def _fragment(self, ftype: int, raw: bytes, short: bool) -> bytes | None:
+        """The header block fragment of a HEADERS/PUSH_PROMISE body; None if malformed."""
+        flags = self.flags
+        if not short:
+            # whole body: hyperframe strips padding and priority fields
+            f = HeadersFrame(self.sid) if ftype == _HEADERS else PushPromiseFrame(self.sid)
+            f.parse_flags(flags)
+            try:
+                f.parse_body(memoryview(raw))
+            except HyperframeError:
+                return None
+            return f.data
+        # cut by the capture: skip the leading fields, keep what was captured
+        # (padding is at the end, past the capture)
+        skip = 0
+        if flags & _PADDED:
+            skip += 1
+        if ftype == _PUSH:
+            skip += 4
+        elif flags & _PRIORITY_FLAG:
+            skip += 5
+        return raw[skip:]
+
+    def _block_done(self, sid: int, block: bytes, flags: int, first: DataEvent,
+                    last: DataEvent, short: bool, push: bool) -> None:
+        fields: dict[str, str] = {}
+        lost = self.hpack.decode(block, SELECT, fields, not short)
+        if push:
+            return  # decoded for the table's sake; pushed streams are not traced
+        self.session.on_headers(self, sid, fields, lost, flags & _END_STREAM, first, last)
+
+    def _lose(self, nbytes: int) -> None:
+        """Framing lost (a frame header in a gap, or a malformed one)."""
+        session = self.session
+        session.stats.h2_framing_lost += 1
+        session.stats.unparsed_bytes += nbytes
+        self.lost = True
+        self.lost_events = 0
+        self.remaining = 0
+        self.ftype = -1
+        self.body = None
+        self.msgs = None
+        self.block = None
+        self.buf = b""
+        self.buf_ev = None
+        self.hpack.reset()  # the skipped bytes may have held header blocks
+
+
+class Http2Session:
+    """HTTP/2 on one connection: streams paired by id, spans through the correlator.
+
+    known: the connection was seen from its start (HPACK tables known).
+    The request direction is the conn's role; for ROLE_UNKNOWN (joined late)
+    it is learnt from the first decodable HEADERS (:method/:path in requests,
+    :status in responses)."""
+
+    __slots__ = ("conn", "table", "stats", "streams", "readers", "req_dir", "dead")
+
+    def __init__(self, conn: Conn, table: ConnectionTable, known: bool = True) -> None:
+        self.conn = conn
+        self.table = table
+        self.stats = table.stats
+        self.streams: dict[int, _Stream] = {}
+        role = conn.role
+        if role == _ROLE_SERVER:
+            self.req_dir = _INGRESS
+        elif role == _ROLE_CLIENT:
+            self.req_dir = _EGRESS
+        else:
+            self.req_dir = -1
+        # index = direction; the client preface can only lead the request direction
+        self.readers = (FrameReader(self, _EGRESS, known, known and self.req_dir != _INGRESS),
+                        FrameReader(self, _INGRESS, known, known and self.req_dir != _EGRESS))
+        self.dead = False
+
+    def on_data(self, ev: DataEvent) -> None:
+        self.readers[ev.direction].feed(ev)
+
+    def on_close(self, eof: bool) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.stats.incomplete_requests += sum(1 for s in self.streams.values() if not s.orphan)
+        self.streams.clear()
+
+    def give_up(self) -> None:
+        """Framing never came back: stop parsing this connection (counted)."""
+        self.on_close(False)
+        self.conn.give_up(counted=True)
+
+    # ---- from the frame readers ----
+
+    def msg_counter(self, reader: FrameReader, sid: int) -> grpc.MessageCounter | None:
+        st = self.streams.get(sid)
+        if st is None or not st.grpc:
+            return None
+        return st.req_msgs if reader.direction == self.req_dir else st.resp_msgs
+
+    def on_headers(self, reader: FrameReader, sid: int, fields: dict[str, str], lost: bool,
+                   end_stream: int, first: DataEvent, last: DataEvent) -> None:
+        if self.req_dir < 0 and not self._learn_role(reader.direction, fields):
+            self.stats.h2_headers_lost += 1  # neither a request nor a response we can tell
+            return
+        streams = self.streams
+        st = streams.get(sid)
+        if reader.direction == self.req_dir:
+            if st is None:
+                st = _Stream(sid)
+                streams[sid] = st
+                st.req = fields
+                st.lost = lost
+                st.req_first = first
+                authority = fields.get(":authority")
+                if authority is not None:
+                    fields["host"] = authority
+                st.grpc = fields.get("content-type", "").startswith("application/grpc")
+                if st.grpc:
+                    st.req_msgs = grpc.MessageCounter()
+                    st.resp_msgs = grpc.MessageCounter()
+                server = self.req_dir == _INGRESS
+                st.ctx = self.table.correlator.start(self.conn, server, first.pid, first.tid,
+                                                     fields, sid)
+            else:
+                st.lost = st.lost or lost  # request trailers
+            st.req_last = last
+            return
+        # response direction
+        if st is None:
+            if sid & 1:  # a stream whose request we never saw (joined late)
+                st = _Stream(sid)
+                st.orphan = True
+                streams[sid] = st
+                self.stats.unpaired_responses += 1
+            else:
+                return  # a pushed stream's response: not traced
+        if st.orphan:
+            if end_stream:
+                del streams[sid]
+            return
+        st.lost = st.lost or lost
+        if st.resp_hdrs is None:
+            status = fields.get(":status", "")
+            if status[:1] == "1" and not end_stream:
+                return  # interim (1xx): the final response follows
+            st.resp_hdrs = fields
+            st.status = int(status) if status.isdigit() else 0
+            st.resp_first = first
+        else:
+            st.trailers = fields
+        st.resp_last = last
+        if end_stream:
+            del streams[sid]
+            self._finish(st)
+
+    def on_data_end(self, reader: FrameReader, sid: int, end_stream: int,
+                    ev: DataEvent) -> None:
+        st = self.streams.get(sid)
+        if st is None:
+            return
+        if reader.direction == self.req_dir:
+            st.req_last = ev
+            return
+        if st.resp_hdrs is None:
+            return  # DATA before response HEADERS: malformed or lost with the headers
+        st.resp_last = ev
+        if end_stream:
+            del self.streams[sid]
+            if not st.orphan:
+                self._finish(st)
+
+    def on_rst(self, reader: FrameReader, sid: int, code: int, ev: DataEvent) -> None:
+        st = self.streams.pop(sid, None)
+        if st is None or st.orphan:
+            return
+        self.stats.h2_streams_reset += 1
+        if st.resp_hdrs is None:
+            self.stats.incomplete_requests += 1
+            return
+        # reset after the response started: the span ends here, marked
+        if reader.direction != self.req_dir:
+            st.resp_last = ev
+        self._finish(st, code)
+
+    def on_goaway(self, reader: FrameReader, last_sid: int, ev: DataEvent) -> None:
+        # streams above last_sid were never processed by the GOAWAY's sender
+        streams = self.streams
+        dropped = [sid for sid in streams if sid > last_sid]
+        for sid in dropped:
+            if not streams.pop(sid).orphan:
+                self.stats.incomplete_requests += 1
+
+    # ---- helpers ----
+
+    def _learn_role(self, direction: int, fields: dict[str, str]) -> bool:
+        if ":method" in fields or ":path" in fields:
+            req_dir = direction
+        elif ":status" in fields:
+            req_dir = _EGRESS if direction == _INGRESS else _INGRESS
+        else:
+            return False
+        self.req_dir = req_dir
+        conn = self.conn
+        if conn.role == _ROLE_UNKNOWN:
+            conn.role = _ROLE_SERVER if req_dir == _INGRESS else _ROLE_CLIENT
+        return True
+
+    def _finish(self, st: _Stream, reset_code: int = -1) -> None:
+        table = self.table
+        span = h2_span(self.conn, st, table.clock_offset_ns, self.req_dir == _INGRESS,
+                       reset_code)
+        if st.lost:
+            self.stats.h2_headers_lost += 1
+        if (st.req_msgs is not None and st.req_msgs.lost) or \
+                (st.resp_msgs is not None and st.resp_msgs.lost):
+            self.stats.grpc_framing_lost += 1
+        table.correlator.finish(st.ctx, span)
+
+
+def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
+            reset_code: int = -1) -> Span:
+    """One finished stream -> Span (latency rules as for HTTP/1, see spans.py)."""
+    first = st.req_first
+    last = st.resp_last
+    rfirst = st.resp_first
+    req = st.req
+    target = req.get(":path", "")
+    path, _, query = target.partition("?")
+    extra = None
+    if st.grpc:
+        trailers = st.trailers or st.resp_hdrs  # trailers-only responses carry it in HEADERS
+        gmsg = trailers.get("grpc-message")
+        extra = grpc.attributes(path, trailers.get("grpc-status"),
+                                unquote(gmsg) if gmsg else None, st.req_msgs, st.resp_msgs)
+    if st.lost or reset_code >= 0:
+        extra = extra if extra is not None else {}
+        if st.lost:
+            extra["tracer.h2.headers_lost"] = True
+        if reset_code >= 0:
+            extra["http2.rst_stream.error_code"] = reset_code
+    return Span(
+        kind="server" if server else "client",
+        protocol="grpc" if st.grpc else "http2",
+        method=req.get(":method", ""),
+        path=path,
+        query=query,
+        status=st.status,
+        version="2",
+        start_ktime=first.ts_exit if server else first.ts_enter,
+        end_ktime=last.ts_exit,
+        clock_offset_ns=clock_offset_ns,
+        pid=first.pid,
+        tid=first.tid,
+        comm=first.comm,
+        netns=conn.netns,
+        cgroup_id=conn.cgroup_id,
+        local_addr=conn.laddr,
+        local_port=conn.lport,
+        peer_addr=conn.raddr,
+        peer_port=conn.rport,
+        conn_id=conn.conn_id,
+        request_headers=req,
+        response_headers=st.resp_hdrs,
+        req_first_enter=first.ts_enter,
+        req_first_exit=first.ts_exit,
+        req_last_exit=st.req_last.ts_exit,
+        resp_first_enter=rfirst.ts_enter,
+        resp_first_exit=rfirst.ts_exit,
+        resp_last_enter=last.ts_enter,
+        resp_last_exit=last.ts_exit,
+        resp_tid=last.tid,
+        attributes_extra=extra,
+    )
