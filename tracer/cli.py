@@ -134,14 +134,20 @@ def _summary_line(s: dict) -> str:
 def _open_exports(args, writer):
     """The exporters and the metrics endpoint; a file or port that cannot be
     opened is a usage error (exit 2), found before tracing starts."""
-    from .export.sinks import Exports
+    from .export.sinks import Exports, pipeline_options
 
     try:
-        return Exports(args.export_targets, args.metrics_addr, args.service_names)
+        opts = pipeline_options(os.environ)
+    except ValueError as e:
+        writer.close()
+        raise UsageError(str(e)) from None
+    try:
+        return Exports(args.export_targets, args.metrics_addr, args.service_names,
+                       pipeline_opts=opts)
     except OSError as e:
         writer.close()
         what = (f"--metrics {args.metrics}" if e.filename is None and args.metrics
-                else f"--export {e.filename}")
+                else f"--export jaeger-json:{e.filename}")
         raise UsageError(f"{what}: {e.strerror or e}: choose another file or port") from None
     except ImportError as e:
         writer.close()

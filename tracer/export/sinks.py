@@ -20,6 +20,30 @@ from .pipeline import ExportPipeline
 from .semconv import Resources
 from .targets import ExportTarget
 
+# The OpenTelemetry SDK's batch span processor settings, honoured as the SDK does
+# (name -> pipeline option, scale from the variable's unit)
+BSP_ENV = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": ("queue_size", 1),
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("batch_size", 1),
+    "OTEL_BSP_SCHEDULE_DELAY": ("interval_s", 1e-3),  # ms
+    "OTEL_BSP_EXPORT_TIMEOUT": ("max_retry_s", 1e-3),  # ms
+}
+
+
+def pipeline_options(environ) -> dict:
+    """Pipeline settings from OTEL_BSP_* variables; a bad value is a ValueError
+    naming the variable."""
+    opts = {}
+    for var, (opt, scale) in BSP_ENV.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        if not raw.isdigit() or int(raw) <= 0:
+            raise ValueError(f"{var}={raw!r}: expected a positive integer")
+        opts[opt] = int(raw) * scale if scale != 1 else int(raw)
+    return opts
+
+
 SUMMED = ("spans_exported", "spans_export_failed", "spans_export_dropped", "export_batches",
           "export_retries")
 
