@@ -159,15 +159,34 @@ def figures(runs: pd.DataFrame) -> tuple[dict[str, dict], dict[str, dict]]:
             0.0 if seen == 0 else math.nan)
         figs[scenario] = f
 
-        aa = df[df["label"] == "aa"].sort_values("position")
-        n: dict[str, float] = {}
-        if len(aa) == 2:
-            a1, a2 = aa.iloc[0], aa.iloc[1]
-            n["p99_added_us"] = abs(_get(a2, "latency_p99_us") - _get(a1, "latency_p99_us"))
-            n["p50_added_us"] = abs(_get(a2, "latency_p50_us") - _get(a1, "latency_p50_us"))
-            krps = _get(a2, "achieved_rps") / 1000.0
-            n["cpu_overhead_pct_core_per_1k_rps"] = (
-                abs(_get(a2, "workload_cpu_cores") - _get(a1, "workload_cpu_cores")) * 100.0 / krps
-                if krps > 0 else math.nan)
-        noise[scenario] = n
+        noise[scenario] = _noise_floor(df)
     return figs, noise
+
+
+def _noise_floor(df: pd.DataFrame) -> dict[str, float]:
+    """How far two untraced runs differ, per difference figure: the A/A pair,
+    widened to the median gap between consecutive baseline runs of the pairs
+    (one A/A pair alone can land close together by luck)."""
+    aa = df[df["label"] == "aa"].sort_values("position")
+    base = df[(df["label"] == "pair") & (df["variant"] == "baseline")].sort_values("pair")
+    couples = [(aa.iloc[0], aa.iloc[1])] if len(aa) == 2 else []
+    couples += [(base.iloc[i], base.iloc[i + 1]) for i in range(len(base) - 1)]
+    if not couples:
+        return {}
+
+    def floor(fn) -> float:
+        gaps = [abs(fn(b) - fn(a)) for a, b in couples]
+        gaps = [g for g in gaps if not math.isnan(g)]
+        if not gaps:
+            return math.nan
+        return max(gaps[0] if len(aa) == 2 else 0.0, float(np.median(gaps)))
+
+    def cpu_per_1k(r: pd.Series) -> float:
+        krps = _get(r, "achieved_rps") / 1000.0
+        return _get(r, "workload_cpu_cores") * 100.0 / krps if krps > 0 else math.nan
+
+    return {
+        "p99_added_us": floor(lambda r: _get(r, "latency_p99_us")),
+        "p50_added_us": floor(lambda r: _get(r, "latency_p50_us")),
+        "cpu_overhead_pct_core_per_1k_rps": floor(cpu_per_1k),
+    }
