@@ -23,7 +23,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tracer.correlate import Correlator
-from tracer.events import CloseEvent, ConnRole, DataDir, DataEvent, OpenEvent
+from tracer.events import (
+    MAX_PAYLOAD,
+    CloseEvent,
+    ConnInfoC,
+    ConnKeyC,
+    ConnRole,
+    DataDir,
+    DataEvent,
+    OpenEvent,
+)
 from tracer.protocols.http1 import Http1Session, is_request_start
 from tracer.protocols.http2 import Http2Session, looks_like_frames
 from tracer.spans import Span
@@ -57,6 +66,34 @@ H2Factory = Callable[["Conn", "ConnectionTable"], ProtocolHandler]
 # (the preface case is handled in the kernel itself).
 H2CaptureHook = Callable[[DataEvent], None]
 _SETTINGS = 4
+
+
+def kernel_capture_hook(conns_map, capture: int = MAX_PAYLOAD) -> H2CaptureHook:
+    """An H2CaptureHook that raises the capture of a connection in sock.bpf.c's
+    "conns" map (anything with lookup(key) -> bytes | None and update(key,
+    value, flags)). The conn_id check keeps a reused fd's new socket alone;
+    BPF_EXIST never recreates an entry that a close removed meanwhile."""
+    from tracer.loader import MapError  # the loader is only needed with a kernel
+
+    def raise_capture(ev: DataEvent) -> None:
+        key = bytes(ConnKeyC(ev.pid, ev.fd))
+        raw = conns_map.lookup(key)
+        if raw is None:
+            return
+        info = ConnInfoC.from_buffer_copy(raw)
+        if info.conn_id != ev.conn_id or info.capture >= capture:
+            return
+        info.capture = capture
+        info.sniffed = 1
+        try:
+            conns_map.update(key, bytes(info), _BPF_EXIST)
+        except MapError:
+            pass  # closed meanwhile (ENOENT): nothing left to raise
+
+    return raise_capture
+
+
+_BPF_EXIST = 2
 
 
 class Conn:

@@ -128,6 +128,21 @@ class FilterConfigC(ctypes.Structure):
     ]
 
 
+class ConnKeyC(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint32), ("fd", ctypes.c_int32)]
+
+
+class ConnInfoC(ctypes.Structure):
+    _fields_ = [
+        ("conn_id", ctypes.c_uint64),
+        ("role", ctypes.c_uint8),
+        ("tracked", ctypes.c_uint8),
+        ("sniffed", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("capture", ctypes.c_uint32),
+    ]
+
+
 # C struct name in sock.h -> Python mirror (checked against BTF)
 STRUCTS = {
     "event_header": EventHeader,
@@ -135,6 +150,8 @@ STRUCTS = {
     "data_event": DataEventC,
     "close_event": CloseEventC,
     "filter_config": FilterConfigC,
+    "conn_key": ConnKeyC,
+    "conn_info": ConnInfoC,
 }
 
 _CODES = {

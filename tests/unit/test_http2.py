@@ -473,3 +473,36 @@ def test_http1_unchanged_next_to_h2():
     spans, stats = run(c)
     assert [(s.protocol, s.path) for s in spans] == [("http1", "/h1")]
     assert stats.h2_connections == 0
+
+
+def test_kernel_capture_hook_updates_only_the_same_connection():
+    from tracer.conn import kernel_capture_hook
+    from tracer.events import ConnInfoC, ConnKeyC, DataEvent
+
+    class FakeMap:
+        def __init__(self):
+            self.data = {}
+            self.flags = []
+
+        def lookup(self, key):
+            return self.data.get(key)
+
+        def update(self, key, value, flags=0):
+            self.data[key] = value
+            self.flags.append(flags)
+
+    m = FakeMap()
+    key = bytes(ConnKeyC(1000, 5))
+    m.data[key] = bytes(ConnInfoC(conn_id=77, role=0, tracked=1))
+    hook = kernel_capture_hook(m)
+    ev = DataEvent(99, 1000, 1001, 5, 0, INGRESS, 1, 1, 2, 10, b"x", "app")
+    hook(ev)  # another conn_id on the same fd: a reused fd, left alone
+    assert ConnInfoC.from_buffer_copy(m.data[key]).capture == 0
+    ev.conn_id = 77
+    hook(ev)
+    info = ConnInfoC.from_buffer_copy(m.data[key])
+    assert (info.capture, info.sniffed, info.conn_id) == (4096, 1, 77)
+    assert m.flags == [2]  # BPF_EXIST
+    ev.fd = 6
+    hook(ev)  # closed meanwhile: nothing to do
+    assert len(m.data) == 1

@@ -148,15 +148,17 @@ def test_hpack_joined_late_never_guesses(blocks, join):
     for i, hdrs in enumerate(blocks):
         block = enc.encode(hdrs)
         ref: dict = {}
+        seen: dict = {}
         for k, v in dec.decode(block):
             if k in keys:
                 ref[k] = v
+                seen.setdefault(k, set()).add(v)
         if i < join:
             continue
         out: dict = {}
         lost = t.decode(block, SELECT, out)
         for k, v in out.items():
-            assert ref[k] == v
+            assert v in seen[k]  # a repeated name may keep an earlier, known value
         if not lost:
             assert out == ref
 

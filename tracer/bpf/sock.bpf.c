@@ -16,6 +16,9 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u32 capture_bytes = 512; /* payload prefix copied per syscall */
 const volatile __u32 self_tgid = 0;       /* the agent itself is never traced */
 const volatile __u32 wakeup_batch = 64;   /* force a consumer wake-up every N events */
+/* HTTP/2 connections get a larger capture: HEADERS frames often sit behind
+ * DATA frames in one write, past capture_bytes. */
+const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
 
 /* BTF anchor: keeps every type shared with user space in this object's BTF
  * (unused types are otherwise dropped), so tests/unit/test_events_btf.py can
@@ -25,6 +28,8 @@ struct btf_anchor {
 	struct data_event data;
 	struct close_event close;
 	struct filter_config filter;
+	struct conn_key ckey;
+	struct conn_info cinfo;
 	enum event_type type;
 	enum conn_role role;
 	enum data_dir dir;
@@ -45,18 +50,6 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-struct conn_key {
-	__u32 tgid;
-	__s32 fd;
-};
-
-struct conn_info {
-	__u64 conn_id;
-	__u8 role;
-	__u8 tracked; /* 0: a TCP socket the filters reject; cached to skip the walk */
-	__u8 pad[6];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -74,7 +67,8 @@ struct active_io {
 	__u8 role;
 	__u8 dir;
 	__u8 syscall;
-	__u8 pad[5];
+	__u8 sniff;     /* first request-direction payload: check for the h2 preface */
+	__u32 capture;  /* this connection's capture size */
 };
 
 struct {
@@ -411,8 +405,40 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	io.fd = fd;
 	io.dir = dir;
 	io.syscall = sys;
+	io.capture = info->capture ? info->capture : capture_bytes;
+	/* The client preface leads the request direction: a client's writes, a
+	 * server's reads (either for a socket of unknown role). */
+	if (!info->sniffed)
+		io.sniff = info->role == ROLE_UNKNOWN ||
+			   (info->role == ROLE_SERVER) == (dir == DIR_INGRESS);
 	bpf_map_update_elem(&active, &tid, &io, BPF_ANY);
 	return 0;
+}
+
+/* "PRI * HTTP/2.0\r\n", the first 16 bytes of the client preface, as two
+ * little-endian words. */
+#define H2_PREFACE_LO 0x5448202a20495250ULL
+#define H2_PREFACE_HI 0x0a0d302e322f5054ULL
+
+/* First request-direction payload of a connection: an h2 preface raises the
+ * connection's capture to h2_capture_bytes (this event keeps what it copied);
+ * anything else keeps the normal capture. Returns the bytes to report. */
+static __always_inline __u64 sniff_h2(__u64 pid_tgid, struct active_io *io,
+				      struct data_event *ev, __u64 off)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
+	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	__u64 *words = (__u64 *)ev->payload;
+	bool h2 = off >= 16 && words[0] == H2_PREFACE_LO && words[1] == H2_PREFACE_HI;
+
+	if (info && info->conn_id == io->conn_id) {
+		info->sniffed = 1;
+		if (h2)
+			info->capture = h2_capture_bytes;
+	}
+	if (!h2 && off > io->capture)
+		off = io->capture;
+	return off;
 }
 
 static __always_inline int io_exit(long ret)
@@ -440,7 +466,11 @@ static __always_inline int io_exit(long ret)
 	ev->bytes = ret;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
-	want = bound_payload(min((__u64)ret, (__u64)capture_bytes));
+	/* A sniffed payload is copied at the h2 size, then cut back if not h2. */
+	want = io->capture;
+	if (io->sniff && h2_capture_bytes > want)
+		want = h2_capture_bytes;
+	want = bound_payload(min((__u64)ret, want));
 
 	if (!io->iovcnt) {
 		n = bound_payload(want);
@@ -475,6 +505,8 @@ static __always_inline int io_exit(long ret)
 	}
 	if (off > want)
 		off = want;
+	if (io->sniff)
+		off = sniff_h2(pid_tgid, io, ev, off);
 	ev->captured = off;
 	n = bound_payload(off);
 	submit(s, ev, offsetof(struct data_event, payload) + n);

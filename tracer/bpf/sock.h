@@ -88,6 +88,23 @@ enum sys_kind {
 	SYS_ACCEPT, SYS_CONNECT, SYS_CLOSE,
 };
 
+/* Key and value of the "conns" LRU map: one entry per (tgid, fd) socket.
+ * User space reads and updates entries too (raising an h2 connection's
+ * capture), hence the shared layout. */
+struct conn_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+struct conn_info {
+	__u64 conn_id;
+	__u8 role;     /* enum conn_role */
+	__u8 tracked;  /* 0: a TCP socket the filters reject; cached to skip the walk */
+	__u8 sniffed;  /* the first request-direction payload was checked for the h2 preface */
+	__u8 pad;
+	__u32 capture; /* payload bytes copied per syscall; 0: capture_bytes */
+};
+
 /* Run-time filter switches (array map "filter_cfg", one entry). */
 struct filter_config {
 	__u8 by_pid;    /* only tgids in filter_pids (children are added on fork) */
