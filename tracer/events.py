@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 TASK_COMM_LEN = 16
 MAX_PAYLOAD = 4096
-MAX_IOV = 4
+MAX_IOV = 32
 
 
 class EventType(enum.IntEnum):

@@ -15,8 +15,10 @@
 #define TASK_COMM_LEN 16
 /* Upper bound of the per-event payload capture; the default is capture_bytes. */
 #define MAX_PAYLOAD 4096
-/* Only the first few iovecs of readv/writev/recvmsg/sendmsg are copied. */
-#define MAX_IOV 4
+/* Only the first iovecs of readv/writev/recvmsg/sendmsg are copied. gRPC
+ * (and other h2 stacks) write a frame header, a header block and a message
+ * as separate slices: 32 covers a 4 KiB capture of such writes. */
+#define MAX_IOV 32
 
 enum event_type {
 	EVENT_OPEN = 1,  /* accept/connect returned, or first sight of an open socket */
