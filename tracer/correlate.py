@@ -29,6 +29,7 @@ Sources of a parent, strongest first:
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from .spans import Span, parse_traceparent
@@ -54,20 +55,20 @@ def _b3(headers: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 _LOOPBACK_PREFIXES = ("127.", "::1")
+MAX_QUEUE = 64  # unmatched requests remembered per connection and side
 
 
-def conn_key(conn, server: bool, seq: int) -> tuple | None:
-    """The same key from both ends of one TCP connection, or None when the
-    connection was not seen from its start (request order unknown) or its
-    addresses are unknown. Loopback addresses are only unique inside one
-    network namespace, so the netns joins the key there; other addresses are
-    the same from both ends when there is no NAT."""
-    if not conn.fresh or not conn.laddr or not conn.raddr:
+def conn_key(conn, server: bool) -> tuple | None:
+    """The same key from both ends of one TCP connection (client address
+    first), or None when the addresses are unknown. Loopback addresses are
+    only unique inside one network namespace, so the netns joins the key
+    there; other addresses are the same from both ends when there is no NAT."""
+    if not conn.laddr or not conn.raddr:
         return None
     if server:
-        key = (conn.raddr, conn.rport, conn.laddr, conn.lport, seq)
+        key = (conn.raddr, conn.rport, conn.laddr, conn.lport)
     else:
-        key = (conn.laddr, conn.lport, conn.raddr, conn.rport, seq)
+        key = (conn.laddr, conn.lport, conn.raddr, conn.rport)
     if conn.laddr.startswith(_LOOPBACK_PREFIXES):
         key += (conn.netns,)
     return key
@@ -134,10 +135,11 @@ class Correlator:
     def __init__(self, sink: Callable[[Span], None], stats) -> None:
         self.sink = sink
         self.stats = stats
-        # client contexts by connection key, until their server side claims them
-        self.clients: dict[tuple, Context] = {}
-        # server contexts that started before their client side was seen
-        self.pending: dict[tuple, Context] = {}
+        # Unmatched requests per connection key (HTTP/1: FIFO, request order) or
+        # per (key, stream id) (HTTP/2): client ones wait for their server side,
+        # server ones (pending) for their client side.
+        self.clients: dict[tuple, deque[Context]] = {}
+        self.pending: dict[tuple, deque[Context]] = {}
         # server requests in progress per (pid, tid): in-process parent candidates
         self.active: dict[tuple[int, int], list[Context]] = {}
         self.held: list[Context] = []  # finished but blocked by a pending context
@@ -146,8 +148,8 @@ class Correlator:
         self.client_addrs: set[tuple[str, int]] = set()
 
     def note_client(self, addr: str, netns: int) -> None:
-        """A traced process connected from addr (called at connect, which is
-        always seen before the server can read the request)."""
+        """A traced process connects from addr (seen at connect, before the
+        server can read anything, and again at each client request)."""
         self.client_addrs.add((addr, netns if addr.startswith(_LOOPBACK_PREFIXES) else 0))
 
     def _client_traced(self, conn) -> bool:
@@ -157,7 +159,10 @@ class Correlator:
 
     # ---- hooks -------------------------------------------------------------------
     def start(self, conn, server: bool, pid: int, tid: int, headers: Mapping[str, str],
-              seq: int, ts: int = 0) -> Context:
+              seq: int | None = None, ts: int = 0) -> Context:
+        """A request head was seen. seq: the HTTP/2 stream id (the same at both
+        ends); None for HTTP/1, matched in order with a time check. ts: ktime of
+        the request's start (client: write entry; server: read exit)."""
         ctx = Context(f"{_getrandbits(64) or 1:016x}", server, pid, tid, ts)
         tp = headers.get("traceparent")
         ids = parse_traceparent(tp) if tp is not None else None
@@ -168,15 +173,17 @@ class Correlator:
             ctx.trace_id, ctx.parent_span_id = ids
             ctx.source = "header"
             ctx.confidence = 1.0
-        key = conn_key(conn, server, seq)
+        key = conn_key(conn, server)
+        if key is not None and seq is not None:
+            key = (key, seq)
         ctx.key = key
         if server:
-            client = self.clients.pop(key, None) if key is not None else None
+            client = self._take(self.clients, key, ctx) if key is not None else None
             if client is not None:
                 self._link_server(ctx, client)
             elif key is not None and self._client_traced(conn):
                 ctx.pending = True
-                self.pending[key] = ctx
+                _push(self.pending, key, ctx)
             if ids is None and client is None:
                 ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
             act = self.active.get((pid, tid))
@@ -187,13 +194,52 @@ class Correlator:
         else:
             self._link_client(ctx, pid, tid)
             if key is not None:
-                waiting = self.pending.pop(key, None)
+                self.note_client(conn.laddr, conn.netns)
+                waiting = self._take(self.pending, key, ctx)
                 if waiting is not None:
                     self._link_server(waiting, ctx)
                     self._resolved(waiting)
                 else:
-                    self.clients[key] = ctx
+                    _push(self.clients, key, ctx)
         return ctx
+
+    def _take(self, table: dict[tuple, deque[Context]], key: tuple,
+              ctx: Context) -> Context | None:
+        """The oldest waiting context of the other side that can pair with ctx.
+
+        Time check (same kernel clock on both ends): a client request pairs
+        with a server request that started (read returned) after the client
+        began writing and before the client had its whole response. A client
+        request whose server side was never seen (read already blocked when the
+        tracer attached) is dropped here instead of shifting every later pair.
+        """
+        q = table.get(key)
+        if not q:
+            return None
+        ts = ctx.start_ts
+        while q:
+            other = q[0]
+            if ts and other.start_ts:
+                if ctx.server:
+                    if other.start_ts > ts:
+                        return None  # our client's write has not been seen yet
+                    if other.done_ts and other.done_ts < ts:
+                        q.popleft()  # it finished before we started: never ours
+                        continue
+                elif other.start_ts < ts:
+                    # a server request older than our write: its client was
+                    # never seen, and it cannot be ours; stop it waiting
+                    q.popleft()
+                    other.pending = False
+                    self.stats.correlation_unresolved += 1
+                    self._resolved(other)
+                    continue
+            q.popleft()
+            if not q:
+                del table[key]
+            return other
+        del table[key]
+        return None
 
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
@@ -256,7 +302,11 @@ class Correlator:
                 if not act:
                     del self.active[(ctx.pid, ctx.tid)]
             if ctx.pending and ctx.key is not None:
-                self.pending.pop(ctx.key, None)
+                q = self.pending.get(ctx.key)
+                if q is not None and ctx in q:
+                    q.remove(ctx)
+                    if not q:
+                        del self.pending[ctx.key]
                 self._resolved(ctx)
 
     def _emit(self, ctx: Context) -> None:
@@ -280,34 +330,53 @@ class Correlator:
 
     # ---- housekeeping ------------------------------------------------------------
     def flush(self, now_ktime: int, max_age_ns: int = 10_000_000_000) -> None:
-        """Give up waiting: held spans past HOLD_NS, and match tables' entries
-        older than max_age_ns (the other end is not traced)."""
+        """Give up waiting: held spans past HOLD_NS, and unmatched requests
+        whose other side is evidently not traced."""
         if self.held:
             for ctx in self.held:
                 c = ctx
                 while c is not None:
                     if c.pending and now_ktime - ctx.done_ts >= HOLD_NS:
-                        self.pending.pop(c.key, None)
+                        self._unqueue(c)
                         c.pending = False
                         self.stats.correlation_unresolved += 1
                     c = c.parent
             self._release()
-        limit = now_ktime - max_age_ns
+        old = now_ktime - max_age_ns
+        done = now_ktime - HOLD_NS
         for table in (self.clients, self.pending):
-            old = []
-            for key, ctx in table.items():  # insertion order: oldest first
-                if ctx.start_ts > limit:
-                    break
-                old.append(key)
-            for key in old:
-                ctx = table.pop(key)
-                if ctx.pending:
-                    self._resolved(ctx)
+            for key in list(table):
+                q = table[key]
+                while q and (q[0].start_ts < old or 0 < q[0].done_ts < done):
+                    stale = q.popleft()
+                    if stale.pending:
+                        stale.pending = False
+                        self._resolved(stale)
+                if not q:
+                    del table[key]
+
+    def _unqueue(self, ctx: Context) -> None:
+        q = self.pending.get(ctx.key)
+        if q is not None and ctx in q:
+            q.remove(ctx)
+            if not q:
+                del self.pending[ctx.key]
 
     def close(self) -> None:
         """Shutdown: nothing more will resolve; emit what is held."""
-        for ctx in self.pending.values():
-            ctx.pending = False
+        for q in self.pending.values():
+            for ctx in q:
+                ctx.pending = False
         self.pending.clear()
         self.clients.clear()
         self._release()
+
+
+def _push(table: dict[tuple, deque[Context]], key: tuple, ctx: Context) -> None:
+    q = table.get(key)
+    if q is None:
+        table[key] = deque((ctx,))
+    else:
+        if len(q) >= MAX_QUEUE:
+            q.popleft()
+        q.append(ctx)

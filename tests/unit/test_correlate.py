@@ -226,3 +226,32 @@ def test_thread_pool_requests_link_to_their_own_thread():
     assert p["/down-a"].parent_span_id == p["/a"].span_id
     assert p["/down-b"].parent_span_id == p["/b"].span_id
     assert p["/down-a"].trace_id == p["/a"].trace_id != p["/b"].trace_id
+
+
+def test_connection_joined_late_pairs_by_order_and_time():
+    """A keep-alive connection open before the tracer: its first request was
+    read by a syscall the tracer never saw, so the server side starts one
+    request later. Pairing must not shift: request i links to request i."""
+    clock = Clock()
+    cli = Conversation(clock, 1, ROLE_CLIENT, pid=100, tid=100, comm="client",
+                       laddr="10.0.0.2", lport=40000, raddr="10.0.0.1", rport=8080)
+    srv = Conversation(clock, 2, 0, pid=200, tid=201, comm="front", laddr="10.0.0.1",
+                       lport=8080, raddr="10.0.0.2", rport=40000)
+    cli.open()  # first sight (role known from connect for the client here)
+    srv.open()  # ROLE_UNKNOWN: first sight of an old socket
+    events = list(cli.events) + list(srv.events)
+    for i in range(5):
+        req = http_request("GET", f"/r{i}", {"x-request-id": f"r{i}"})
+        events += cli.request(req)
+        if i:  # the server's read of request 0 was already blocked at attach
+            events += srv.request(req)
+        events += srv.response(http_response(200, body=b"ok"))
+        events += cli.response(http_response(200, body=b"ok"))
+    spans, stats, _ = run(events)
+    clients = {s.path: s for s in spans if s.kind == "client"}
+    servers = {s.path: s for s in spans if s.kind == "server"}
+    assert sorted(servers) == [f"/r{i}" for i in range(1, 5)]
+    for path, s in servers.items():
+        assert s.parent_span_id == clients[path].span_id
+        assert s.trace_id == clients[path].trace_id
+        assert s.correlation_source == "connection"

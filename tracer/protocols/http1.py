@@ -493,7 +493,7 @@ class Http1Session:
     responses pair with nothing; 101 and CONNECT-2xx end parsing (another
     protocol follows)."""
 
-    __slots__ = ("conn", "table", "stats", "req", "resp", "pending", "req_dir", "dead", "seq",
+    __slots__ = ("conn", "table", "stats", "req", "resp", "pending", "req_dir", "dead",
                  "server")
 
     def __init__(self, conn: Conn, table: ConnectionTable) -> None:
@@ -506,7 +506,6 @@ class Http1Session:
         self.server = conn.role == _ROLE_SERVER
         self.req_dir = _INGRESS if self.server else _EGRESS
         self.dead = False
-        self.seq = 0  # requests on this connection: the cross-process match key
 
     def on_data(self, ev: DataEvent) -> None:
         if ev.direction == self.req_dir:
@@ -540,9 +539,9 @@ class Http1Session:
             self.resp.finish_lost()
             self.pending.append(msg)
             ev = msg.first_ev
-            msg.ctx = self.table.correlator.start(self.conn, self.server, ev.pid, ev.tid,
-                                                  msg.headers, self.seq, ev.ts_exit)
-            self.seq += 1
+            msg.ctx = self.table.correlator.start(
+                self.conn, self.server, ev.pid, ev.tid, msg.headers, None,
+                ev.ts_exit if self.server else ev.ts_enter)
         else:
             self.req.finish_lost()
 
