@@ -132,6 +132,7 @@ struct {
 struct scratch {
 	struct data_event ev;
 	__u8 spill[MAX_PAYLOAD]; /* lets an iovec copy start anywhere below MAX_PAYLOAD */
+	struct iovec iov[MAX_IOV]; /* the iovec array, read in one go */
 	__u64 submitted;         /* per-CPU event count, for wake-up batching */
 	__u64 next_id;           /* per-CPU connection id sequence */
 };
@@ -216,6 +217,15 @@ static __always_inline __u64 bound_payload(__u64 n)
 		     "%[n] = %[max];\n"
 		     : [n] "+r"(n)
 		     : [max] "i"(MAX_PAYLOAD));
+	return n;
+}
+
+static __always_inline __u64 bound_iov_bytes(__u64 n)
+{
+	asm volatile("if %[n] <= %[max] goto +1;\n"
+		     "%[n] = %[max];\n"
+		     : [n] "+r"(n)
+		     : [max] "i"(MAX_IOV * sizeof(struct iovec)));
 	return n;
 }
 
@@ -481,25 +491,29 @@ static __always_inline int io_exit(long ret)
 		off = n;
 	} else {
 		/* Copy a contiguous prefix from the first iovecs. The spill area
-		 * after the payload keeps payload + off + n inside the map value. */
-		for (int i = 0; i < MAX_IOV; i++) {
-			struct iovec iov;
+		 * after the payload keeps payload + off + n inside the map value.
+		 * The iovec array is read with one call: h2 stacks write many
+		 * small slices, and a helper call per iovec doubles the cost. */
+		__u32 cnt = io->iovcnt < MAX_IOV ? io->iovcnt : MAX_IOV;
 
-			if (i >= io->iovcnt || off >= want)
+		if (bpf_probe_read_user(s->iov, bound_iov_bytes((__u64)cnt * sizeof(struct iovec)),
+					(void *)io->buf))
+			cnt = 0;
+		for (int i = 0; i < MAX_IOV; i++) {
+			struct iovec *iov = &s->iov[i];
+
+			if (i >= cnt || off >= want)
 				break;
-			if (bpf_probe_read_user(&iov, sizeof(iov),
-						(void *)(io->buf + i * sizeof(struct iovec))))
-				break;
-			n = bound_payload(min((__u64)iov.iov_len, want - off));
+			n = bound_payload(min((__u64)iov->iov_len, want - off));
 			off = bound_payload(off);
 			if (off >= MAX_PAYLOAD)
 				break;
-			if (bpf_probe_read_user(ev->payload + off, n, iov.iov_base)) {
+			if (bpf_probe_read_user(ev->payload + off, n, iov->iov_base)) {
 				count(CTR_READ_FAULT);
 				break;
 			}
 			off += n;
-			if (n < iov.iov_len)
+			if (n < iov->iov_len)
 				break;
 		}
 	}
