@@ -8,6 +8,7 @@ and exactly those 46 spans, field by field, at the receiver.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -181,9 +182,24 @@ def _scrape(port: int) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def bpf_stats():
+    """BPF run-time stats on while the fd is held (the sysctl reads 1 meanwhile);
+    unlike writing the sysctl, nothing else's setting is changed."""
+    from tracer import loader
+
+    fd = loader.libbpf().bpf_enable_stats(0)  # BPF_STATS_RUN_TIME
+    if fd < 0:
+        pytest.skip(f"bpf_enable_stats failed ({fd})")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def test_metrics_request_counter_is_23(tmp_path):
     port, mport = free_port(), free_port()
-    with py_server(port, SLEEP_MS) as srv, \
+    with bpf_stats(), py_server(port, SLEEP_MS) as srv, \
             TracerRun(tmp_path, "--port", str(port), "--metrics", f"127.0.0.1:{mport}") as tr:
         send(port, [("GET", f"/ok/{i}", "", 200) for i in range(23)])
         with open(f"/proc/{srv.pid}/comm") as f:
@@ -212,6 +228,12 @@ def test_metrics_request_counter_is_23(tmp_path):
     assert m[("httptrace_events_dropped_total", ())] == 0
     assert m[("httptrace_events_delivered_total", ())] > 0
     assert 0 <= m[("httptrace_ring_buffer_fill_ratio", ())] <= 1
+    runs = {dict(lbl)["program"]: v for (name, lbl), v in m.items()
+            if name == "httptrace_bpf_prog_runs_total"}
+    assert len(runs) == tr.summary["programs_attached"]
+    assert sum(runs.values()) > 0
+    assert sum(v for (name, _), v in m.items()
+               if name == "httptrace_bpf_prog_run_seconds_total") > 0
 
 
 def test_jaeger_json_23(tmp_path):

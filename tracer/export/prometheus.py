@@ -12,7 +12,7 @@ counted in httptrace_route_overflow_total. Errors follow the span status
 
 Tracer health is read at scrape time (HealthCollector): every Stats counter as
 httptrace_<name>_total, ring-buffer fill, exporter counters per exporter, and
-per-program BPF run time when kernel.bpf_stats_enabled=1.
+per-program BPF run time while BPF stats are on.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ class HealthCollector:
         yield from self._bpf_stats()
 
     def _bpf_stats(self):
-        if not bpf_stats_enabled():
-            return
+        """Per-program run time and count. The kernel counts them only while
+        stats are on (the sysctl, or a BPF_ENABLE_STATS fd held by anyone,
+        which the sysctl does not show), so: exported when on or ever counted."""
         obj = self.tracer.obj
         if obj is None:
             return
@@ -150,6 +151,7 @@ class HealthCollector:
         runs = CounterMetricFamily("httptrace_bpf_prog_runs", "BPF program runs",
                                    labels=["program"])
         buf = self._info_buf
+        counted = False
         for prog in list(self.tracer.attached):
             ctypes.memset(buf, 0, PROG_INFO_LEN)
             n = ctypes.c_uint32(PROG_INFO_LEN)
@@ -159,8 +161,10 @@ class HealthCollector:
             cnt = int.from_bytes(buf.raw[PROG_INFO_RUN_CNT:PROG_INFO_RUN_CNT + 8], "little")
             run_ns.add_metric([prog], ns / 1e9)
             runs.add_metric([prog], cnt)
-        yield run_ns
-        yield runs
+            counted = counted or cnt > 0
+        if counted or bpf_stats_enabled():
+            yield run_ns
+            yield runs
 
 
 def bpf_stats_enabled() -> bool:
