@@ -25,12 +25,13 @@ from harness.budgets import (
 
 
 def _runs(p99_base: float, p99_traced: float, aa: tuple[float, float], tracer_cpu: float,
-          recall: float, pairs: int = 6) -> pd.DataFrame:
+          recall: float, pairs: int = 6, correlation: float = 1.0,
+          aa_cpu: tuple[float, float] = (0.20, 0.20)) -> pd.DataFrame:
     rows = []
     for i, v in enumerate(aa):
         rows.append({"scenario": "http-chain", "label": "aa", "variant": "baseline", "pair": 0,
                      "position": i, "latency_p99_us": v, "latency_p50_us": 1000.0,
-                     "workload_cpu_cores": 0.20, "achieved_rps": 1000.0, "valid": True})
+                     "workload_cpu_cores": aa_cpu[i], "achieved_rps": 1000.0, "valid": True})
     for i in range(pairs):
         rows.append({"scenario": "http-chain", "label": "pair", "variant": "baseline", "pair": i,
                      "position": i % 2, "latency_p99_us": p99_base + i,
@@ -42,7 +43,7 @@ def _runs(p99_base: float, p99_traced: float, aa: tuple[float, float], tracer_cp
                      "tracer_cpu_cores": tracer_cpu, "achieved_rps": 1000.0,
                      "tracer_rss_peak_mb": 30.0, "tracer_events_seen": 1000.0,
                      "tracer_events_dropped": 0.0, "recall": recall, "precision": 1.0,
-                     "field_accuracy": 1.0, "correlation": 0.0, "valid": True})
+                     "field_accuracy": 1.0, "correlation": correlation, "valid": True})
     return pd.DataFrame(rows)
 
 
@@ -60,9 +61,10 @@ def test_default_budgets_file_is_versioned_and_complete():
     version, budgets = load_budgets(DEFAULT_BUDGETS)
     assert version >= 1
     names = {b.name for b in budgets}
-    assert {"tracer_cpu", "p99_added_latency", "tracer_rss", "drop_rate", "detection_recall",
-            "correlation"} <= names
-    assert not next(b for b in budgets if b.name == "correlation").gate
+    assert {"tracer_cpu", "tracer_process_cpu", "p99_added_latency", "tracer_rss", "drop_rate",
+            "detection_recall", "correlation"} <= names
+    assert next(b for b in budgets if b.name == "correlation").gate
+    assert not next(b for b in budgets if b.name == "stress_event_rate").gate
 
 
 def test_everything_within_budget_passes():
@@ -71,9 +73,27 @@ def test_everything_within_budget_passes():
     assert figs["http-chain"]["cpu_overhead_pct_core_per_1k_rps"] == pytest.approx(1.0)
     assert _status(verdict, "p99_added_latency") == PASS
     assert _status(verdict, "tracer_cpu") == PASS
-    # Correlation fails but is not gated: the bench still passes.
-    assert _status(verdict, "correlation") == FAIL
+    assert _status(verdict, "tracer_process_cpu") == PASS
+    assert _status(verdict, "correlation") == PASS
     assert verdict.overall == PASS and verdict.ok
+
+
+def test_wrong_parents_fail_the_gated_correlation_budget():
+    verdict, _ = _verdict(_runs(5000, 5010, aa=(5000, 5004), tracer_cpu=0.01, recall=1.0,
+                                correlation=0.9))
+    assert _status(verdict, "correlation") == FAIL
+    assert verdict.overall == FAIL
+
+
+def test_tracer_cpu_alone_over_budget_fails_whatever_the_workload_noise():
+    """The overhead figure is inconclusive under heavy A/A noise, but the tracer
+    process by itself is over the limit: that is a conclusive failure."""
+    verdict, figs = _verdict(_runs(5000, 5010, aa=(5000, 5004), tracer_cpu=0.05, recall=1.0,
+                                   aa_cpu=(0.20, 0.40)))
+    assert figs["http-chain"]["tracer_cpu_pct_core_per_1k_rps"] == pytest.approx(5.0)
+    assert _status(verdict, "tracer_cpu") == INCONCLUSIVE
+    assert _status(verdict, "tracer_process_cpu") == FAIL
+    assert verdict.overall == FAIL
 
 
 def test_latency_over_budget_beyond_noise_fails_with_margin():
