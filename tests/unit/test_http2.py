@@ -506,3 +506,23 @@ def test_kernel_capture_hook_updates_only_the_same_connection():
     ev.fd = 6
     hook(ev)  # closed meanwhile: nothing to do
     assert len(m.data) == 1
+
+
+def test_padded_and_priority_headers_and_data():
+    enc = hpack.Encoder()
+    block = enc.encode([(":method", "POST"), (":path", "/pkg.S/M"),
+                        ("content-type", "application/grpc")])
+    h = HeadersFrame(1, block, pad_length=7, depends_on=0, stream_weight=15,
+                     flags=["END_HEADERS", "PADDED", "PRIORITY"])
+    d = DataFrame(1, grpc_frame(b"abc"), pad_length=4, flags=["PADDED", "END_STREAM"])
+    senc = hpack.Encoder()
+    resp = (HeadersFrame(1, senc.encode([(":status", "200")]), flags=["END_HEADERS"]).serialize()
+            + DataFrame(1, grpc_frame(b"xy"), pad_length=3, flags=["PADDED"]).serialize()
+            + HeadersFrame(1, senc.encode([("grpc-status", "0")]),
+                           flags=["END_HEADERS", "END_STREAM"]).serialize())
+    spans, stats = run(_frames_conversation(ROLE_SERVER, [PREFACE + h.serialize() + d.serialize()],
+                                            [resp]))
+    assert_clean(stats, 1)
+    a = spans[0].attributes()
+    assert spans[0].path == "/pkg.S/M" and a["rpc.grpc.status_code"] == 0
+    assert (a["rpc.grpc.request.bytes"], a["rpc.grpc.response.bytes"]) == (3, 2)

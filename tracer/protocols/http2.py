@@ -375,6 +375,8 @@ class FrameReader:
     def _fragment(self, ftype: int, raw: bytes, short: bool) -> bytes | None:
         """The header block fragment of a HEADERS/PUSH_PROMISE body; None if malformed."""
         flags = self.flags
+        if ftype == _HEADERS and not flags & (_PADDED | _PRIORITY_FLAG):
+            return raw  # the common case: the body is the fragment
         if not short:
             # whole body: hyperframe strips padding and priority fields
             f = HeadersFrame(self.sid) if ftype == _HEADERS else PushPromiseFrame(self.sid)
