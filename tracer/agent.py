@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import events, loader
-from .conn import ConnectionTable
+from .conn import ConnectionTable, kernel_capture_hook
 from .stats import Stats
 
 log = logging.getLogger("tracer.agent")
@@ -135,6 +135,8 @@ class Tracer:
             if not self.attached:
                 raise loader.AttachError("no program could be attached", program="*")
             self.rb = obj.ring_buffer("events")
+            # an h2 connection found mid-stream gets the larger capture too
+            self.table.h2_capture = kernel_capture_hook(obj.map("conns"))
         except BaseException:
             obj.close()
             raise
