@@ -1,4 +1,4 @@
-"""The tracing agent: loads sock.bpf.o, applies filters, drains the ring buffer
+"""The tracing agent: loads sock.bpf.o (and tls.bpf.o on its maps), applies filters, drains the ring buffer
 into the connection table, and hands spans to a sink.
 
     tracer = Tracer(Filters(ports=[8080]), sink=writer)
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import events, loader
+from . import events, loader, tls
 from .conn import ConnectionTable, kernel_capture_hook
 from .stats import Stats
 
@@ -79,7 +79,7 @@ def descendants(pid: int) -> list[int]:
 class Tracer:
     def __init__(self, filters: Filters | None = None, *, sink: Callable | None = None,
                  capture_bytes: int = 512, ring_bytes: int = 8 << 20,
-                 stats: Stats | None = None):
+                 stats: Stats | None = None, tls_plaintext: bool = True):
         if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
             raise ValueError(f"capture size must be 16..{events.MAX_PAYLOAD} bytes")
         self.filters = filters or Filters()
@@ -91,6 +91,10 @@ class Tracer:
         self.table = ConnectionTable(self.sink, self.stats, clock_offset_ns=self.clock_offset_ns,
                                      capture_bytes=capture_bytes)
         self.obj: loader.BPFObject | None = None
+        self.tls_plaintext = tls_plaintext
+        self.tls: tls.TlsProbes | None = None
+        self.tls_unavailable = ""  # why TLS plaintext is not traced, if it is not
+        self.tls_libraries: list[str] = []  # files attached to, kept after stop()
         self.rb: loader.RingBuffer | None = None
         self.attached: list[str] = []
         self.skipped: dict[str, str] = {}  # program -> why it could not attach
@@ -137,11 +141,30 @@ class Tracer:
             self.rb = obj.ring_buffer("events")
             # an h2 connection found mid-stream gets the larger capture too
             self.table.h2_capture = kernel_capture_hook(obj.map("conns"))
+            if self.tls_plaintext:
+                self._start_tls(obj)
         except BaseException:
+            if self.tls:
+                self.tls.close()
+                self.tls = None
             obj.close()
             raise
         self.obj = obj
         self.started_at = time.time()
+
+    def _start_tls(self, obj: loader.BPFObject) -> None:
+        """TLS plaintext is an extra: without uprobes (or tls.bpf.o) say so in
+        one line and trace the rest; ciphertext is then parsed like any bytes."""
+        try:
+            self.tls = tls.TlsProbes.load(obj, capture_bytes=self.capture_bytes,
+                                          self_tgid=os.getpid())
+            self.tls.start()
+        except loader.LoaderError as e:
+            if self.tls:
+                self.tls.close()
+                self.tls = None
+            self.tls_unavailable = str(e)
+            log.warning("TLS plaintext not traced (%s); tracing the rest", e)
 
     def _apply_filters(self, obj: loader.BPFObject) -> None:
         f = self.filters
@@ -187,6 +210,8 @@ class Tracer:
                 self.table.expire(now_ns, IDLE_EXPIRY_NS)
                 self.table.correlator.flush(now_ns)
                 self.read_kernel_counters()
+                if self.tls:
+                    self.tls.tick()
                 if on_tick:
                     on_tick()
 
@@ -200,6 +225,9 @@ class Tracer:
             "dropped": m.percpu_sum(C.CTR_DROPPED),
             "read_faults": m.percpu_sum(C.CTR_READ_FAULT),
             "conn_table_full": m.percpu_sum(C.CTR_CONN_FULL),
+            "tls_skipped_bytes": m.percpu_sum(C.CTR_TLS_SKIPPED),
+            "tls_no_fd": m.percpu_sum(C.CTR_TLS_NO_FD),
+            "tls_events": m.percpu_sum(C.CTR_TLS_EVENTS),
         }
         self._kernel = k
         self.stats.events_seen = k["events"]
@@ -208,6 +236,8 @@ class Tracer:
 
     def stop(self) -> dict:
         """Detach, drain what is left, close connections, return the summary."""
+        if self.tls:
+            self.tls.detach()  # before the syscall side: no SSL call left half-seen
         if self.obj:
             for prog in list(self.obj.attached):
                 self.obj.detach(prog)
@@ -217,6 +247,10 @@ class Tracer:
             self.read_kernel_counters()
             self.table.close_all()
             self.table.correlator.close()
+            if self.tls:
+                self.tls_libraries = sorted(self.tls.libraries.values())
+                self.tls.close()
+                self.tls = None
             self.obj.close()
             self.obj = None
             self.rb = None
@@ -235,6 +269,12 @@ class Tracer:
             "clock_offset_ns": self.clock_offset_ns,
             "programs_attached": len(self.attached),
             "programs_skipped": self.skipped,
+            "tls_skipped_bytes": self._kernel.get("tls_skipped_bytes", 0),
+            "tls_no_fd": self._kernel.get("tls_no_fd", 0),
+            "tls_events": self._kernel.get("tls_events", 0),
+            "tls_libraries": (sorted(self.tls.libraries.values()) if self.tls
+                              else self.tls_libraries),
+            "tls_unavailable": self.tls_unavailable,
         })
         return s
 

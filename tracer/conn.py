@@ -25,6 +25,7 @@ from typing import Protocol
 from tracer.correlate import Correlator
 from tracer.events import (
     MAX_PAYLOAD,
+    SYS_FIRST_TLS,
     CloseEvent,
     ConnInfoC,
     ConnKeyC,
@@ -94,13 +95,14 @@ def kernel_capture_hook(conns_map, capture: int = MAX_PAYLOAD) -> H2CaptureHook:
 
 
 _BPF_EXIST = 2
+_SYS_FIRST_TLS = int(SYS_FIRST_TLS)
 
 
 class Conn:
     """One traced socket as seen by one process."""
 
     __slots__ = ("conn_id", "role", "proto", "last_ts", "pid", "comm", "netns", "cgroup_id",
-                 "laddr", "lport", "raddr", "rport", "table", "fresh")
+                 "laddr", "lport", "raddr", "rport", "table", "fresh", "tls")
 
     def __init__(self, table: ConnectionTable, conn_id: int, role: int) -> None:
         self.table = table
@@ -118,6 +120,7 @@ class Conn:
         # seen from accept/connect: request order on it is known from the first
         # request, so it can be matched with the other end (correlation)
         self.fresh = False
+        self.tls = False  # plaintext from TLS uprobes (data events with an SSL sys_kind)
         self.proto: ProtocolHandler = _Sniffer(self)
 
     def set_open(self, ev: OpenEvent) -> None:
@@ -300,6 +303,8 @@ class ConnectionTable:
                 conn.pid = ev.pid
                 conn.comm = ev.comm
             conn.last_ts = ev.ts_exit
+            if ev.syscall >= _SYS_FIRST_TLS:
+                conn.tls = True
             if ev.size:
                 conn.proto.on_data(ev)
         elif type(ev) is OpenEvent:

@@ -45,7 +45,10 @@ class Counter(enum.IntEnum):
     CTR_DROPPED = 1
     CTR_READ_FAULT = 2
     CTR_CONN_FULL = 3
-    CTR_MAX = 4
+    CTR_TLS_SKIPPED = 4
+    CTR_TLS_NO_FD = 5
+    CTR_TLS_EVENTS = 6
+    CTR_MAX = 7
 
 
 class SysKind(enum.IntEnum):
@@ -60,6 +63,12 @@ class SysKind(enum.IntEnum):
     SYS_ACCEPT = 9
     SYS_CONNECT = 10
     SYS_CLOSE = 11
+    SYS_SSL_READ = 12
+    SYS_SSL_WRITE = 13
+
+
+# data events at or above this sys_kind carry TLS plaintext (tls.bpf.c)
+SYS_FIRST_TLS = SysKind.SYS_SSL_READ
 
 
 # enum name in sock.h -> Python mirror (checked against BTF)
@@ -138,9 +147,13 @@ class ConnInfoC(ctypes.Structure):
         ("role", ctypes.c_uint8),
         ("tracked", ctypes.c_uint8),
         ("sniffed", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("tls", ctypes.c_uint8),
         ("capture", ctypes.c_uint32),
     ]
+
+
+class ExecEventC(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 # C struct name in sock.h -> Python mirror (checked against BTF)
@@ -152,6 +165,7 @@ STRUCTS = {
     "filter_config": FilterConfigC,
     "conn_key": ConnKeyC,
     "conn_info": ConnInfoC,
+    "exec_event": ExecEventC,
 }
 
 _CODES = {

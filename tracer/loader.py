@@ -160,6 +160,7 @@ def libbpf() -> ctypes.CDLL:
             "bpf_map__value_size": ([P], U32),
             "bpf_map__max_entries": ([P], U32),
             "bpf_map__set_max_entries": ([P, U32], INT),
+            "bpf_map__reuse_fd": ([P, INT], INT),
             "bpf_map__initial_value": ([P, ctypes.POINTER(SZ)], P),
             "bpf_map_lookup_elem": ([INT, P, P], INT),
             "bpf_map_update_elem": ([INT, P, P, ctypes.c_uint64], INT),
@@ -496,6 +497,15 @@ class BPFObject:
             raise MapError(f"map {map_name}: cannot resize to {n} ({_errno_msg(err)})", err=err)
 
     # -- load -------------------------------------------------------------------
+    def reuse_map(self, name: str, other: Map) -> None:
+        """Before load: make map `name` the already-created map `other` (same
+        definition), so two objects share it (bpf_map__reuse_fd)."""
+        ret = self._lib.bpf_map__reuse_fd(self._map_ptr(name), other.fd)
+        if ret:
+            err = -ret if ret < 0 else _last_error()
+            raise MapError(f"cannot reuse map {other.name} as {name} in {self.path.name}: "
+                           f"{_errno_msg(err)}", err=err)
+
     def load(self) -> None:
         _capture.take()
         _capture.capturing = True

@@ -198,7 +198,8 @@ def decisions(res: ProbeResult) -> dict[str, str]:
         d["fentry"] = "refused: syscall tracepoints instead"
     d["event transport"] = ("BPF ring buffer, batched wake-ups" if res.ok("ringbuf")
                             else "unavailable: needs BPF ring buffer (Linux 5.8+)")
-    d["TLS plaintext"] = "OpenSSL uprobes" if res.ok("uprobe") else "unavailable: no uprobes"
+    d["TLS plaintext"] = ("OpenSSL uprobes (libssl by inode, static copies by symbol)"
+                          if res.ok("uprobe") else "unavailable: no uprobes (TLS connections count as unparsed)")
     d["header injection"] = ("sockops + sk_msg" if res.ok("sockops") and res.ok("sk_msg")
                              else "unavailable")
     if not res.ok("probe_write_user"):

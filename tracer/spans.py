@@ -235,7 +235,7 @@ def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) ->
     s.local_port = conn.lport
     s.peer_addr = conn.raddr
     s.peer_port = conn.rport
-    s.tls = False
+    s.tls = conn.tls
     s.conn_id = conn.conn_id
     hdrs = req.headers
     s.request_headers = hdrs

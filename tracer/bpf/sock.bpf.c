@@ -9,6 +9,7 @@
  */
 #include "common.h"
 #include "sock.h"
+#include "maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -30,6 +31,11 @@ struct btf_anchor {
 	struct filter_config filter;
 	struct conn_key ckey;
 	struct conn_info cinfo;
+	struct ssl_call ssl_call;
+	struct ssl_key ssl_key;
+	struct ssl_fd ssl_fd;
+	struct exec_event exec;
+	enum ssl_op ssl_op;
 	enum event_type type;
 	enum conn_role role;
 	enum data_dir dir;
@@ -37,25 +43,6 @@ struct btf_anchor {
 	enum sys_kind sys;
 };
 const volatile struct btf_anchor *btf_anchor __attribute__((unused));
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn_info);
-} conns SEC(".maps");
 
 /* Syscall arguments kept from sys_enter to sys_exit, per thread. */
 struct active_io {
@@ -69,6 +56,7 @@ struct active_io {
 	__u8 syscall;
 	__u8 sniff;     /* first request-direction payload: check for the h2 preface */
 	__u32 capture;  /* this connection's capture size */
+	__u8 tls;       /* ciphertext: count its bytes, emit nothing */
 };
 
 struct {
@@ -144,14 +132,6 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-
-	if (v)
-		*v += 1;
-}
-
 static __always_inline struct filter_config *filters(void)
 {
 	__u32 zero = 0;
@@ -209,17 +189,6 @@ static __always_inline struct sock *fd_to_tcp_sock(int fd)
 	return sk;
 }
 
-/* Bound a copy length for the verifier. A plain `if (n > MAX) n = MAX` is not
- * enough: clang 14 may test a zero-extended copy and pass the original. */
-static __always_inline __u64 bound_payload(__u64 n)
-{
-	asm volatile("if %[n] <= %[max] goto +1;\n"
-		     "%[n] = %[max];\n"
-		     : [n] "+r"(n)
-		     : [max] "i"(MAX_PAYLOAD));
-	return n;
-}
-
 static __always_inline __u64 bound_iov_bytes(__u64 n)
 {
 	asm volatile("if %[n] <= %[max] goto +1;\n"
@@ -244,23 +213,9 @@ static __always_inline void fill_header(struct event_header *h, __u8 type, __u64
 	h->ts_exit = 0;
 }
 
-/* Batched wake-ups: 380 ns/event instead of 1070 ns (KERNEL_FACTS.md). The
- * agent also drains on a poll timeout, and a filling ring forces a wake-up. */
-static __always_inline __u64 wakeup_flags(struct scratch *s)
-{
-	s->submitted++;
-	if (wakeup_batch <= 1 || s->submitted % wakeup_batch == 0)
-		return BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (2 << 20))
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline void submit(struct scratch *s, void *ev, __u64 size)
 {
-	count(CTR_EVENTS);
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(s)))
-		count(CTR_DROPPED);
+	submit_event(ev, size, &s->submitted, wakeup_batch);
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -393,6 +348,7 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	struct filter_config *cfg = filters();
 	struct active_io io = {};
 	struct conn_info *info;
+	struct ssl_call *call;
 	__u64 ts = bpf_ktime_get_ns();
 	__u32 tid = (__u32)pid_tgid;
 
@@ -407,6 +363,20 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	}
 	if (!info->tracked)
 		return 0;
+	/* Inside an SSL call (tls.bpf.c): this fd carries that SSL*'s
+	 * ciphertext. Remember the pair; the plaintext comes from the uprobes. */
+	call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
+	if (call) {
+		struct ssl_key sk = { .ssl = call->ssl, .tgid = key.tgid };
+		struct ssl_fd sf = { .fd = fd };
+
+		bpf_map_update_elem(&ssl_fds, &sk, &sf, BPF_ANY);
+		if (!info->tls) {
+			info->tls = 1;
+			info->sniffed = 0; /* a ciphertext sniff says nothing: redo on plaintext */
+		}
+	}
+	io.tls = info->tls;
 	io.conn_id = info->conn_id;
 	io.role = info->role;
 	io.buf = buf;
@@ -418,17 +388,11 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	io.capture = info->capture ? info->capture : capture_bytes;
 	/* The client preface leads the request direction: a client's writes, a
 	 * server's reads (either for a socket of unknown role). */
-	if (!info->sniffed)
-		io.sniff = info->role == ROLE_UNKNOWN ||
-			   (info->role == ROLE_SERVER) == (dir == DIR_INGRESS);
+	if (!info->sniffed && !info->tls)
+		io.sniff = request_direction(info->role, dir);
 	bpf_map_update_elem(&active, &tid, &io, BPF_ANY);
 	return 0;
 }
-
-/* "PRI * HTTP/2.0\r\n", the first 16 bytes of the client preface, as two
- * little-endian words. */
-#define H2_PREFACE_LO 0x5448202a20495250ULL
-#define H2_PREFACE_HI 0x0a0d302e322f5054ULL
 
 /* First request-direction payload of a connection: an h2 preface raises the
  * connection's capture to h2_capture_bytes (this event keeps what it copied);
@@ -438,8 +402,7 @@ static __always_inline __u64 sniff_h2(__u64 pid_tgid, struct active_io *io,
 {
 	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
 	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
-	__u64 *words = (__u64 *)ev->payload;
-	bool h2 = off >= 16 && words[0] == H2_PREFACE_LO && words[1] == H2_PREFACE_HI;
+	bool h2 = is_h2_preface(ev->payload, off);
 
 	if (info && info->conn_id == io->conn_id) {
 		info->sniffed = 1;
@@ -464,6 +427,10 @@ static __always_inline int io_exit(long ret)
 		return 0;
 	if (ret <= 0)
 		goto out;
+	if (io->tls) {
+		count_add(CTR_TLS_SKIPPED, ret);
+		goto out;
+	}
 	s = get_scratch();
 	if (!s)
 		goto out;

@@ -43,7 +43,10 @@ enum counter {
 	CTR_DROPPED = 1,     /* ring buffer full: bpf_ringbuf_output failed */
 	CTR_READ_FAULT = 2,  /* payload copy from user memory failed */
 	CTR_CONN_FULL = 3,   /* connection table update failed */
-	CTR_MAX = 4,
+	CTR_TLS_SKIPPED = 4, /* ciphertext bytes not emitted: the plaintext comes from uprobes */
+	CTR_TLS_NO_FD = 5,   /* TLS plaintext dropped: its SSL* was never seen on a socket */
+	CTR_TLS_EVENTS = 6,  /* TLS plaintext data events submitted */
+	CTR_MAX = 7,
 };
 
 struct event_header {
@@ -88,6 +91,8 @@ enum sys_kind {
 	SYS_READ = 1, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
 	SYS_WRITE, SYS_WRITEV, SYS_SENDTO, SYS_SENDMSG,
 	SYS_ACCEPT, SYS_CONNECT, SYS_CLOSE,
+	/* TLS plaintext from uprobes (tls.bpf.c): SSL_read[_ex], SSL_write[_ex] */
+	SYS_SSL_READ, SYS_SSL_WRITE,
 };
 
 /* Key and value of the "conns" LRU map: one entry per (tgid, fd) socket.
@@ -103,7 +108,7 @@ struct conn_info {
 	__u8 role;     /* enum conn_role */
 	__u8 tracked;  /* 0: a TCP socket the filters reject; cached to skip the walk */
 	__u8 sniffed;  /* the first request-direction payload was checked for the h2 preface */
-	__u8 pad;
+	__u8 tls;      /* an SSL call used this socket: its bytes are ciphertext, not emitted */
 	__u32 capture; /* payload bytes copied per syscall; 0: capture_bytes */
 };
 
@@ -113,6 +118,43 @@ struct filter_config {
 	__u8 by_netns;  /* only netns inodes in filter_netns */
 	__u8 by_cgroup; /* only cgroup ids in filter_cgroups */
 	__u8 by_port;   /* only connections with a local or remote port in filter_ports */
+};
+
+/* An SSL call in progress on a thread (map "ssl_active", key: pid_tgid),
+ * written by tls.bpf.c's uprobes and read by sock.bpf.c: a socket syscall
+ * made during the call tells which fd the SSL* uses. */
+enum ssl_op {
+	SSL_OP_READ = 1,      /* SSL_read, SSL_read_ex */
+	SSL_OP_WRITE = 2,     /* SSL_write, SSL_write_ex */
+	SSL_OP_HANDSHAKE = 3, /* SSL_do_handshake (SSL_accept/SSL_connect call it) */
+};
+
+struct ssl_call {
+	__u64 ssl;      /* the SSL* */
+	__u64 buf;      /* plaintext buffer */
+	__u64 nbytes;   /* _ex variants: size_t * for the bytes moved; 0 otherwise */
+	__u64 ts_enter;
+	__u8 op;        /* enum ssl_op */
+	__u8 pad[7];
+};
+
+/* Map "ssl_fds": which socket an SSL* uses (key: tgid + SSL*), so a read
+ * served from already-decrypted records (no syscall) still joins it. */
+struct ssl_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 pad;
+};
+
+struct ssl_fd {
+	__s32 fd;
+	__u32 pad;
+};
+
+/* Ring "tls_execs": a process exec'd; user space looks for OpenSSL in it. */
+struct exec_event {
+	__u32 pid;
+	__u32 pad;
 };
 
 #pragma clang diagnostic pop

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * maps.h: maps shared by sock.bpf.c and tls.bpf.c, and helpers over them.
+ * sock.bpf.o owns them; the loader hands their fds to tls.bpf.o before it
+ * loads (bpf_map__reuse_fd), so both objects see one ring, one counter array,
+ * one connection table and one per-thread SSL-call table. The definitions
+ * must stay identical in both objects: this header is the only copy.
+ */
+#ifndef __TRACER_MAPS_H
+#define __TRACER_MAPS_H
+
+#include "sock.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn_info);
+} conns SEC(".maps");
+
+/* pid_tgid -> the SSL call in progress on that thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ssl_call);
+} ssl_active SEC(".maps");
+
+/* (tgid, SSL*) -> fd; LRU: SSL objects are freed without a hook. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, struct ssl_fd);
+} ssl_fds SEC(".maps");
+
+static __always_inline void count_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void count(__u32 idx)
+{
+	count_add(idx, 1);
+}
+
+/* Batched wake-ups: 380 ns/event instead of 1070 ns (KERNEL_FACTS.md). The
+ * agent also drains on a poll timeout, and a filling ring forces a wake-up.
+ * `submitted` is a per-CPU event count kept in the caller's scratch map. */
+static __always_inline __u64 wakeup_flags(__u64 *submitted, __u32 batch)
+{
+	*submitted += 1;
+	if (batch <= 1 || *submitted % batch == 0)
+		return BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (2 << 20))
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void submit_event(void *ev, __u64 size, __u64 *submitted, __u32 batch)
+{
+	count(CTR_EVENTS);
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(submitted, batch)))
+		count(CTR_DROPPED);
+}
+
+/* Bound a copy length for the verifier. A plain `if (n > MAX) n = MAX` is not
+ * enough: clang 14 may test a zero-extended copy and pass the original. */
+static __always_inline __u64 bound_payload(__u64 n)
+{
+	asm volatile("if %[n] <= %[max] goto +1;\n"
+		     "%[n] = %[max];\n"
+		     : [n] "+r"(n)
+		     : [max] "i"(MAX_PAYLOAD));
+	return n;
+}
+
+/* "PRI * HTTP/2.0\r\n", the first 16 bytes of the client preface, as two
+ * little-endian words. */
+#define H2_PREFACE_LO 0x5448202a20495250ULL
+#define H2_PREFACE_HI 0x0a0d302e322f5054ULL
+
+static __always_inline bool is_h2_preface(const __u8 *payload, __u64 len)
+{
+	const __u64 *words = (const __u64 *)payload;
+
+	return len >= 16 && words[0] == H2_PREFACE_LO && words[1] == H2_PREFACE_HI;
+}
+
+/* The client preface leads the request direction: a client's writes, a
+ * server's reads (either for a socket of unknown role). */
+static __always_inline bool request_direction(__u8 role, __u8 dir)
+{
+	return role == ROLE_UNKNOWN || (role == ROLE_SERVER) == (dir == DIR_INGRESS);
+}
+
+#endif

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tls.bpf.c: TLS plaintext from OpenSSL (and OpenSSL-compatible) libraries
+ * through uprobes, joined to the sockets that sock.bpf.c tracks.
+ *
+ * At SSL_read/SSL_write[_ex]/SSL_do_handshake entry the call is stored per
+ * thread in ssl_active. A socket syscall made during the call (seen by
+ * sock.bpf.c) records SSL* -> fd in ssl_fds and marks the connection as TLS,
+ * so its ciphertext is counted, not emitted. At return the plaintext becomes
+ * a data_event of that fd's connection (syscall SYS_SSL_READ/SYS_SSL_WRITE).
+ * A read served from records already decrypted makes no syscall: the
+ * remembered SSL* -> fd pair joins it. The maps come from sock.bpf.o (maps.h).
+ *
+ * Programs are attached by user space (tracer/tls.py), once per library
+ * inode, at offsets found in the ELF symbol tables.
+ */
+#include "common.h"
+#include "sock.h"
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set before load by the loader (rodata), as in sock.bpf.c. */
+const volatile __u32 capture_bytes = 512;
+const volatile __u32 self_tgid = 0;
+const volatile __u32 wakeup_batch = 64;
+const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
+
+/* Processes that exec'd, for library discovery; drained by the agent on its
+ * housekeeping tick (no wake-ups needed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} tls_execs SEC(".maps");
+
+struct tls_scratch {
+	struct data_event ev;
+	__u64 submitted;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tls_scratch);
+} tls_scratch_map SEC(".maps");
+
+static __always_inline int ssl_enter(void *ssl, void *buf, __u64 nbytes, __u8 op)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct ssl_call call = {};
+
+	if ((pid_tgid >> 32) == self_tgid)
+		return 0;
+	/* A handshake inside a read/write belongs to that call: keep it. */
+	if (op == SSL_OP_HANDSHAKE && bpf_map_lookup_elem(&ssl_active, &pid_tgid))
+		return 0;
+	call.ssl = (__u64)ssl;
+	call.buf = (__u64)buf;
+	call.nbytes = nbytes;
+	call.ts_enter = bpf_ktime_get_ns();
+	call.op = op;
+	bpf_map_update_elem(&ssl_active, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
+/* Emit the plaintext of a finished SSL_read/SSL_write as a data event. */
+static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 bytes)
+{
+	struct ssl_key sk = { .ssl = call->ssl, .tgid = pid_tgid >> 32 };
+	struct conn_key key = { .tgid = pid_tgid >> 32 };
+	struct tls_scratch *s;
+	struct conn_info *info;
+	struct ssl_fd *sf;
+	struct data_event *ev;
+	__u8 dir = call->op == SSL_OP_READ ? DIR_INGRESS : DIR_EGRESS;
+	__u32 zero = 0;
+	__u64 want, n;
+	bool sniff;
+
+	sf = bpf_map_lookup_elem(&ssl_fds, &sk);
+	if (!sf) {
+		count(CTR_TLS_NO_FD);
+		return;
+	}
+	key.fd = sf->fd;
+	info = bpf_map_lookup_elem(&conns, &key);
+	if (!info) {
+		count(CTR_TLS_NO_FD); /* closed meanwhile, or evicted */
+		return;
+	}
+	if (!info->tracked)
+		return;
+	s = bpf_map_lookup_elem(&tls_scratch_map, &zero);
+	if (!s)
+		return;
+	ev = &s->ev;
+	ev->hdr.type = EVENT_DATA;
+	ev->hdr.dir = dir;
+	ev->hdr.role = info->role;
+	ev->hdr.syscall = call->op == SSL_OP_READ ? SYS_SSL_READ : SYS_SSL_WRITE;
+	ev->hdr.pid = pid_tgid >> 32;
+	ev->hdr.tid = (__u32)pid_tgid;
+	ev->hdr.fd = key.fd;
+	ev->hdr.conn_id = info->conn_id;
+	ev->hdr.ts_enter = call->ts_enter;
+	ev->hdr.ts_exit = bpf_ktime_get_ns();
+	ev->bytes = bytes;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	/* Same h2 sniff as sock.bpf.c, on the plaintext (ALPN h2). */
+	want = info->capture ? info->capture : capture_bytes;
+	sniff = !info->sniffed && request_direction(info->role, dir);
+	if (sniff && h2_capture_bytes > want)
+		want = h2_capture_bytes;
+	n = bound_payload(min(bytes, want));
+	if (bpf_probe_read_user(ev->payload, n, (void *)call->buf)) {
+		count(CTR_READ_FAULT);
+		n = 0;
+	}
+	if (sniff) {
+		bool h2 = is_h2_preface(ev->payload, n);
+
+		info->sniffed = 1;
+		if (h2)
+			info->capture = h2_capture_bytes;
+		else if (n > capture_bytes && !info->capture)
+			n = capture_bytes;
+	}
+	ev->captured = n;
+	count(CTR_TLS_EVENTS);
+	submit_event(ev, offsetof(struct data_event, payload) + bound_payload(n), &s->submitted,
+		     wakeup_batch);
+}
+
+/* ret: the function's return value; ex: the _ex form (1 = success, the byte
+ * count is in *call->nbytes). */
+static __always_inline int ssl_exit(long ret, bool ex)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
+	struct ssl_call c;
+	__u64 bytes = 0;
+
+	if (!call)
+		return 0;
+	c = *call;
+	bpf_map_delete_elem(&ssl_active, &pid_tgid);
+	if (c.op == SSL_OP_HANDSHAKE)
+		return 0; /* a stray handshake entry: its return was missed */
+	if (ex) {
+		if (ret != 1 || bpf_probe_read_user(&bytes, sizeof(bytes), (void *)c.nbytes))
+			return 0;
+	} else {
+		if ((int)ret <= 0)
+			return 0;
+		bytes = (int)ret;
+	}
+	if (bytes)
+		emit(pid_tgid, &c, bytes);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf)
+{
+	return ssl_enter(ssl, buf, 0, SSL_OP_READ);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, __u64 num, void *readbytes)
+{
+	return ssl_enter(ssl, buf, (__u64)readbytes, SSL_OP_READ);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_enter, void *ssl, void *buf)
+{
+	return ssl_enter(ssl, buf, 0, SSL_OP_WRITE);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_ex_enter, void *ssl, void *buf, __u64 num, void *written)
+{
+	return ssl_enter(ssl, buf, (__u64)written, SSL_OP_WRITE);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_handshake_enter, void *ssl)
+{
+	return ssl_enter(ssl, 0, 0, SSL_OP_HANDSHAKE);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_ret, long ret)
+{
+	return ssl_exit(ret, false);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_ex_ret, long ret)
+{
+	return ssl_exit(ret, true);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_handshake_ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
+
+	if (call && call->op == SSL_OP_HANDSHAKE)
+		bpf_map_delete_elem(&ssl_active, &pid_tgid);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	struct exec_event ev = { .pid = bpf_get_current_pid_tgid() >> 32 };
+
+	if (ev.pid != self_tgid)
+		bpf_ringbuf_output(&tls_execs, &ev, sizeof(ev), BPF_RB_NO_WAKEUP);
+	return 0;
+}
