@@ -228,6 +228,7 @@ class Tracer:
             "tls_skipped_bytes": m.percpu_sum(C.CTR_TLS_SKIPPED),
             "tls_no_fd": m.percpu_sum(C.CTR_TLS_NO_FD),
             "tls_events": m.percpu_sum(C.CTR_TLS_EVENTS),
+            "tls_hello": m.percpu_sum(C.CTR_TLS_HELLO),
         }
         self._kernel = k
         self.stats.events_seen = k["events"]
@@ -272,6 +273,7 @@ class Tracer:
             "tls_skipped_bytes": self._kernel.get("tls_skipped_bytes", 0),
             "tls_no_fd": self._kernel.get("tls_no_fd", 0),
             "tls_events": self._kernel.get("tls_events", 0),
+            "tls_hello": self._kernel.get("tls_hello", 0),
             "tls_libraries": (sorted(self.tls.libraries.values()) if self.tls
                               else self.tls_libraries),
             "tls_unavailable": self.tls_unavailable,

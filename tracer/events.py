@@ -48,7 +48,8 @@ class Counter(enum.IntEnum):
     CTR_TLS_SKIPPED = 4
     CTR_TLS_NO_FD = 5
     CTR_TLS_EVENTS = 6
-    CTR_MAX = 7
+    CTR_TLS_HELLO = 7
+    CTR_MAX = 8
 
 
 class SysKind(enum.IntEnum):
@@ -67,6 +68,12 @@ class SysKind(enum.IntEnum):
     SYS_SSL_WRITE = 13
 
 
+class ConnTls(enum.IntEnum):
+    TLS_NONE = 0
+    TLS_SEEN = 1
+    TLS_BOUND = 2
+
+
 # data events at or above this sys_kind carry TLS plaintext (tls.bpf.c)
 SYS_FIRST_TLS = SysKind.SYS_SSL_READ
 
@@ -78,6 +85,7 @@ ENUMS = {
     "data_dir": DataDir,
     "counter": Counter,
     "sys_kind": SysKind,
+    "conn_tls": ConnTls,
 }
 
 AF_INET = 2

@@ -39,7 +39,7 @@ HOOKS = {
 }
 REQUIRED = ("SSL_read", "SSL_write")
 # maps of sock.bpf.o that tls.bpf.o shares (tracer/bpf/maps.h)
-SHARED_MAPS = ("events", "counters", "conns", "ssl_active", "ssl_fds")
+SHARED_MAPS = ("events", "counters", "conns", "ssl_active", "ssl_fds", "ssl_last_read")
 SYSTEM_LIBS = (
     "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/x86_64-linux-gnu/libssl.so.3",
     "/lib/x86_64-linux-gnu/libssl.so.1.1", "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
@@ -92,15 +92,19 @@ def _has_marker(path: str) -> bool:
 
 def exec_mappings(pid: int) -> list[tuple[str, int, int]]:
     """(path usable from here, dev, inode) of each file pid maps executable,
-    and of its executable; a path from another mount namespace goes through
-    /proc/<pid>/root."""
+    and of its executable; a path from another mount namespace (or deleted)
+    goes through /proc/<pid>/root."""
     out = []
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.readlines()
     except OSError:
         return out
-    paths = {f"/proc/{pid}/exe"}
+    paths = set()
+    try:
+        paths.add(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        pass
     for line in lines:
         parts = line.split(None, 5)
         if len(parts) == 6 and "x" in parts[1] and parts[5].startswith("/"):

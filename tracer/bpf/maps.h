@@ -46,6 +46,14 @@ struct {
 	__type(value, struct ssl_fd);
 } ssl_fds SEC(".maps");
 
+/* pid_tgid -> the TLS socket the thread read last (memory-BIO stacks). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ssl_fd);
+} ssl_last_read SEC(".maps");
+
 static __always_inline void count_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
@@ -100,6 +108,14 @@ static __always_inline bool is_h2_preface(const __u8 *payload, __u64 len)
 	const __u64 *words = (const __u64 *)payload;
 
 	return len >= 16 && words[0] == H2_PREFACE_LO && words[1] == H2_PREFACE_HI;
+}
+
+/* A TLS handshake record holding a ClientHello: content type 22, version
+ * 3.x, handshake type 1. As a connection's first request-direction bytes it
+ * means TLS, whichever library (hooked or not) speaks it. */
+static __always_inline bool is_client_hello(const __u8 *p, __u64 len)
+{
+	return len >= 6 && p[0] == 0x16 && p[1] == 0x03 && p[2] <= 0x04 && p[5] == 0x01;
 }
 
 /* The client preface leads the request direction: a client's writes, a

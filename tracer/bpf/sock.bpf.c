@@ -36,6 +36,7 @@ struct btf_anchor {
 	struct ssl_fd ssl_fd;
 	struct exec_event exec;
 	enum ssl_op ssl_op;
+	enum conn_tls conn_tls;
 	enum event_type type;
 	enum conn_role role;
 	enum data_dir dir;
@@ -368,15 +369,19 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
 	if (call) {
 		struct ssl_key sk = { .ssl = call->ssl, .tgid = key.tgid };
-		struct ssl_fd sf = { .fd = fd };
+		struct ssl_fd sf = { .conn_id = info->conn_id, .fd = fd };
 
 		bpf_map_update_elem(&ssl_fds, &sk, &sf, BPF_ANY);
-		if (!info->tls) {
-			info->tls = 1;
+		if (!info->tls)
 			info->sniffed = 0; /* a ciphertext sniff says nothing: redo on plaintext */
-		}
+		info->tls = TLS_BOUND;
 	}
 	io.tls = info->tls;
+	if (info->tls && dir == DIR_INGRESS && !call) {
+		struct ssl_fd last = { .conn_id = info->conn_id, .fd = fd };
+
+		bpf_map_update_elem(&ssl_last_read, &pid_tgid, &last, BPF_ANY);
+	}
 	io.conn_id = info->conn_id;
 	io.role = info->role;
 	io.buf = buf;
@@ -412,6 +417,25 @@ static __always_inline __u64 sniff_h2(__u64 pid_tgid, struct active_io *io,
 	if (!h2 && off > io->capture)
 		off = io->capture;
 	return off;
+}
+
+/* A ClientHello opened the connection: its bytes are ciphertext from now on,
+ * whether or not an SSL call of a hooked library shows up. */
+static __always_inline void mark_tls(__u64 pid_tgid, struct active_io *io, long ret)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
+	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+
+	if (info && info->conn_id == io->conn_id && !info->tls) {
+		info->tls = TLS_SEEN;
+		count(CTR_TLS_HELLO);
+		if (io->dir == DIR_INGRESS) {
+			struct ssl_fd last = { .conn_id = io->conn_id, .fd = io->fd };
+
+			bpf_map_update_elem(&ssl_last_read, &pid_tgid, &last, BPF_ANY);
+		}
+	}
+	count_add(CTR_TLS_SKIPPED, ret);
 }
 
 static __always_inline int io_exit(long ret)
@@ -486,8 +510,13 @@ static __always_inline int io_exit(long ret)
 	}
 	if (off > want)
 		off = want;
-	if (io->sniff)
+	if (io->sniff) {
+		if (is_client_hello(ev->payload, off)) {
+			mark_tls(pid_tgid, io, ret);
+			goto out;
+		}
 		off = sniff_h2(pid_tgid, io, ev, off);
+	}
 	ev->captured = off;
 	n = bound_payload(off);
 	submit(s, ev, offsetof(struct data_event, payload) + n);

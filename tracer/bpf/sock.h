@@ -46,7 +46,8 @@ enum counter {
 	CTR_TLS_SKIPPED = 4, /* ciphertext bytes not emitted: the plaintext comes from uprobes */
 	CTR_TLS_NO_FD = 5,   /* TLS plaintext dropped: its SSL* was never seen on a socket */
 	CTR_TLS_EVENTS = 6,  /* TLS plaintext data events submitted */
-	CTR_MAX = 7,
+	CTR_TLS_HELLO = 7,   /* connections marked TLS by their ClientHello (no SSL call seen) */
+	CTR_MAX = 8,
 };
 
 struct event_header {
@@ -108,8 +109,14 @@ struct conn_info {
 	__u8 role;     /* enum conn_role */
 	__u8 tracked;  /* 0: a TCP socket the filters reject; cached to skip the walk */
 	__u8 sniffed;  /* the first request-direction payload was checked for the h2 preface */
-	__u8 tls;      /* an SSL call used this socket: its bytes are ciphertext, not emitted */
+	__u8 tls;      /* enum conn_tls: its bytes are ciphertext, not emitted */
 	__u32 capture; /* payload bytes copied per syscall; 0: capture_bytes */
+};
+
+enum conn_tls {
+	TLS_NONE = 0,
+	TLS_SEEN = 1,  /* a ClientHello opened it; no SSL* joined yet */
+	TLS_BOUND = 2, /* an SSL* is joined to it (ssl_fds) */
 };
 
 /* Run-time filter switches (array map "filter_cfg", one entry). */
@@ -139,7 +146,11 @@ struct ssl_call {
 };
 
 /* Map "ssl_fds": which socket an SSL* uses (key: tgid + SSL*), so a read
- * served from already-decrypted records (no syscall) still joins it. */
+ * served from already-decrypted records (no syscall) still joins it.
+ * Map "ssl_last_read" (key: pid_tgid, value: struct ssl_fd): the TLS socket
+ * a thread read last. Stacks that feed SSL through memory BIOs (node, gRPC)
+ * read the ciphertext first, then call SSL_read/SSL_do_handshake on the same
+ * thread with no syscall inside: that read joins their SSL*. */
 struct ssl_key {
 	__u64 ssl;
 	__u32 tgid;
@@ -147,6 +158,7 @@ struct ssl_key {
 };
 
 struct ssl_fd {
+	__u64 conn_id;  /* the connection of fd then: a reused fd is not joined */
 	__s32 fd;
 	__u32 pad;
 };

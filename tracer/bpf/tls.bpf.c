@@ -45,6 +45,36 @@ struct {
 	__type(value, struct tls_scratch);
 } tls_scratch_map SEC(".maps");
 
+/* An SSL call on an SSL* with no live socket: a memory-BIO stack (node,
+ * gRPC) reads the ciphertext itself, then calls SSL_* on the same thread with
+ * no syscall inside. Join the TLS socket the thread read last, if no SSL* is
+ * joined to it yet (so a new client SSL* never takes a server's socket). A
+ * socket syscall inside a later call still overrides this (sock.bpf.c). */
+static __always_inline void join_last_read(__u64 pid_tgid, __u64 ssl)
+{
+	struct ssl_key sk = { .ssl = ssl, .tgid = pid_tgid >> 32 };
+	struct conn_key key = { .tgid = pid_tgid >> 32 };
+	struct conn_info *info;
+	struct ssl_fd *sf;
+
+	sf = bpf_map_lookup_elem(&ssl_fds, &sk);
+	if (sf) {
+		key.fd = sf->fd;
+		info = bpf_map_lookup_elem(&conns, &key);
+		if (info && info->conn_id == sf->conn_id)
+			return; /* still joined (a freed SSL* may be reused: check) */
+	}
+	sf = bpf_map_lookup_elem(&ssl_last_read, &pid_tgid);
+	if (!sf)
+		return;
+	key.fd = sf->fd;
+	info = bpf_map_lookup_elem(&conns, &key);
+	if (!info || info->conn_id != sf->conn_id || info->tls != TLS_SEEN)
+		return;
+	info->tls = TLS_BOUND;
+	bpf_map_update_elem(&ssl_fds, &sk, sf, BPF_ANY);
+}
+
 static __always_inline int ssl_enter(void *ssl, void *buf, __u64 nbytes, __u8 op)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -61,6 +91,7 @@ static __always_inline int ssl_enter(void *ssl, void *buf, __u64 nbytes, __u8 op
 	call.ts_enter = bpf_ktime_get_ns();
 	call.op = op;
 	bpf_map_update_elem(&ssl_active, &pid_tgid, &call, BPF_ANY);
+	join_last_read(pid_tgid, (__u64)ssl);
 	return 0;
 }
 
@@ -85,8 +116,8 @@ static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 by
 	}
 	key.fd = sf->fd;
 	info = bpf_map_lookup_elem(&conns, &key);
-	if (!info) {
-		count(CTR_TLS_NO_FD); /* closed meanwhile, or evicted */
+	if (!info || info->conn_id != sf->conn_id) {
+		count(CTR_TLS_NO_FD); /* closed meanwhile, or the fd was reused */
 		return;
 	}
 	if (!info->tracked)
