@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl
 STAMP := $(VENV)/.installed
 
-.PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro lint clean
+.PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro matrix matrix-deps lint clean
 
 setup: apt venv bpf
 
@@ -45,6 +45,16 @@ e2e: setup
 # The main job: the default benchmark scenario, short, report under reports/.
 bench: setup
 	$(VPY) -m harness bench --out reports
+
+# Kernel matrix (issue 9): host + Debian 6.1 guests under virtme-ng/qemu (TCG).
+# qemu and busybox (virtme-ng's initramfs) only for this target.
+MATRIX_APT_PKGS := qemu-system-x86 busybox-static
+
+matrix-deps:
+	@$(MAKE) -s apt APT_PKGS="$(MATRIX_APT_PKGS)"
+
+matrix: setup matrix-deps
+	$(VPY) -m harness matrix --out reports
 
 bench-micro: setup
 	$(VENV)/bin/tox -e bench

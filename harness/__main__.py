@@ -40,9 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-bpf-pass", action="store_true", help="skip the bpf_stats pass")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("-v", "--verbose", action="store_true")
-    m = sub.add_parser("matrix", help="run the tracer's tests on other kernels (not yet)")
-    m.add_argument("--kernels", default="")
-    m.add_argument("--collect", default="")
+    m = sub.add_parser("matrix", help="probe, kernel tests and a bench smoke on several kernels")
+    m.add_argument("--kernels", default=None,
+                   help="comma-separated: host, debian:<package> (`*` = ABI number), "
+                        "<vmlinuz>[:<modules dir>]; default: host and two Debian 6.1 "
+                        "flavours (none with --collect alone)")
+    m.add_argument("--collect", type=Path, default=None,
+                   help="also merge the result.json files found below DIR (Vagrant boxes)")
+    m.add_argument("--timeout", type=float, default=900.0, help="seconds per kernel (default 900)")
+    m.add_argument("--accel", choices=["tcg", "kvm"], default="tcg",
+                   help="guest acceleration (default tcg: KVM hangs on the project's VMs)")
+    m.add_argument("--bench-duration", type=float, default=2.0,
+                   help="seconds of load in each bench smoke run (default 2)")
+    m.add_argument("--out", type=Path, default=Path("reports"))
     return ap
 
 
@@ -54,8 +64,7 @@ def _sigterm(_sig, _frame):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "matrix":
-        print("harness matrix: not implemented yet: see issue 9", file=sys.stderr)
-        return 2
+        return _matrix(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="harness: %(levelname)s %(message)s")
     old_handler = signal.signal(signal.SIGTERM, _sigterm)
@@ -87,6 +96,30 @@ def _bench(args) -> int:
         print(r.line())
     print(f"harness: {result.verdict.overall.upper()}; report: {result.out}/summary.md")
     return 0 if result.verdict.ok else 1
+
+
+def _matrix(args) -> int:
+    from harness.matrix import DEFAULT_KERNELS, MatrixError, parse_specs, run_matrix
+
+    try:
+        kernels = args.kernels
+        if kernels is None:
+            kernels = "" if args.collect else DEFAULT_KERNELS
+        specs = parse_specs(kernels) if kernels or not args.collect else []
+        rows, report = run_matrix(specs, args.out, args.collect, args.timeout, args.accel,
+                                  args.bench_duration,
+                                  progress=lambda m: print(f"harness matrix: {m}",
+                                                           file=sys.stderr, flush=True))
+    except MatrixError as e:
+        print(f"harness matrix: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness matrix: interrupted", file=sys.stderr)
+        return 2
+    failed = [r.label for r in rows if not r.ok]
+    print(f"harness matrix: {len(rows) - len(failed)}/{len(rows)} kernels ok"
+          + (f" (failed: {', '.join(failed)})" if failed else "") + f"; report: {report}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -136,8 +136,8 @@ def test_bad_budgets_file(tmp_path):
 
 
 def test_cli_usage_and_environment_errors_exit_2(tmp_path, capsys):
-    assert main(["matrix"]) == 2
-    assert "issue 9" in capsys.readouterr().err
+    assert main(["matrix", "--kernels", "bogus"]) == 2
+    assert "bad kernel spec" in capsys.readouterr().err
     assert main(["bench", "--budgets", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "budgets file not found" in err

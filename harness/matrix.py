@@ -1,0 +1,493 @@
+"""Kernel matrix: run the per-kernel entry point (harness.matrix_guest) on the host
+and on other kernels booted with virtme-ng, then write one report row per kernel.
+
+Kernel specs (comma-separated in `--kernels`):
+  host                        the running kernel, natively, no VM;
+  debian:<package>            a Debian kernel package; `*` stands for the ABI
+                              number (`debian:linux-image-6.1.0-*-cloud-amd64`),
+                              the newest one apt knows is fetched and unpacked;
+  <vmlinuz>[:<modules dir>]   any kernel image; without a modules dir, the
+                              modules are looked up as virtme-ng does
+                              (<root>/lib/modules/<version> next to <root>/boot).
+A kernel that cannot be fetched, does not boot, times out or has no BTF becomes
+a failed row with the reason; it never stops the other kernels.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from harness.matrix_guest import REPO, RESULT_SCHEMA
+
+DEFAULT_KERNELS = ("host,debian:linux-image-6.1.0-*-amd64,"
+                   "debian:linux-image-6.1.0-*-cloud-amd64")
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "httptrace-matrix"
+DEFAULT_TIMEOUT_S = 900.0
+# Features shown as columns, in this order; any others go to the details section.
+FEATURES = ("btf", "kprobe", "fentry", "ringbuf", "tracepoint_syscalls", "uprobe",
+            "tc", "sockops", "sk_msg", "probe_write_user", "bpf_stats")
+SHORT = {"tracepoint_syscalls": "tp_sys", "probe_write_user": "write_user"}
+
+
+class MatrixError(Exception):
+    """Bad usage or a missing tool: the whole matrix cannot run (exit 2)."""
+
+
+class KernelError(Exception):
+    """One kernel cannot be run: its row carries this reason."""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    kind: str  # host | debian | path
+    value: str = ""
+    modules: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "host":
+            return "host"
+        if self.kind == "debian":
+            return self.value.removeprefix("linux-image-")
+        return Path(self.value).name
+
+
+def parse_specs(text: str) -> list[KernelSpec]:
+    specs = []
+    for raw in (s.strip() for s in text.split(",")):
+        if not raw:
+            continue
+        if raw == "host":
+            specs.append(KernelSpec("host"))
+        elif raw.startswith("debian:"):
+            pkg = raw.removeprefix("debian:")
+            if not re.fullmatch(r"linux-image-[A-Za-z0-9.+*-]+", pkg):
+                raise MatrixError(f"bad kernel spec {raw!r}: expected "
+                                  "debian:linux-image-<version>[-flavour]-<arch>")
+            specs.append(KernelSpec("debian", pkg))
+        elif "/" in raw or raw.startswith("path:"):
+            img, _, mods = raw.removeprefix("path:").partition(":")
+            specs.append(KernelSpec("path", img, mods))
+        else:
+            raise MatrixError(f"bad kernel spec {raw!r}: use host, debian:<package> "
+                              "or a path to a vmlinuz[:modules dir]")
+    if not specs:
+        raise MatrixError("no kernels given: --kernels host,debian:<package>,<vmlinuz>")
+    labels = [s.label for s in specs]
+    dups = {x for x in labels if labels.count(x) > 1}
+    if dups:
+        raise MatrixError(f"kernel given twice: {', '.join(sorted(dups))}")
+    return specs
+
+
+# -- fetching kernels ---------------------------------------------------------------
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def debian_candidates(pattern: str, names: list[str]) -> list[str]:
+    """Package names matching pattern (`*` = the ABI number), newest first."""
+    rx = re.compile(re.escape(pattern).replace(r"\*", r"[0-9]+") + r"\Z")
+    return sorted((n for n in names if rx.match(n)), key=_natural, reverse=True)
+
+
+def _check(cmd: list[str], timeout: float = 300, **kw) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise KernelError(f"{cmd[0]} timed out after {timeout:.0f} s") from e
+    except OSError as e:
+        raise KernelError(f"cannot run {cmd[0]}: {e.strerror}") from e
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KernelError(f"{' '.join(cmd[:2])} failed: {last}")
+    return r.stdout
+
+
+def _unpacked(root: Path) -> tuple[Path, str] | None:
+    imgs = sorted(root.glob("boot/vmlinuz-*"))
+    if not imgs:
+        return None
+    return imgs[-1], imgs[-1].name.removeprefix("vmlinuz-")
+
+
+def fetch_debian(pattern: str, cache: Path = CACHE_DIR) -> Path:
+    """Download and unpack the newest matching package; return its vmlinuz."""
+    prefix = pattern.split("*")[0]
+    names = _check(["apt-cache", "pkgnames", prefix]).split()
+    candidates = debian_candidates(pattern, names)
+    if not candidates:
+        raise KernelError(f"no Debian package matches {pattern} (apt-get update?)")
+    errors = []
+    for pkg in candidates[:3]:  # the newest name may have no downloadable candidate
+        root = cache / "debian" / pkg / "root"
+        found = _unpacked(root)
+        if found is None:
+            dl = cache / "debian" / pkg / "deb"
+            shutil.rmtree(dl, ignore_errors=True)
+            dl.mkdir(parents=True)
+            try:
+                _check(["apt-get", "download", "-q", pkg], cwd=dl)
+            except KernelError as e:
+                errors.append(str(e))
+                continue
+            debs = list(dl.glob("*.deb"))
+            shutil.rmtree(root, ignore_errors=True)
+            _check(["dpkg-deb", "-x", str(debs[0]), str(root)])
+            shutil.rmtree(dl)
+            found = _unpacked(root)
+            if found is None:
+                raise KernelError(f"{pkg} holds no boot/vmlinuz-*")
+        img, kver = found
+        if not (root / "lib/modules" / kver / "modules.dep").exists():
+            # Debian generates modules.dep in postinst, which dpkg-deb -x skips.
+            _check(["depmod", "-a", "-b", str(root), kver])
+        return img
+    raise KernelError(f"cannot download {pattern}: {'; '.join(errors)}")
+
+
+def stage_path_kernel(spec: KernelSpec, cache: Path = CACHE_DIR) -> Path:
+    """The image to boot; a separate modules dir is staged as <root>/lib/modules/<ver>
+    (symlinks), the layout virtme-ng looks for."""
+    img = Path(spec.value).expanduser().resolve()
+    if not img.is_file():
+        raise KernelError(f"kernel image not found: {spec.value}")
+    if not spec.modules:
+        return img
+    mods = Path(spec.modules).expanduser().resolve()
+    if not mods.is_dir():
+        raise KernelError(f"modules directory not found: {spec.modules}")
+    kver = mods.name
+    root = cache / "staged" / re.sub(r"[^A-Za-z0-9._-]", "_", str(img)).strip("_")
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "boot").mkdir(parents=True)
+    (root / "lib/modules").mkdir(parents=True)
+    staged = root / "boot" / f"vmlinuz-{kver}"
+    staged.symlink_to(img)
+    (root / "lib/modules" / kver).symlink_to(mods)
+    return staged
+
+
+# -- running one kernel -----------------------------------------------------------
+
+@dataclass
+class Row:
+    label: str
+    spec: str
+    ok: bool = False
+    reason: str = ""
+    result: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _guest_args(out: Path, label: str, virt: str, bench_duration: float,
+                extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "harness.matrix_guest", str(out), "--label", label,
+            "--virt", virt, "--bench-duration", str(bench_duration), *extra]
+
+
+def vng_command(img: Path, out: Path, label: str, accel: str, bench_duration: float,
+                extra: tuple[str, ...] = (), memory: str = "2G", cpus: int = 2) -> list[str]:
+    inner = " ".join(shlex.quote(a)
+                     for a in _guest_args(out, label, accel, bench_duration, extra))
+    log = shlex.quote(str(out / "guest.log"))
+    cmd = [str(Path(sys.executable).parent / "vng"), "--run", str(img), "--force-9p",
+           "--memory", memory, "--cpus", str(cpus), "--rwdir", str(out),
+           "--exec", f"cd {shlex.quote(str(REPO))} && {inner} >{log} 2>&1"]
+    if accel == "tcg":
+        cmd.insert(3, "--disable-kvm")
+    return cmd
+
+
+def _vng_env() -> dict:
+    # vng calls virtme-run by name: the venv's bin must be on PATH even when the
+    # venv is not activated.
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _run_bounded(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str]:
+    """(exit status or None on timeout, output tail); the whole process group dies
+    on timeout so no qemu is left behind."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out[-4000:]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        return None, (out or "")[-4000:]
+
+
+def load_result(d: Path) -> dict:
+    p = d / "result.json"
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or data.get("schema") != RESULT_SCHEMA:
+        raise KernelError(f"{p}: not a matrix result (schema {RESULT_SCHEMA})")
+    return data
+
+
+def judge(row: Row) -> Row:
+    """Fill ok/reason from the result: no BTF, a failed probe or a failed test fails."""
+    r = row.result
+    probe = r.get("probe", {})
+    feats = probe.get("data", {}).get("features", {})
+    reasons = []
+    if "btf" in feats and not feats["btf"].get("available"):
+        reasons.append("no BTF (/sys/kernel/btf/vmlinux): CO-RE objects cannot load")
+    if probe and not probe.get("data"):
+        reasons.append(f"probe failed: {probe.get('error', 'no output')}")
+    tests = r.get("tests", {})
+    if tests.get("failed"):
+        reasons.append(f"{tests['failed']} test(s) failed")
+    elif tests and "passed" not in tests:
+        reasons.append(f"tests did not run: {tests.get('error', '')}")
+    if r and "probe" not in r:
+        reasons.append("incomplete result: no probe step")
+    row.ok = not reasons and not row.reason
+    row.reason = "; ".join(filter(None, [row.reason, *reasons]))
+    return row
+
+
+def run_kernel(spec: KernelSpec, out: Path, timeout: float, accel: str,
+               bench_duration: float, cache: Path = CACHE_DIR,
+               extra: tuple[str, ...] = ()) -> Row:
+    """One kernel end to end; every failure becomes the row's reason. `extra` goes
+    to harness.matrix_guest (e.g. --steps probe,tests --tests NODEID)."""
+    row = Row(spec.label, spec.value or spec.kind)
+    t0 = time.monotonic()
+    try:
+        img = None
+        if spec.kind == "debian":
+            img = fetch_debian(spec.value, cache)
+            # The resolved package names the row: linux-image-6.1.0-55-cloud-amd64.
+            row.label = img.parent.parent.parent.name.removeprefix("linux-image-")
+        elif spec.kind == "path":
+            img = stage_path_kernel(spec, cache)
+        # vng wants an absolute --rwdir, and a plain name (no glob characters).
+        kdir = out.resolve() / "kernels" / re.sub(r"[^A-Za-z0-9._-]", "_", row.label)
+        kdir.mkdir(parents=True, exist_ok=True)
+        if img is None:
+            cmd = _guest_args(kdir, row.label, "native", bench_duration, extra)
+            env = None
+        else:
+            row.spec = str(img)
+            cmd = vng_command(img, kdir, row.label, accel, bench_duration, extra)
+            env = _vng_env()
+        status, tail = _run_bounded(cmd, timeout, env)
+        (kdir / "console.log").write_text(tail)
+        last = ([ln for ln in tail.splitlines() if ln.strip()][-1:] or ["no output"])[0][:200]
+        if status is None:
+            row.reason = f"timed out after {timeout:.0f} s"
+        elif status != 0:
+            row.reason = f"exit {status}: {last}"
+        try:
+            row.result = load_result(kdir)
+        except FileNotFoundError:
+            row.reason = row.reason or f"no result.json came back (did not boot?): {last}"
+        except (ValueError, KernelError) as e:
+            row.reason = row.reason or f"unreadable result: {e}"
+    except KernelError as e:
+        row.reason = str(e)
+    row.wall_s = round(time.monotonic() - t0, 1)
+    return judge(row)
+
+
+def collect(d: Path) -> list[Row]:
+    """Rows from result.json files written elsewhere (Vagrant boxes, other machines)."""
+    if not d.is_dir():
+        raise MatrixError(f"--collect {d}: not a directory")
+    rows = []
+    for p in sorted(d.rglob("result.json")):
+        row = Row(p.parent.name, f"collected: {p.parent}")
+        try:
+            row.result = load_result(p.parent)
+            row.label = row.result.get("label") or row.label
+            row.wall_s = row.result.get("timings_s", {}).get("total", 0.0)
+        except (ValueError, KernelError) as e:
+            row.reason = f"unreadable result: {e}"
+        rows.append(judge(row))
+    if not rows:
+        raise MatrixError(f"--collect {d}: no result.json found below it")
+    return rows
+
+
+# -- report -----------------------------------------------------------------------
+
+def _feature_cell(feats: dict, name: str) -> str:
+    f = feats.get(name)
+    if f is None:
+        return "–"
+    return "yes" if f.get("available") else "no"
+
+
+def _fmt_rate(v, emulated: bool) -> str:
+    if v is None:
+        return "–"
+    s = f"{v:,.0f}"
+    return f"{s}*" if emulated else s
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    head = ["kernel", "release", "virt", "status", "lockdown",
+            *(SHORT.get(f, f) for f in FEATURES), "socket capture", "tests p/f/s",
+            "events/s", "req/s", "time s"]
+    body = []
+    for row in rows:
+        r = row.result
+        data = r.get("probe", {}).get("data", {})
+        feats = data.get("features", {})
+        t = r.get("tests", {})
+        b = r.get("bench", {})
+        emulated = bool(r.get("emulated"))
+        tests = f"{t['passed']}/{t['failed']}/{t['skipped']}" if "passed" in t else "–"
+        body.append([
+            row.label, r.get("kernel", "–"), r.get("virt", "–"),
+            "ok" if row.ok else f"FAILED: {row.reason}",
+            data.get("lockdown", "–"),
+            *(_feature_cell(feats, f) for f in FEATURES),
+            data.get("decisions", {}).get("socket capture", "–"), tests,
+            _fmt_rate(b.get("events_per_s"), emulated),
+            _fmt_rate(b.get("achieved_rps"), emulated), f"{row.wall_s:.0f}"])
+    return head, body
+
+
+def _details(rows: list[Row]) -> list[tuple[str, list[str]]]:
+    out = []
+    for row in rows:
+        r = row.result
+        lines = []
+        data = r.get("probe", {}).get("data", {})
+        for k, v in data.get("decisions", {}).items():
+            lines.append(f"decision: {k}: {v}")
+        for k, f in data.get("features", {}).items():
+            if not f.get("available"):
+                lines.append(f"unavailable: {k}: {f.get('detail', '')}")
+        env = r.get("env", {})
+        for k in ("netns", "bpftool", "tracefs"):
+            if k in env and not env[k]:
+                lines.append(f"guest lacks {k}: {env.get(k + '_error', '')}".rstrip(": "))
+        for c in r.get("tests", {}).get("cases", []):
+            if c["outcome"] != "passed":
+                lines.append(f"test {c['outcome']}: {c['id']}: {c['message'][:160]}")
+        b = r.get("bench", {})
+        if b and not b.get("ok"):
+            lines.append(f"bench: {b.get('skipped') or b.get('error', '')}")
+        if r.get("timings_s"):
+            lines.append("step times (s): " + ", ".join(f"{k} {v}"
+                                                       for k, v in r["timings_s"].items()))
+        if not row.ok:
+            lines.append(f"reason: {row.reason}")
+        out.append((row.label, lines))
+    return out
+
+
+NOTE = ("`*` marks timings measured inside an emulated (TCG) guest: "
+        "emulated, not comparable with native rows. tests p/f/s = passed/failed/skipped "
+        "of tests/kernel + tests/e2e/test_http1.py; events/s and req/s come from a "
+        "short `harness bench --scenario stress` smoke (median of the traced runs).")
+
+
+def render_md(rows: list[Row], run_id: str) -> str:
+    head, body = table(rows)
+    esc = [[c.replace("|", "\\|") for c in line] for line in body]
+    lines = [f"# Kernel matrix {run_id}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             *("| " + " | ".join(line) + " |" for line in esc), "", NOTE, ""]
+    for label, det in _details(rows):
+        lines += [f"## {label}", "", *(f"- {d}" for d in det), ""]
+    return "\n".join(lines)
+
+
+def render_html(rows: list[Row], run_id: str) -> str:
+    head, body = table(rows)
+    e = html.escape
+
+    def cls(c: str) -> str:
+        if c in ("yes", "ok"):
+            return ' class="y"'
+        if c == "no" or c.startswith("FAILED"):
+            return ' class="n"'
+        return ""
+
+    trs = "\n".join("<tr>" + "".join(f"<td{cls(c)}>{e(c)}</td>" for c in line) + "</tr>"
+                    for line in body)
+    det = "\n".join(f"<h2>{e(label)}</h2><ul>" + "".join(f"<li>{e(d)}</li>" for d in lines)
+                    + "</ul>" for label, lines in _details(rows))
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Kernel matrix {e(run_id)}</title><style>
+body{{font-family:sans-serif}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}
+.y{{background:#dfd}} .n{{background:#fdd}}</style></head><body>
+<h1>Kernel matrix {e(run_id)}</h1>
+<table><tr>{"".join(f"<th>{e(h)}</th>" for h in head)}</tr>
+{trs}</table><p>{e(NOTE)}</p>
+{det}</body></html>
+"""
+
+
+def write_report(rows: list[Row], out: Path, run_id: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.md").write_text(render_md(rows, run_id))
+    (out / "matrix.html").write_text(render_html(rows, run_id))
+    (out / "matrix.json").write_text(json.dumps(
+        [{"label": r.label, "spec": r.spec, "ok": r.ok, "reason": r.reason,
+          "wall_s": r.wall_s, "result": r.result} for r in rows], indent=1))
+    return out / "matrix.md"
+
+
+# -- the whole matrix -------------------------------------------------------------
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 0xffff:04x}"
+
+
+def preflight(specs: list[KernelSpec]) -> None:
+    if any(s.kind != "host" for s in specs):
+        vng = Path(sys.executable).parent / "vng"
+        if not vng.exists():
+            raise MatrixError("virtme-ng not installed: run `make matrix-deps` "
+                              "(or .venv/bin/pip install virtme-ng)")
+        missing = [t for t in ("qemu-system-x86_64", "busybox") if not shutil.which(t)]
+        if any(s.kind == "debian" for s in specs):
+            missing += [t for t in ("apt-get", "dpkg-deb", "depmod") if not shutil.which(t)]
+        if missing:
+            raise MatrixError(f"missing {', '.join(missing)}: run `make matrix-deps`")
+
+
+def run_matrix(specs: list[KernelSpec], out_root: Path, collect_dir: Path | None = None,
+               timeout: float = DEFAULT_TIMEOUT_S, accel: str = "tcg",
+               bench_duration: float = 2.0, progress=None,
+               cache: Path = CACHE_DIR) -> tuple[list[Row], Path]:
+    """Run every kernel (sequentially: each TCG guest wants both cores), then report."""
+    preflight(specs)
+    if collect_dir is not None and not collect_dir.is_dir():
+        raise MatrixError(f"--collect {collect_dir}: not a directory")
+    run_id = new_run_id()
+    out = out_root / run_id
+    rows = []
+    for spec in specs:
+        if progress:
+            progress(f"{spec.label}: running")
+        row = run_kernel(spec, out, timeout, accel, bench_duration, cache)
+        if progress:
+            progress(f"{spec.label}: {'ok' if row.ok else 'FAILED: ' + row.reason} "
+                     f"({row.wall_s:.0f} s)")
+        rows.append(row)
+    if collect_dir is not None:
+        rows += collect(collect_dir)
+    return rows, write_report(rows, out, run_id)

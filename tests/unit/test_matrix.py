@@ -1,0 +1,158 @@
+"""Kernel matrix: spec parsing, package choice, row judgement, report, bad kernels.
+No root, no VM."""
+
+import json
+import sys
+
+import pytest
+
+from harness import matrix
+from harness.__main__ import main
+from harness.matrix import KernelSpec, MatrixError, Row
+from harness.matrix_guest import RESULT_SCHEMA, parse_junit
+
+
+def test_parse_specs_all_kinds():
+    specs = matrix.parse_specs(" host, debian:linux-image-6.1.0-*-rt-amd64 ,"
+                               "/k/vmlinuz-6.6:/k/mods/6.6 , path:./bzImage")
+    assert specs == [KernelSpec("host"), KernelSpec("debian", "linux-image-6.1.0-*-rt-amd64"),
+                     KernelSpec("path", "/k/vmlinuz-6.6", "/k/mods/6.6"),
+                     KernelSpec("path", "./bzImage")]
+    assert [s.label for s in specs] == ["host", "6.1.0-*-rt-amd64", "vmlinuz-6.6", "bzImage"]
+
+
+def test_default_kernels_parse():
+    kinds = [s.kind for s in matrix.parse_specs(matrix.DEFAULT_KERNELS)]
+    assert kinds == ["host", "debian", "debian"]
+
+
+@pytest.mark.parametrize("bad", ["", "bogus", "debian:", "debian:foo", "host,host"])
+def test_parse_specs_rejects(bad):
+    with pytest.raises(MatrixError):
+        matrix.parse_specs(bad)
+
+
+def test_debian_star_is_the_abi_number_only():
+    names = ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-56-amd64",
+             "linux-image-6.1.0-56-cloud-amd64", "linux-image-6.1.0-56-amd64-dbg",
+             "linux-image-6.1.0-56-amd64-unsigned", "linux-image-6.1.0-10-amd64"]
+    assert matrix.debian_candidates("linux-image-6.1.0-*-amd64", names) == [
+        "linux-image-6.1.0-56-amd64", "linux-image-6.1.0-10-amd64", "linux-image-6.1.0-9-amd64"]
+    assert matrix.debian_candidates("linux-image-6.1.0-*-cloud-amd64", names) == [
+        "linux-image-6.1.0-56-cloud-amd64"]
+
+
+def _result(**over):
+    r = {"schema": RESULT_SCHEMA, "label": "k", "kernel": "6.1.0-55-amd64", "virt": "tcg",
+         "emulated": True, "env": {"netns": True},
+         "probe": {"ok": True, "data": {"lockdown": "none", "features": {
+             "btf": {"available": True}, "fentry": {"available": True},
+             "kprobe": {"available": False, "detail": "attach: ENOENT"}},
+             "decisions": {"socket capture": "syscall tracepoints (sock.bpf.o)"}}},
+         "tests": {"passed": 3, "failed": 0, "skipped": 1, "cases": [
+             {"id": "t::a", "outcome": "skipped", "message": "no kprobe", "time_s": 0}]},
+         "bench": {"ok": True, "events_per_s": 12345.6, "achieved_rps": 800.0},
+         "timings_s": {"probe": 1.0, "total": 9.0}}
+    r.update(over)
+    return r
+
+
+def test_judge_and_report_marks_emulated_timings(tmp_path):
+    ok = matrix.judge(Row("k", "spec", result=_result(), wall_s=9))
+    nobtf = _result()
+    nobtf["probe"]["data"]["features"]["btf"] = {"available": False}
+    bad = matrix.judge(Row("nobtf", "spec", result=nobtf))
+    failing = matrix.judge(Row("f", "spec", result=_result(tests={"passed": 1, "failed": 2,
+                                                                  "skipped": 0})))
+    assert ok.ok and not ok.reason
+    assert not bad.ok and "no BTF" in bad.reason
+    assert not failing.ok and "2 test(s) failed" in failing.reason
+
+    md_path = matrix.write_report([ok, bad, failing], tmp_path, "rid")
+    md = md_path.read_text()
+    head, body = matrix.table([ok])
+    cells = dict(zip(head, body[0], strict=True))
+    assert cells["fentry"] == "yes" and cells["kprobe"] == "no" and cells["lockdown"] == "none"
+    assert cells["tests p/f/s"] == "3/0/1" and cells["events/s"] == "12,346*"
+    assert "emulated, not comparable" in md and "FAILED: no BTF" in md
+    assert "unavailable: kprobe: attach: ENOENT" in md and "test skipped: t::a" in md
+    html = (tmp_path / "matrix.html").read_text()
+    assert "<table>" in html and "12,346*" in html
+    assert len(json.loads((tmp_path / "matrix.json").read_text())) == 3
+
+
+def test_broken_kernel_path_is_a_failed_row_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(matrix, "preflight", lambda specs: None)
+    specs = matrix.parse_specs(f"{tmp_path}/no-such-vmlinuz,{tmp_path}/junk")
+    (tmp_path / "junk").write_text("not a kernel")
+    # A "kernel" that boots nothing: the guest command exits at once, no result.
+    monkeypatch.setattr(matrix, "vng_command",
+                        lambda *a, **k: [sys.executable, "-c", "raise SystemExit(3)"])
+    rows, report = matrix.run_matrix(specs, tmp_path / "out", cache=tmp_path / "cache")
+    assert [r.ok for r in rows] == [False, False]
+    assert "kernel image not found" in rows[0].reason
+    assert rows[1].reason.startswith("exit 3")
+    assert "FAILED: kernel image not found" in report.read_text()
+
+
+def test_timeout_is_a_failed_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(matrix, "preflight", lambda specs: None)
+    (tmp_path / "vmlinuz").write_text("x")
+    monkeypatch.setattr(matrix, "vng_command", lambda *a, **k: [
+        sys.executable, "-c", "import time; time.sleep(30)"])
+    rows, _ = matrix.run_matrix(matrix.parse_specs(f"{tmp_path}/vmlinuz"), tmp_path / "o",
+                                timeout=0.5, cache=tmp_path / "cache")
+    assert not rows[0].ok and rows[0].reason == "timed out after 0 s"
+
+
+def test_path_kernel_with_separate_modules_is_staged(tmp_path):
+    img = tmp_path / "bzImage"
+    img.write_text("x")
+    mods = tmp_path / "m" / "6.6.1"
+    mods.mkdir(parents=True)
+    staged = matrix.stage_path_kernel(KernelSpec("path", str(img), str(mods)), tmp_path / "c")
+    assert staged.name == "vmlinuz-6.6.1" and staged.resolve() == img
+    assert (staged.parent.parent / "lib/modules/6.6.1").resolve() == mods
+
+
+def test_vng_command_shares_the_result_dir_and_disables_kvm(tmp_path):
+    cmd = matrix.vng_command(tmp_path / "vmlinuz", tmp_path / "out", "k", "tcg", 2.0)
+    assert "--disable-kvm" in cmd and cmd[cmd.index("--rwdir") + 1] == str(tmp_path / "out")
+    assert "harness.matrix_guest" in cmd[-1] and "--virt tcg" in cmd[-1]
+    assert "--disable-kvm" not in matrix.vng_command(tmp_path / "v", tmp_path, "k", "kvm", 2)
+
+
+def test_collect_merges_results_and_cli_exit_codes(tmp_path, capsys):
+    for name, res in (("ubuntu-22.04", _result(label="ubuntu-22.04", virt="vm",
+                                                emulated=False)),
+                      ("rocky-8", _result(label="rocky-8",
+                                          tests={"passed": 0, "failed": 1, "skipped": 0}))):
+        (tmp_path / "synced" / name).mkdir(parents=True)
+        (tmp_path / "synced" / name / "result.json").write_text(json.dumps(res))
+    (tmp_path / "synced" / "junk").mkdir()
+    (tmp_path / "synced" / "junk" / "result.json").write_text("{not json")
+    rc = main(["matrix", "--collect", str(tmp_path / "synced"), "--out", str(tmp_path / "r")])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "1/3 kernels ok" in out and "rocky-8" in out
+    md = next((tmp_path / "r").glob("*/matrix.md")).read_text()
+    assert "ubuntu-22.04" in md and "12,346 " in md and "unreadable result" in md
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["matrix", "--kernels", "bogus"]) == 2
+    assert main(["matrix", "--kernels", "host", "--collect", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("harness matrix: error:") for line in err)
+
+
+def test_parse_junit(tmp_path):
+    p = tmp_path / "j.xml"
+    p.write_text('<testsuites><testsuite><testcase classname="a" name="t1" time="0.1"/>'
+                 '<testcase classname="a" name="t2"><skipped message="no fentry"/></testcase>'
+                 '<testcase classname="a" name="t3"><failure message="boom"/></testcase>'
+                 '</testsuite></testsuites>')
+    r = parse_junit(p)
+    assert (r["passed"], r["failed"], r["skipped"]) == (1, 1, 1)
+    assert r["cases"][1] == {"id": "a::t2", "outcome": "skipped", "time_s": 0.0,
+                             "message": "no fentry"}
