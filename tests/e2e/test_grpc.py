@@ -11,6 +11,7 @@ the header loss counted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -156,10 +157,22 @@ def test_grpc_connection_opened_before_the_tracer(tmp_path, stub_dir):
     assert codes == [expected_code(5 + i) for i in range(N)]
     s = tr.summary
     assert s["h2_midstream"] == 2, s  # both ends, recognised by frame shape
-    for kind, pid in (("server", srv.pid), ("client", client.pid)):
-        spans = tr.by(kind, pid)
-        assert len(spans) == N, (kind, s)
-        assert all(sp["method"] == "POST" and sp["status"] == 200 for sp in spans)
+    # Joining mid-stream, the first frames seen on a side can be the tail of
+    # something begun before the tracer attached, and until the kernel raises
+    # the capture for the connection (it learns it is h2 from these frames)
+    # grpc's multi-frame writes overflow 512 bytes: the exchanges caught in
+    # that window are missed, and each one is counted, never silently lost.
+    found = {kind: tr.by(kind, pid) for kind, pid in (("server", srv.pid),
+                                                      ("client", client.pid))}
+    missing = 2 * N - sum(len(v) for v in found.values())
+    assert missing == s["unpaired_responses"] + s["incomplete_requests"], json.dumps(s)
+    assert all(len(v) >= N - 5 for v in found.values()), json.dumps(s)
+    for kind, spans in found.items():
+        # a span whose request headers were lost says so; it never guesses
+        bad = [(sp["method"], sp["status"], sp["path"], sp["attributes"]) for sp in spans
+               if sp["status"] != 200 or sp["method"] not in ("POST", "")
+               or (sp["method"] == "" and not sp["attributes"].get("tracer.h2.headers_lost"))]
+        assert not bad, (kind, bad, json.dumps(s))
         # what was indexed before we joined is unknown, never guessed
         assert all(sp["path"] in ("", "/e2e.Echo/Say") for sp in spans)
         lost = [sp for sp in spans if sp["attributes"].get("tracer.h2.headers_lost")]
