@@ -22,6 +22,7 @@ import ctypes
 import logging
 import mmap
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -48,30 +49,45 @@ SYSTEM_LIBS = (
 RESCAN_AFTER_S = (0.5, 3.0)  # after an exec: the loader, then lazy dlopen()s
 _MARKER = b"SSL_do_handshake\0"  # cheap pre-check before parsing an ELF
 _EXEC_SIZE = ctypes.sizeof(events.ExecEventC)
+_SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym
+_STT_FUNC = 2
 
 
 def symbol_offsets(path: str) -> dict[str, int]:
-    """File offsets of the HOOKS functions defined in the ELF file at path."""
+    """File offsets of the HOOKS functions defined in the ELF file at path.
+
+    pyelftools reads the headers; the symbol tables are scanned with
+    struct.iter_unpack against the string offsets of the wanted names, which
+    is ~50x faster than building pyelftools' name index (node: 75k dynamic
+    symbols, 1.5 s that way)."""
     from elftools.elf.elffile import ELFFile  # imported on first use: start-up cost
-    from elftools.elf.sections import SymbolTableSection
 
     found: dict[str, int] = {}
     with open(path, "rb") as f:
         elf = ELFFile(f)
+        if elf.elfclass != 64 or not elf.little_endian:
+            return found
         loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
         for sec in elf.iter_sections():
-            if not isinstance(sec, SymbolTableSection):
+            if sec["sh_type"] not in ("SHT_DYNSYM", "SHT_SYMTAB") or len(found) == len(HOOKS):
                 continue
+            strtab = elf.get_section(sec["sh_link"]).data()
+            want: dict[int, str] = {}
             for name in HOOKS:
-                if name in found:
-                    continue
-                for sym in sec.get_symbol_by_name(name) or ():
-                    if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]
-                            and sym["st_shndx"] != "SHN_UNDEF"):
-                        off = _file_offset(loads, sym["st_value"])
-                        if off is not None:
-                            found[name] = off
-                            break
+                needle = b"\0" + name.encode() + b"\0"
+                i = strtab.find(needle)
+                while i >= 0:
+                    want[i + 1] = name
+                    i = strtab.find(needle, i + 1)
+            if not want:
+                continue
+            for st_name, st_info, _, st_shndx, st_value, _ in _SYM64.iter_unpack(sec.data()):
+                name = want.get(st_name)
+                if (name and name not in found and st_info & 0xF == _STT_FUNC
+                        and st_shndx != 0 and st_value):
+                    off = _file_offset(loads, st_value)
+                    if off is not None:
+                        found[name] = off
     return found
 
 

@@ -1,0 +1,135 @@
+"""tls.bpf.o on sock.bpf.o's maps, at the event level (root): uprobes on the
+system libssl, the SSL* -> fd join, reads served from buffered records, and
+the ciphertext of a TLS connection skipped and counted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.kernel.conftest import require
+from tracer import events, loader, tls
+
+# A TLS server and client in one process, over loopback: the client sends a
+# request in one record; the server reads it 7 bytes at a time, so all but the
+# first SSL_read are served from the decrypted record, with no syscall.
+SCRIPT = textwrap.dedent("""
+    import socket, ssl, subprocess, sys, tempfile, threading, os
+    d = tempfile.mkdtemp()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", d + "/k", "-out", d + "/c", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(d + "/c", d + "/k")
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    REQ = b"GET /kernel-tls HTTP/1.1\\r\\nhost: x\\r\\n\\r\\n"
+    got = []
+    def serve():
+        conn, _ = lsock.accept()
+        with sctx.wrap_socket(conn, server_side=True) as s:
+            buf = b""
+            while len(buf) < len(REQ):
+                buf += s.recv(7)
+            got.append(buf)
+            s.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok")
+    t = threading.Thread(target=serve)
+    t.start()
+    cctx = ssl.create_default_context()
+    cctx.check_hostname = False
+    cctx.verify_mode = ssl.CERT_NONE
+    with cctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) as c:
+        c.sendall(REQ)
+        resp = c.recv(100)
+    t.join()
+    assert got == [REQ] and resp.endswith(b"ok"), (got, resp)
+    print(port)
+""")
+
+
+@pytest.fixture
+def traced():
+    require("btf", "ringbuf", "tracepoint_syscalls", "uprobe")
+    sock = loader.BPFObject.open(loader.object_path("sock"))
+    probes = None
+    try:
+        sock.set_rodata(self_tgid=os.getpid())
+        sock.load()
+        for prog in sock.programs:
+            try:
+                sock.attach(prog)
+            except loader.AttachError:
+                pass  # a syscall this kernel lacks: the test uses the common ones
+        probes = tls.TlsProbes.load(sock, self_tgid=os.getpid())
+        libs = [p for p in tls.SYSTEM_LIBS if os.path.exists(p)]
+        if not libs:
+            pytest.skip("no system libssl")
+        st = os.stat(libs[0])
+        assert probes.consider(libs[0], st.st_dev, st.st_ino, strict=True)
+        yield sock, probes
+    finally:
+        if probes:
+            probes.close()
+        sock.close()
+
+
+def test_tls_plaintext_joins_the_socket_and_ciphertext_is_skipped(traced):
+    sock, probes = traced
+    # 5 functions, an entry and a return probe each
+    assert len([link for link in probes.obj.attached if "@" in link]) == 10
+    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    port = int(p.stdout)
+    evs = []
+    sock.ring_buffer("events").consume(lambda buf, off, size: evs.append(
+        events.decode(buf, off, size)))
+    opens = {e.conn_id: e for e in evs if isinstance(e, events.OpenEvent)
+             and port in (e.lport, e.rport)}
+    assert len(opens) == 2  # the server's accepted socket, the client's
+    data = [e for e in evs if isinstance(e, events.DataEvent) and e.conn_id in opens]
+    plain = [e for e in data if e.syscall >= events.SYS_FIRST_TLS]
+    # ciphertext (handshake included) never left the kernel
+    assert [e for e in data if e.syscall < events.SYS_FIRST_TLS] == []
+    by = {(opens[e.conn_id].role, e.syscall): [] for e in plain}
+    for e in plain:
+        by[(opens[e.conn_id].role, e.syscall)].append(e.payload)
+    S, C = events.ConnRole.ROLE_SERVER, events.ConnRole.ROLE_CLIENT
+    RD, WR = events.SysKind.SYS_SSL_READ, events.SysKind.SYS_SSL_WRITE
+    req = b"GET /kernel-tls HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert by[(C, WR)] == [req]
+    # 7-byte reads: the first one made the read syscall, the rest came from
+    # the decrypted record and were joined through the remembered SSL* -> fd
+    assert b"".join(by[(S, RD)]) == req and len(by[(S, RD)]) == -(-len(req) // 7)
+    assert by[(S, WR)] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    assert b"".join(by[(C, RD)]).endswith(b"ok")
+    for e in plain:
+        assert e.pid == opens[e.conn_id].pid and e.size == len(e.payload)
+        assert e.direction == (events.DataDir.DIR_INGRESS if e.syscall == RD
+                               else events.DataDir.DIR_EGRESS)
+    m = sock.map("counters")
+    C_ = events.Counter
+    assert m.percpu_sum(C_.CTR_TLS_SKIPPED) > 0
+    assert m.percpu_sum(C_.CTR_TLS_NO_FD) == 0
+    assert m.percpu_sum(C_.CTR_TLS_EVENTS) >= len(plain)
+
+
+def test_tls_object_shares_the_maps_of_sock(traced):
+    sock, probes = traced
+    for name in tls.SHARED_MAPS:
+        a, b = sock.map(name), probes.obj.map(name)
+        assert (a.key_size, a.value_size, a.max_entries) == \
+            (b.key_size, b.value_size, b.max_entries), name
+        assert _map_id(a.fd) == _map_id(b.fd), name  # one kernel map, two fds
+
+
+def _map_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("map_id:"):
+                return int(line.split()[1])
+    raise AssertionError("no map_id in fdinfo")

@@ -1,0 +1,68 @@
+"""TLS library discovery without root: symbol offsets and /proc scanning."""
+
+import os
+import shutil
+
+import pytest
+
+from tracer import tls
+
+
+def _slow_offsets(path):
+    """The same lookup through pyelftools' own symbol index (the reference)."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    out = {}
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        for sec in elf.iter_sections():
+            if not isinstance(sec, SymbolTableSection):
+                continue
+            for name in tls.HOOKS:
+                for sym in sec.get_symbol_by_name(name) or ():
+                    if name not in out and sym["st_info"]["type"] == "STT_FUNC" \
+                            and sym["st_shndx"] != "SHN_UNDEF":
+                        out[name] = tls._file_offset(loads, sym["st_value"])
+    return out
+
+
+def _system_libssl():
+    for p in tls.SYSTEM_LIBS:
+        if os.path.exists(p):
+            return p
+    pytest.skip("no system libssl")
+
+
+def test_symbol_offsets_match_pyelftools_on_libssl():
+    path = _system_libssl()
+    got = tls.symbol_offsets(path)
+    assert set(tls.REQUIRED) <= set(got)
+    assert got == _slow_offsets(path)
+
+
+def test_no_openssl_in_libc():
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    if not os.path.exists(libc):
+        pytest.skip("no glibc at the Debian path")
+    assert not tls._has_marker(libc)
+    assert tls.symbol_offsets(libc) == {}
+
+
+def test_static_openssl_in_node_is_found_by_symbol():
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    node = os.path.realpath(node)
+    if not tls._has_marker(node):
+        pytest.skip("this node links OpenSSL dynamically")
+    assert set(tls.symbol_offsets(node)) == set(tls.HOOKS)
+
+
+def test_exec_mappings_of_this_process():
+    maps = tls.exec_mappings(os.getpid())
+    paths = {p for p, _, _ in maps}
+    assert os.path.realpath("/proc/self/exe") in paths
+    assert all(isinstance(dev, int) and ino > 0 for _, dev, ino in maps)
+    assert tls.exec_mappings(2**22 + 12345) == []  # no such process
