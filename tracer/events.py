@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 TASK_COMM_LEN = 16
 MAX_PAYLOAD = 4096
-MAX_IOV = 32
+MAX_IOV = 128
 
 
 class EventType(enum.IntEnum):

@@ -18,7 +18,7 @@
 /* Only the first iovecs of readv/writev/recvmsg/sendmsg are copied. gRPC
  * (and other h2 stacks) write a frame header, a header block and a message
  * as separate slices: 32 covers a 4 KiB capture of such writes. */
-#define MAX_IOV 32
+#define MAX_IOV 128
 
 enum event_type {
 	EVENT_OPEN = 1,  /* accept/connect returned, or first sight of an open socket */
