@@ -179,6 +179,12 @@ class ScenarioRunner:
                                    f"{_tail(self.workdir / f'{s.service}.log') or res.stderr.strip()}")
         self.check_servers()
 
+    def restart_servers(self) -> None:
+        for proc in self.servers.values():
+            self.topo.stop(proc)
+        self.servers.clear()
+        self.start_servers()
+
     def check_servers(self) -> None:
         for name, proc in self.servers.items():
             if proc.poll() is not None:
@@ -478,6 +484,8 @@ def run_scenario(cfg: BenchConfig, name: str, workdir: Path, run_id: str,
         for i, spec in enumerate(plan(cfg)):
             if progress is not None:
                 progress.set_postfix_str(f"{name} {spec.label}/{spec.variant}")
+            if sc.fresh_servers and i:
+                runner.restart_servers()
             if spec.label == "bpf":
                 try:
                     with measure.bpf_stats_enabled():

@@ -49,6 +49,12 @@ class Scenario:
     chain: tuple[Expected, ...]
     default_rps: float
     config: dict = field(default_factory=dict)
+    # Restart the servers before every run, so each traced run sees their
+    # connections from the start (as when the tracer runs before the service
+    # starts). Needed for HTTP/2 between services: the HPACK table of a
+    # connection opened before the tracer cannot be known, and a long-lived
+    # gRPC channel would measure that header loss, not the parser.
+    fresh_servers: bool = False
 
 
 def _gunicorn(app: str, bind: str) -> tuple[str, ...]:
@@ -95,7 +101,9 @@ def build(name: str, workdir: Path) -> Scenario:
             ),
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
             chain=http_chain_links, default_rps=100,
-            config={"server": "gunicorn + grpcio", **GUNICORN, "grpc_threads": 8},
+            config={"server": "gunicorn + grpcio", **GUNICORN, "grpc_threads": 8,
+                    "servers": "restarted before every run"},
+            fresh_servers=True,
         )
     if name == "grpc":
         return Scenario(
