@@ -47,6 +47,7 @@ SYSTEM_LIBS = (
     "/lib/aarch64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3",
 )
 RESCAN_AFTER_S = (0.5, 3.0)  # after an exec: the loader, then lazy dlopen()s
+MAX_RESCANS = 4096  # an exec storm: later rescans are dropped (counted in `rescans_dropped`)
 _MARKER = b"SSL_do_handshake\0"  # cheap pre-check before parsing an ELF
 _EXEC_SIZE = ctypes.sizeof(events.ExecEventC)
 _SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym
@@ -149,6 +150,7 @@ class TlsProbes:
     failed: dict[str, str] = field(default_factory=dict)  # path -> why not attached
     rescans: list[tuple[float, int]] = field(default_factory=list)  # (due, pid)
     execs: loader.RingBuffer | None = None
+    rescans_dropped: int = 0
 
     @classmethod
     def load(cls, sock: loader.BPFObject, **rodata: int) -> TlsProbes:
@@ -237,7 +239,10 @@ class TlsProbes:
             self.execs.consume(on_exec)
         for pid in pids:
             self.scan_pid(pid)  # a static binary is visible right away
-            self.rescans.extend((now + d, pid) for d in RESCAN_AFTER_S)
+            if len(self.rescans) < MAX_RESCANS:
+                self.rescans.extend((now + d, pid) for d in RESCAN_AFTER_S)
+            else:
+                self.rescans_dropped += 1
         due = [p for t, p in self.rescans if t <= now]
         if due:
             self.rescans = [(t, p) for t, p in self.rescans if t > now]

@@ -66,3 +66,22 @@ def test_exec_mappings_of_this_process():
     assert os.path.realpath("/proc/self/exe") in paths
     assert all(isinstance(dev, int) and ino > 0 for _, dev, ino in maps)
     assert tls.exec_mappings(2**22 + 12345) == []  # no such process
+
+
+def test_agent_traces_on_without_tls(monkeypatch, caplog):
+    """No uprobes (or no tls.bpf.o): one warning, the reason in the summary,
+    and the syscall side keeps going."""
+    from tracer import agent, loader
+
+    def refuse(*a, **kw):
+        raise loader.AttachError("cannot attach uprobe ssl_read_enter: EPERM",
+                                 program="ssl_read_enter")
+
+    monkeypatch.setattr(tls.TlsProbes, "load", refuse)
+    t = agent.Tracer(tls_plaintext=True)
+    with caplog.at_level("WARNING", logger="tracer.agent"):
+        t._start_tls(object())
+    assert t.tls is None
+    assert "EPERM" in t.tls_unavailable
+    assert len(caplog.records) == 1 and "TLS plaintext not traced" in caplog.text
+    assert t.summary()["tls_unavailable"] == t.tls_unavailable

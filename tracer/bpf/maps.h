@@ -30,9 +30,10 @@ struct {
 	__type(value, struct conn_info);
 } conns SEC(".maps");
 
-/* pid_tgid -> the SSL call in progress on that thread. */
+/* pid_tgid -> the SSL call in progress on that thread. LRU: a thread that
+ * dies inside a call leaves its entry behind. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct ssl_call);
