@@ -42,6 +42,9 @@ class HarnessError(RuntimeError):
     (maps to exit code 2)."""
 
 
+READY_LINE = b"tracer: tracing"  # what `python -m tracer run` prints once attached
+PEER_SETTLE_S = 3.0
+
 @dataclass
 class BenchConfig:
     scenarios: list[str]
@@ -250,13 +253,21 @@ class ScenarioRunner:
 
     def wait_tracer_ready(self, proc: subprocess.Popen, before: set[int],
                           stderr: Path) -> dict[int, dict]:
-        """Ready = the tracer's BPF programs are loaded and their count is stable.
+        """Ready = our tracer printed its "tracing" line (printed after every
+        program is attached: loaded is not enough, and attaching uprobes takes
+        a while), or, for a peer that prints nothing, its BPF programs are
+        loaded and their count has been stable for PEER_SETTLE_S.
         A stand-in that loads nothing costs the timeout once, then 1 s."""
         timeout = 1.0 if self._tracer_silent else self.cfg.tracer_ready_timeout
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         last: dict[int, dict] = {}
         stable = 0
         while time.monotonic() < deadline:
+            try:
+                said_ready = READY_LINE in stderr.read_bytes()
+            except OSError:
+                said_ready = False
             if proc.poll() is not None:
                 raise HarnessError(f"tracer exited with {proc.returncode} at start: "
                                    f"{_tail(stderr) or 'no message'}")
@@ -265,9 +276,11 @@ class ScenarioRunner:
                                             measure.tree_pids(proc.pid))
             except measure.BpfToolError:
                 progs = {}
+            if said_ready:
+                return progs
             if progs and len(progs) == len(last):
                 stable += 1
-                if stable >= 2:
+                if stable >= 2 and time.monotonic() - start >= PEER_SETTLE_S:
                     time.sleep(0.2)  # let the consumer reach its poll loop
                     return progs
             else:

@@ -142,6 +142,9 @@ class Correlator:
         self.pending: dict[tuple, deque[Context]] = {}
         # server requests in progress per (pid, tid): in-process parent candidates
         self.active: dict[tuple[int, int], list[Context]] = {}
+        # the same per process: the fallback when the writing thread handles
+        # nothing (stacks that write from an I/O thread, e.g. grpcio)
+        self.active_pid: dict[int, list[Context]] = {}
         self.held: list[Context] = []  # finished but blocked by a pending context
         # local addresses of traced client sockets: a server request from one of
         # them may have a client span coming, so it is worth waiting for
@@ -186,11 +189,7 @@ class Correlator:
                 _push(self.pending, key, ctx)
             if ids is None and client is None:
                 ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
-            act = self.active.get((pid, tid))
-            if act is None:
-                self.active[(pid, tid)] = [ctx]
-            else:
-                act.append(ctx)
+            self._activate(ctx)
         else:
             self._link_client(ctx, pid, tid)
             if key is not None:
@@ -241,16 +240,39 @@ class Correlator:
         del table[key]
         return None
 
+    def _activate(self, ctx: Context) -> None:
+        for table, key in ((self.active, (ctx.pid, ctx.tid)), (self.active_pid, ctx.pid)):
+            act = table.get(key)
+            if act is None:
+                table[key] = [ctx]
+            else:
+                act.append(ctx)
+
+    def _deactivate(self, ctx: Context) -> None:
+        for table, key in ((self.active, (ctx.pid, ctx.tid)), (self.active_pid, ctx.pid)):
+            act = table.get(key)
+            if act is not None and ctx in act:
+                act.remove(ctx)
+                if not act:
+                    del table[key]
+
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
-        this thread is handling. None or several: no link (a wrong parent is
-        worse than none)."""
+        this thread is handling (0.9); if the thread handles none, the one
+        request in flight in the whole process (0.6). Several: no link (a
+        wrong parent is worse than none), counted as ambiguous."""
         act = self.active.get((pid, tid))
         header = ctx.header
+        confidence = 0.9
+        if not act:
+            # Written from a thread that handles no request (an I/O thread):
+            # the process's only request in flight, if there is exactly one.
+            act = self.active_pid.get(pid)
+            confidence = 0.6
         if act and len(act) == 1:
             parent = act[0]
             if header is None or header[0] == parent.trace_id:
-                ctx.adopt(parent, "thread", 0.9)
+                ctx.adopt(parent, "thread", confidence)
                 if header is not None:
                     ctx.source, ctx.confidence = "header", 1.0
                 return
@@ -280,14 +302,7 @@ class Correlator:
         ctx.span = span
         ctx.done_ts = span.end_ktime
         if ctx.server:
-            act = self.active.get((ctx.pid, ctx.tid))
-            if act is not None:
-                try:
-                    act.remove(ctx)
-                except ValueError:
-                    pass
-                if not act:
-                    del self.active[(ctx.pid, ctx.tid)]
+            self._deactivate(ctx)
         if ctx.blocked():
             self.held.append(ctx)
             return
@@ -296,11 +311,7 @@ class Correlator:
     def abandon(self, ctx: Context) -> None:
         """A request that will never finish (connection lost): forget it."""
         if ctx.server:
-            act = self.active.get((ctx.pid, ctx.tid))
-            if act is not None and ctx in act:
-                act.remove(ctx)
-                if not act:
-                    del self.active[(ctx.pid, ctx.tid)]
+            self._deactivate(ctx)
             if ctx.pending and ctx.key is not None:
                 q = self.pending.get(ctx.key)
                 if q is not None and ctx in q:

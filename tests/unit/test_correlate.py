@@ -255,3 +255,36 @@ def test_connection_joined_late_pairs_by_order_and_time():
         assert s.parent_span_id == clients[path].span_id
         assert s.trace_id == clients[path].trace_id
         assert s.correlation_source == "connection"
+
+
+def _io_thread_case(in_flight: int):
+    """Requests handled on worker threads; the downstream call is written by a
+    separate I/O thread (as grpcio's event engine does)."""
+    clock = Clock()
+    servers = [Conversation(clock, 10 + k, ROLE_SERVER, pid=200, tid=210 + k, lport=8080,
+                            rport=100 + k) for k in range(in_flight)]
+    down = Conversation(clock, 3, ROLE_CLIENT, pid=200, tid=299, laddr="10.0.0.1", lport=5,
+                        raddr="10.0.0.9", rport=80)
+    for c in (*servers, down):
+        c.open()
+    for k, c in enumerate(servers):
+        c.request(http_request("GET", f"/in{k}"))
+    down.exchange(http_request("GET", "/down"), http_response(200))
+    for c in servers:
+        c.response(http_response(200))
+    events = sorted([e for c in (*servers, down) for e in c.events],
+                    key=lambda e: getattr(e, "ts_exit", getattr(e, "ts", 0)))
+    spans, stats, _ = run(events)
+    return {s.path: s for s in spans}, stats
+
+
+def test_io_thread_call_links_to_the_only_request_in_flight():
+    p, stats = _io_thread_case(1)
+    assert p["/down"].parent_span_id == p["/in0"].span_id
+    assert (p["/down"].correlation_source, p["/down"].correlation_confidence) == ("thread", 0.6)
+
+
+def test_io_thread_call_with_two_requests_in_flight_is_left_a_root():
+    p, stats = _io_thread_case(2)
+    assert p["/down"].parent_span_id is None
+    assert stats.correlation_ambiguous == 1
