@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         "flavours (none with --collect alone)")
     m.add_argument("--collect", type=Path, default=None,
                    help="also merge the result.json files found below DIR (Vagrant boxes)")
-    m.add_argument("--timeout", type=float, default=900.0, help="seconds per kernel (default 900)")
+    m.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds per kernel (default 1800: a TCG guest takes ~12 min)")
     m.add_argument("--accel", choices=["tcg", "kvm"], default="tcg",
                    help="guest acceleration (default tcg: KVM hangs on the project's VMs)")
     m.add_argument("--bench-duration", type=float, default=2.0,

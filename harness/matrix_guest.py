@@ -98,7 +98,9 @@ def step_tests(out: Path, timeout: float, paths: tuple[str, ...] = TEST_PATHS) -
     junit = out / "junit.xml"
     # The repo is read-only in a virtme-ng guest: no cache dir, no bytecode.
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", f"--basetemp={out / 'pytest-tmp'}"]
+           f"--junitxml={junit}", f"--basetemp={out / 'pytest-tmp'}",
+           # Emulated guests run several times slower than the per-test default allows.
+           "--timeout=900"]
     r = _run(cmd, timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     shutil.rmtree(out / "pytest-tmp", ignore_errors=True)
     if isinstance(r, str):
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--virt", default=None, help="tcg|kvm|vm|native (default: detect)")
     ap.add_argument("--bench-duration", type=float, default=2.0)
     ap.add_argument("--bench-rps", type=float, default=None)
-    ap.add_argument("--tests-timeout", type=float, default=900.0)
+    ap.add_argument("--tests-timeout", type=float, default=1500.0)
     ap.add_argument("--steps", default="probe,tests,bench",
                     help="comma-separated subset of probe,tests,bench")
     ap.add_argument("--tests", action="append", default=None,

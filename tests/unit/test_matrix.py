@@ -74,6 +74,13 @@ def test_judge_and_report_marks_emulated_timings(tmp_path):
     cells = dict(zip(head, body[0], strict=True))
     assert cells["fentry"] == "yes" and cells["kprobe"] == "no" and cells["lockdown"] == "none"
     assert cells["tests p/f/s"] == "3/0/1" and cells["events/s"] == "12,346*"
+    assert cells["fallbacks"] == "–"
+    ok.result["probe"]["data"]["decisions"].update(
+        {"fentry": "refused: syscall tracepoints instead",
+         "kprobes": "available, not needed (tracepoints are used everywhere)"})
+    head, body = matrix.table([ok])
+    cells = dict(zip(head, body[0], strict=True))
+    assert cells["fallbacks"] == "fentry: refused; kprobes: available, not needed"
     assert "emulated, not comparable" in md and "FAILED: no BTF" in md
     assert "unavailable: kprobe: attach: ENOENT" in md and "test skipped: t::a" in md
     html = (tmp_path / "matrix.html").read_text()
