@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tracer-cmd", default=DEFAULT_TRACER_CMD,
                    help="tracer command; placeholders {python} {netns_args} {netns} "
                         "{netns_inodes} {output} {pids} {duration}")
+    b.add_argument("--export", choices=["otlp-http", "otlp-grpc"], default=None,
+                   help="traced runs also export to a real OTLP receiver run by the harness "
+                        "(measures export cost)")
     b.add_argument("--budgets", type=Path, default=DEFAULT_BUDGETS)
     b.add_argument("--out", type=Path, default=Path("reports"))
     b.add_argument("--no-aa", action="store_true", help="skip the A/A noise pair")
@@ -83,7 +86,7 @@ def _bench(args) -> int:
     cfg = BenchConfig(scenarios=args.scenario or ["http-chain", "stress", "grpc", "mixed"],
                       duration=args.duration, rps=args.rps, repeat=args.repeat,
                       requests=args.requests, tracer_cmd=args.tracer_cmd, out=args.out,
-                      aa=not args.no_aa, bpf_pass=not args.no_bpf_pass,
+                      aa=not args.no_aa, bpf_pass=not args.no_bpf_pass, export=args.export,
                       progress=not args.no_progress and sys.stderr.isatty())
     try:
         result = bench(cfg, args.budgets)

@@ -28,6 +28,24 @@ class BenchResult:
     leftovers: dict
 
 
+def _start_receiver(cfg: BenchConfig):
+    """The OTLP receiver traced runs export to, in this process (its CPU is not
+    the tracer's); the tracer runs in the root namespace, so loopback works."""
+    if not cfg.export:
+        return None
+    from harness.receivers import GrpcReceiver, HttpReceiver
+
+    if cfg.export == "otlp-grpc":
+        rx = GrpcReceiver(keep=False).start()
+        cfg.export_url = f"otlp-grpc://127.0.0.1:{rx.port}"
+    elif cfg.export == "otlp-http":
+        rx = HttpReceiver(keep=False).start()
+        cfg.export_url = f"otlp-http://127.0.0.1:{rx.port}/v1/traces"
+    else:
+        raise HarnessError(f"--export {cfg.export}: expected otlp-http or otlp-grpc")
+    return rx
+
+
 def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult:
     """Run everything and write ``cfg.out/<run-id>/``. Raises HarnessError on
     environment problems; budget failures are in the returned verdict."""
@@ -49,6 +67,7 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
         from tqdm import tqdm
 
         progress = tqdm(total=total, desc="bench", unit="run", leave=True)
+    receiver = _start_receiver(cfg)
     try:
         for name in cfg.scenarios:
             r, ts, b, info = run_scenario(cfg, name, raw / name, run_id, progress)
@@ -59,6 +78,15 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
     finally:
         if progress is not None:
             progress.close()
+        if receiver is not None:
+            receiver.stop()
+    if receiver is not None:
+        exported = int(sum(v for r in rows if (v := r.get("tracer_spans_exported")) == v
+                           and v is not None))  # v == v: not NaN
+        notes.append(f"export: traced runs also exported to a real {cfg.export} receiver "
+                     f"({cfg.export_url}); it received {receiver.count} spans, the tracers "
+                     f"reported {exported} exported. Compare tracer CPU and RSS with a run "
+                     "without --export for the export cost.")
     runs = pd.DataFrame(rows)
     summary = analysis.summary_table(runs)
     figs, noise = analysis.figures(runs)

@@ -59,6 +59,10 @@ class BenchConfig:
     warmup: float = 1.0
     tracer_ready_timeout: float = 10.0
     progress: bool = True
+    # "otlp-http" | "otlp-grpc": traced runs also export to a real receiver run
+    # by the harness, so the report shows the tracer's CPU and RSS with it
+    export: str | None = None
+    export_url: str = ""  # set by bench() once the receiver listens
 
     def runs_per_scenario(self) -> int:
         return 2 * self.aa + 2 * self.repeat + self.bpf_pass
@@ -241,6 +245,8 @@ class ScenarioRunner:
             output=shlex.quote(str(output)),
             pids=",".join(str(p.pid) for p in self.servers.values()),
             duration=f"{self.cfg.duration + 60:g}")
+        if self.cfg.export_url:
+            argv += ["--export", self.cfg.export_url]
         errf = open(output.with_suffix(".stderr"), "wb")  # noqa: SIM115
         try:
             proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
@@ -443,7 +449,8 @@ class ScenarioRunner:
         s = _read_json(Path(f"{output}.summary.json"))
         out = {f"tracer_{k}": _num(s, k) for k in (
             "events_seen", "events_delivered", "events_dropped", "decode_errors",
-            "unparsed_bytes", "unparsed_connections", "spans_emitted", "duration_s")}
+            "unparsed_bytes", "unparsed_connections", "spans_emitted", "duration_s",
+            "spans_exported", "spans_export_failed", "spans_export_dropped")}
         out["tracer_summary_found"] = bool(s)
         seen, dropped = out["tracer_events_seen"], out["tracer_events_dropped"]
         out["events_per_s"] = seen / wall

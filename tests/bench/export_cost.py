@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from harness.receivers import GrpcReceiver, HttpReceiver
 from tests.e2e.tracing import free_port
-from tests.receivers import GrpcReceiver, HttpReceiver
 
 STORM = Path(__file__).with_name("http_storm.py")
 

@@ -18,10 +18,10 @@ import requests
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.receivers import GrpcReceiver, HttpReceiver, attrs
 from tests.e2e.test_http1 import plan
 from tests.e2e.tracing import TracerRun, free_port, py_server
 from tests.kernel.conftest import require
-from tests.receivers import GrpcReceiver, HttpReceiver, attrs
 
 SLEEP_MS = 20
 KIND = {"server": trace_pb2.Span.SPAN_KIND_SERVER, "client": trace_pb2.Span.SPAN_KIND_CLIENT}

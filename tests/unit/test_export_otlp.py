@@ -4,8 +4,8 @@ real in-process receivers, including the retry classification."""
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from harness.receivers import GrpcReceiver, HttpReceiver, attrs
 from tests.e2e.tracing import free_port
-from tests.receivers import GrpcReceiver, HttpReceiver, attrs
 from tests.unit.export_spans import make_span
 from tracer.export import otlp, semconv
 from tracer.export.pipeline import ExportError, RetryableError

@@ -151,3 +151,19 @@ def test_pass_inside_noise_is_flagged_as_unresolved():
     r = judge(b, "http-chain", 1.0, noise_floor=10.0)
     assert r.status == PASS and "not resolved" in r.note
     assert judge(b, "http-chain", 1.0, noise_floor=0.1).note == ""
+
+
+def test_export_option_starts_a_real_receiver_and_sets_the_url():
+    from harness.bench import _start_receiver
+    from harness.runner import BenchConfig, format_tracer_cmd
+
+    cfg = BenchConfig(scenarios=["http-chain"], export="otlp-http")
+    rx = _start_receiver(cfg)
+    try:
+        assert cfg.export_url == f"otlp-http://127.0.0.1:{rx.port}/v1/traces"
+        assert rx.count == 0 and rx.keep is False
+    finally:
+        rx.stop()
+    assert _start_receiver(BenchConfig(scenarios=["x"])) is None
+    assert format_tracer_cmd("{python} -m tracer run --output {output}", python="py",
+                             output="o")[:3] == ["py", "-m", "tracer"]

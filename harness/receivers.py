@@ -1,5 +1,6 @@
-"""Real OTLP receivers for tests: a gRPC TraceService and an OTLP/HTTP endpoint,
-both decoding with the official opentelemetry-proto messages.
+"""Real OTLP receivers (for tests, and for `harness bench --export`): a gRPC
+TraceService and an OTLP/HTTP endpoint, both decoding with the official
+opentelemetry-proto messages.
 
     with GrpcReceiver() as rx:          # 127.0.0.1, a free port
         ... export to f"otlp-grpc://127.0.0.1:{rx.port}" ...
@@ -33,13 +34,20 @@ def attrs(kvs) -> dict:
 
 
 class _Store:
-    def __init__(self) -> None:
+    """keep=False only counts spans (a long benchmark must not hoard them)."""
+
+    def __init__(self, keep: bool = True) -> None:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.keep = keep
+        self.count = 0
         self.cond = threading.Condition()
 
     def add(self, req) -> None:
+        n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
         with self.cond:
-            self.requests.append(req)
+            self.count += n
+            if self.keep:
+                self.requests.append(req)
             self.cond.notify_all()
 
     def spans(self) -> list:
@@ -62,8 +70,8 @@ class _Store:
 
 
 class GrpcReceiver(_Store, trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, port: int = 0) -> None:
-        super().__init__()
+    def __init__(self, port: int = 0, keep: bool = True) -> None:
+        super().__init__(keep)
         self.port = port
         self._server: grpc.Server | None = None
 
@@ -94,8 +102,8 @@ class GrpcReceiver(_Store, trace_service_pb2_grpc.TraceServiceServicer):
 class HttpReceiver(_Store):
     """POST /v1/traces with application/x-protobuf; `status` forces a reply code."""
 
-    def __init__(self, port: int = 0, path: str = "/v1/traces") -> None:
-        super().__init__()
+    def __init__(self, port: int = 0, path: str = "/v1/traces", keep: bool = True) -> None:
+        super().__init__(keep)
         self.port = port
         self.path = path
         self.status = 200
