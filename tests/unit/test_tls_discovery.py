@@ -10,8 +10,10 @@ from tracer import tls
 
 def _slow_offsets(path):
     """The same lookup through pyelftools' own symbol index (the reference)."""
-    from elftools.elf.elffile import ELFFile
+    elffile = pytest.importorskip("elftools.elf.elffile")
     from elftools.elf.sections import SymbolTableSection
+
+    ELFFile = elffile.ELFFile
 
     out = {}
     with open(path, "rb") as f:
@@ -24,7 +26,9 @@ def _slow_offsets(path):
                 for sym in sec.get_symbol_by_name(name) or ():
                     if name not in out and sym["st_info"]["type"] == "STT_FUNC" \
                             and sym["st_shndx"] != "SHN_UNDEF":
-                        out[name] = tls._file_offset(loads, sym["st_value"])
+                        out[name] = tls._file_offset(
+                            [(g["p_vaddr"], g["p_memsz"], g["p_offset"]) for g in loads],
+                            sym["st_value"])
     return out
 
 
@@ -40,6 +44,22 @@ def test_symbol_offsets_match_pyelftools_on_libssl():
     got = tls.symbol_offsets(path)
     assert set(tls.REQUIRED) <= set(got)
     assert got == _slow_offsets(path)
+
+
+def test_marker_found_across_read_chunks(tmp_path):
+    f = tmp_path / "blob"
+    f.write_bytes(b"x" * 1000 + tls._MARKER + b"y" * 10)
+    for chunk in (7, 16, 1003, 1 << 20):  # the name split at every kind of boundary
+        assert tls._has_marker(str(f), chunk)
+    f.write_bytes(b"x" * 5000)
+    assert not tls._has_marker(str(f), 64)
+    assert not tls._has_marker(str(tmp_path / "missing"))
+
+
+def test_not_elf_gives_nothing(tmp_path):
+    f = tmp_path / "fake.so"
+    f.write_bytes(b"SSL_read\0SSL_write\0" * 10)
+    assert tls.symbol_offsets(str(f)) == {}
 
 
 def test_no_openssl_in_libc():

@@ -55,6 +55,54 @@ struct {
 	__type(value, struct ssl_fd);
 } ssl_last_read SEC(".maps");
 
+/* Process-level filters, changeable at run time by the agent; shared so the
+ * uprobes skip unwanted processes before any map update. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_config);
+} filter_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} filter_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} filter_cgroups SEC(".maps");
+
+static __always_inline struct filter_config *filters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&filter_cfg, &zero);
+}
+
+/* Cheap process-level filter, run before anything else. */
+static __always_inline bool process_wanted(__u32 tgid, struct filter_config *cfg, __u32 self)
+{
+	if (tgid == self)
+		return false;
+	if (!cfg)
+		return true;
+	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
+		return false;
+	if (cfg->by_cgroup) {
+		__u64 cg = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
+			return false;
+	}
+	return true;
+}
+
 static __always_inline void count_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);

@@ -81,34 +81,13 @@ struct {
 	__type(value, struct pending_open);
 } pending SEC(".maps");
 
-/* Filters, changeable at run time by the agent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct filter_config);
-} filter_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} filter_pids SEC(".maps");
-
+/* Socket-level filters (the process-level ones are in maps.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
 	__type(key, __u32);
 	__type(value, __u8);
 } filter_netns SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u64);
-	__type(value, __u8);
-} filter_cgroups SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -133,30 +112,6 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-static __always_inline struct filter_config *filters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&filter_cfg, &zero);
-}
-
-/* Cheap process-level filter, run before anything else. */
-static __always_inline bool process_wanted(__u32 tgid, struct filter_config *cfg)
-{
-	if (tgid == self_tgid)
-		return false;
-	if (!cfg)
-		return true;
-	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
-		return false;
-	if (cfg->by_cgroup) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
-			return false;
-	}
-	return true;
-}
 
 /* fd -> struct sock of a TCP (stream, inet) socket, or NULL. */
 static __always_inline struct sock *fd_to_tcp_sock(int fd)
@@ -302,7 +257,7 @@ static __always_inline int open_enter(int fd)
 	struct pending_open p = { .ts_enter = bpf_ktime_get_ns(), .fd = fd };
 	__u32 tid = (__u32)pid_tgid;
 
-	if (!process_wanted(pid_tgid >> 32, filters()))
+	if (!process_wanted(pid_tgid >> 32, filters(), self_tgid))
 		return 0;
 	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
 	return 0;
@@ -353,7 +308,7 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	__u64 ts = bpf_ktime_get_ns();
 	__u32 tid = (__u32)pid_tgid;
 
-	if (!process_wanted(key.tgid, cfg))
+	if (!process_wanted(key.tgid, cfg, self_tgid))
 		return 0;
 	info = bpf_map_lookup_elem(&conns, &key);
 	if (!info) {
@@ -362,10 +317,10 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 		if (!info)
 			return 0;
 	}
-	if (!info->tracked)
-		return 0;
 	/* Inside an SSL call (tls.bpf.c): this fd carries that SSL*'s
-	 * ciphertext. Remember the pair; the plaintext comes from the uprobes. */
+	 * ciphertext. Remember the pair; the plaintext comes from the uprobes
+	 * (for a socket the filters reject too: its plaintext is then dropped
+	 * as filtered, not counted as lost). */
 	call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
 	if (call) {
 		struct ssl_key sk = { .ssl = call->ssl, .tgid = key.tgid };
@@ -376,6 +331,8 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 			info->sniffed = 0; /* a ciphertext sniff says nothing: redo on plaintext */
 		info->tls = TLS_BOUND;
 	}
+	if (!info->tracked)
+		return 0;
 	io.tls = info->tls;
 	if (info->tls && dir == DIR_INGRESS && !call) {
 		struct ssl_fd last = { .conn_id = info->conn_id, .fd = fd };
