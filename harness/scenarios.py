@@ -57,11 +57,18 @@ class Scenario:
     fresh_servers: bool = False
 
 
-def _gunicorn(app: str, bind: str) -> tuple[str, ...]:
+def _gunicorn(app: str, bind: str, *extra: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "gunicorn", "--bind", bind,
             "--worker-class", GUNICORN["worker_class"], "--workers", str(GUNICORN["workers"]),
             "--threads", str(GUNICORN["threads"]), "--log-level", "warning",
-            "--graceful-timeout", "2", app)
+            "--graceful-timeout", "2", *extra, app)
+
+
+def _with_cert(cert: str, key: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """argv run through workloads.tls_cert, which makes the certificate (for
+    both service addresses) at start if it is missing."""
+    return (sys.executable, "-m", "workloads.tls_cert", cert, key, f"{FRONTEND},{BACKEND}",
+            "--", *argv)
 
 
 def build(name: str, workdir: Path) -> Scenario:
@@ -87,6 +94,29 @@ def build(name: str, workdir: Path) -> Scenario:
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
             chain=http_chain_links, default_rps=100,
             config={"server": "gunicorn", **GUNICORN, "db": "sqlite (WAL)"},
+        )
+    if name == "http-chain-tls":
+        # http-chain over HTTPS at every hop (Python ssl -> system libssl):
+        # the frontend verifies the backend with the same self-signed cert.
+        cert, key = str(workdir / "tls-cert.pem"), str(workdir / "tls-key.pem")
+        tls = ("--certfile", cert, "--keyfile", key)
+        return Scenario(
+            name, "hs",
+            servers=(
+                Server("backend", "backend",
+                       _with_cert(cert, key, _gunicorn("workloads.flask_chain.backend:create_app()",
+                                                       f"{BACKEND}:8081", *tls)),
+                       8081, BACKEND, {"GT_PATH": gt, "DB_PATH": str(workdir / "backend.db")}),
+                Server("frontend", "frontend",
+                       _with_cert(cert, key, _gunicorn("workloads.flask_chain.frontend:create_app()",
+                                                       f"{FRONTEND}:8080", *tls)),
+                       8080, FRONTEND, {"GT_PATH": gt, "BACKEND_URL": f"https://{BACKEND}:8081",
+                                        "REQUESTS_CA_BUNDLE": cert}),
+            ),
+            load_host=f"https://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
+            chain=http_chain_links, default_rps=100,
+            config={"server": "gunicorn --certfile", **GUNICORN, "db": "sqlite (WAL)",
+                    "tls": "OpenSSL 3 (Python ssl), self-signed"},
         )
     if name == "mixed":
         return Scenario(
@@ -132,4 +162,4 @@ def build(name: str, workdir: Path) -> Scenario:
     raise KeyError(name)
 
 
-NAMES = ("http-chain", "stress", "grpc", "mixed")
+NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls")
