@@ -30,8 +30,10 @@ from pathlib import Path
 
 from harness.matrix_guest import REPO, RESULT_SCHEMA
 
+# The cloud flavour has no 9p (CONFIG_NET_9P unset), so virtme-ng cannot share the
+# root file system with it unless virtiofsd is installed: rt is the second flavour.
 DEFAULT_KERNELS = ("host,debian:linux-image-6.1.0-*-amd64,"
-                   "debian:linux-image-6.1.0-*-cloud-amd64")
+                   "debian:linux-image-6.1.0-*-rt-amd64")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "httptrace-matrix"
 DEFAULT_TIMEOUT_S = 1800.0  # a TCG guest needs ~12 min for the tests and the bench smoke
 # Features shown as columns, in this order; any others go to the details section.
@@ -40,6 +42,9 @@ FEATURES = ("btf", "kprobe", "fentry", "ringbuf", "tracepoint_syscalls", "uprobe
 # The stress scenario offers 6000 req/s; an emulated guest cannot absorb that and
 # the load generator overruns the runner's deadline (duration + 60 s).
 TCG_BENCH_RPS = 300
+# Attaching the tracer stalls an emulated guest for tens of seconds, eating into
+# that same deadline: a longer run buys the slack.
+TCG_BENCH_MIN_DURATION = 20.0
 SHORT = {"tracepoint_syscalls": "tp_sys", "probe_write_user": "write_user"}
 
 
@@ -201,17 +206,48 @@ def _guest_args(out: Path, label: str, virt: str, bench_duration: float,
             "--virt", virt, "--bench-duration", str(bench_duration), *extra]
 
 
+def root_share(img: Path) -> str:
+    """'9p' or 'virtiofs': how the guest can mount the host's root file system.
+    Decided from the kernel's config beside the image, before a boot that would
+    only panic with "Failed to mount real root"."""
+    configs = list(img.parent.glob("config-*"))
+    if not configs or "CONFIG_NET_9P=" in configs[0].read_text(errors="replace"):
+        return "9p"
+    if shutil.which("virtiofsd") or Path("/usr/libexec/virtiofsd").exists():
+        return "virtiofs"
+    raise KernelError(f"{configs[0].name}: no 9p (CONFIG_NET_9P unset) and no virtiofsd "
+                      "on this host: virtme-ng cannot share the root file system")
+
+
 def vng_command(img: Path, out: Path, label: str, accel: str, bench_duration: float,
-                extra: tuple[str, ...] = (), memory: str = "2G", cpus: int = 2) -> list[str]:
+                extra: tuple[str, ...] = (), memory: str = "2G", cpus: int = 2,
+                share: str = "9p") -> list[str]:
     inner = " ".join(shlex.quote(a)
                      for a in _guest_args(out, label, accel, bench_duration, extra))
     log = shlex.quote(str(out / "guest.log"))
-    cmd = [str(Path(sys.executable).parent / "vng"), "--run", str(img), "--force-9p",
+    # -v: the kernel console goes to console.log, the only clue when a boot fails.
+    cmd = [str(Path(sys.executable).parent / "vng"), "-v", "--run", str(img),
            "--memory", memory, "--cpus", str(cpus), "--rwdir", str(out),
            "--exec", f"cd {shlex.quote(str(REPO))} && {inner} >{log} 2>&1"]
+    if share == "9p":
+        cmd.insert(4, "--force-9p")
     if accel == "tcg":
-        cmd.insert(3, "--disable-kvm")
+        cmd.insert(4, "--disable-kvm")
     return cmd
+
+
+BOOT_FAILURES = re.compile(r"Kernel panic.*|Failed to mount real root.*|initramfs does not "
+                           r"have module fs-\S+|virtme-run: .*|qemu-system-\S+: .*|"
+                           r"Unable to mount root fs.*")
+
+
+def failure_line(console: str) -> str:
+    """The most telling line of a failed boot's console, else its last line."""
+    found = BOOT_FAILURES.findall(console)
+    if found:
+        return "; ".join(dict.fromkeys(f.strip() for f in found))[:300]
+    lines = [ln for ln in console.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
 
 
 def _vng_env() -> dict:
@@ -229,11 +265,11 @@ def _run_bounded(cmd: list[str], timeout: float, env: dict | None = None) -> tup
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out[-4000:]
+        return proc.returncode, out[-20000:]
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, _ = proc.communicate()
-        return None, (out or "")[-4000:]
+        return None, (out or "")[-20000:]
 
 
 def load_result(d: Path) -> dict:
@@ -291,19 +327,21 @@ def run_kernel(spec: KernelSpec, out: Path, timeout: float, accel: str,
             row.spec = str(img)
             if accel == "tcg" and "--bench-rps" not in extra:
                 extra = ("--bench-rps", str(TCG_BENCH_RPS), *extra)
-            cmd = vng_command(img, kdir, row.label, accel, bench_duration, extra)
+                bench_duration = max(bench_duration, TCG_BENCH_MIN_DURATION)
+            cmd = vng_command(img, kdir, row.label, accel, bench_duration, extra,
+                              share=root_share(img))
             env = _vng_env()
         status, tail = _run_bounded(cmd, timeout, env)
         (kdir / "console.log").write_text(tail)
-        last = ([ln for ln in tail.splitlines() if ln.strip()][-1:] or ["no output"])[0][:200]
+        # vng's own exit status is no verdict: it returns 255 after some clean
+        # guest power-downs. What counts is the result.json that came back.
         if status is None:
             row.reason = f"timed out after {timeout:.0f} s"
-        elif status != 0:
-            row.reason = f"exit {status}: {last}"
         try:
             row.result = load_result(kdir)
         except FileNotFoundError:
-            row.reason = row.reason or f"no result.json came back (did not boot?): {last}"
+            row.reason = row.reason or \
+                f"no result came back (exit {status}, did not boot?): {failure_line(tail)}"
         except (ValueError, KernelError) as e:
             row.reason = row.reason or f"unreadable result: {e}"
     except KernelError as e:

@@ -98,7 +98,7 @@ def test_broken_kernel_path_is_a_failed_row_not_a_crash(tmp_path, monkeypatch):
     rows, report = matrix.run_matrix(specs, tmp_path / "out", cache=tmp_path / "cache")
     assert [r.ok for r in rows] == [False, False]
     assert "kernel image not found" in rows[0].reason
-    assert rows[1].reason.startswith("exit 3")
+    assert rows[1].reason.startswith("no result came back (exit 3")
     assert "FAILED: kernel image not found" in report.read_text()
 
 
@@ -163,3 +163,26 @@ def test_parse_junit(tmp_path):
     assert (r["passed"], r["failed"], r["skipped"]) == (1, 1, 1)
     assert r["cases"][1] == {"id": "a::t2", "outcome": "skipped", "time_s": 0.0,
                              "message": "no fentry"}
+
+
+def test_kernel_without_9p_is_refused_before_booting(tmp_path, monkeypatch):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "config-6.1.0-56-cloud-amd64").write_text("# CONFIG_NET_9P is not set\n")
+    monkeypatch.setattr(matrix.shutil, "which", lambda name: None)
+    monkeypatch.setattr(matrix.Path, "exists", lambda self: False)
+    with pytest.raises(matrix.KernelError, match="no 9p .* no virtiofsd"):
+        matrix.root_share(boot / "vmlinuz-6.1.0-56-cloud-amd64")
+    (boot / "config-6.1.0-56-cloud-amd64").write_text("CONFIG_NET_9P=m\n")
+    assert matrix.root_share(boot / "vmlinuz-6.1.0-56-cloud-amd64") == "9p"
+
+
+def test_failure_line_picks_the_panic_over_the_stack_dump():
+    console = ("[2.4] virtme initramfs: initramfs does not have module crypto-cbc(aes)\n"
+               "[2.5] virtme initramfs: initramfs does not have module fs-9p\n"
+               "Failed to mount real root.  We are stuck.\n"
+               "[7.6] Kernel panic - not syncing: Attempted to kill init!\n[7.6]  </TASK>\n")
+    line = matrix.failure_line(console)
+    assert line.startswith("initramfs does not have module fs-9p; Failed to mount real root")
+    assert "Kernel panic - not syncing" in line
+    assert matrix.failure_line("a\nlast words\n\n") == "last words"

@@ -1,0 +1,56 @@
+"""Kernel matrix end to end: boot one Debian kernel under virtme-ng (TCG) and get
+its probe JSON and one kernel test back through the shared directory.
+
+About a minute here (the kernel package is cached after the first run). Needs
+root, qemu and busybox (`make matrix-deps`), and apt access for the first
+download; skips naming whichever is missing. Deselect with `-m 'not matrix'`."""
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import matrix
+
+pytestmark = [pytest.mark.matrix, pytest.mark.root]
+
+ONE_TEST = "tests/kernel/test_cli.py::test_probe_json_reports_this_kernel"
+
+
+def _require_tools():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the guest runs BPF as root)")
+    if not (Path(sys.executable).parent / "vng").exists():
+        pytest.skip("virtme-ng not installed in this venv: make setup")
+    for tool in ("qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb", "depmod"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} missing: make matrix-deps")
+
+
+@pytest.mark.timeout(600)
+def test_debian_kernel_boots_and_reports_probe_and_a_kernel_test(tmp_path):
+    _require_tools()
+    spec = matrix.parse_specs("debian:linux-image-6.1.0-*-amd64")[0]
+    try:
+        matrix.fetch_debian(spec.value)
+    except matrix.KernelError as e:
+        pytest.skip(f"cannot fetch a Debian kernel here: {e}")
+    row = matrix.run_kernel(spec, tmp_path, timeout=480, accel="tcg", bench_duration=1,
+                            extra=("--steps", "probe,tests", "--tests", ONE_TEST))
+    assert row.ok, row.reason
+    r = row.result
+    # The row is named after the resolved package, which names the release it boots.
+    assert r["kernel"] == row.label == r["probe"]["data"]["kernel"]
+    assert re.fullmatch(r"6\.1\.0-\d+-amd64", r["kernel"])
+    assert r["virt"] == "tcg" and r["emulated"] is True
+    feats = r["probe"]["data"]["features"]
+    assert feats["btf"]["available"] and feats["ringbuf"]["available"]
+    # The point of the matrix: Debian 6.1 loads fentry, which this host refuses.
+    assert feats["fentry"]["available"], feats["fentry"]
+    assert (r["tests"]["passed"], r["tests"]["failed"]) == (1, 0), r["tests"]
+    assert r["tests"]["cases"][0]["id"].endswith("test_probe_json_reports_this_kernel")
+    head, body = matrix.table([row])
+    assert dict(zip(head, body[0], strict=True))["fentry"] == "yes"
