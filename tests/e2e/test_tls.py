@@ -5,9 +5,11 @@ clients, count-exact.
   `curl -k` clients: 23 requests, 23 server + 23 client spans, tls true.
 - Node.js (OpenSSL linked into the node binary, memory BIOs), started after
   the tracer: found through its exec and a symbol search.
-- gRPC over TLS (ALPN h2): a Node http2 server, curl as the gRPC client.
-- grpcio over TLS: BoringSSL with hidden symbols cannot be hooked; its
-  ciphertext is recognised and skipped, never parsed into garbage.
+- gRPC over TLS (ALPN h2): a Node http2 server, curl as the gRPC client
+  (23 + 23 spans), and a grpcio client (23 server spans: grpcio's BoringSSL
+  has hidden symbols and cannot be hooked).
+- grpcio at both ends: nothing to hook; the ciphertext is recognised and
+  skipped, never parsed into garbage.
 
 Every test checks that no ciphertext reached a parser: unparsed_connections
 and unparsed_bytes are 0, and the skipped-ciphertext counter is positive.
@@ -164,11 +166,7 @@ def test_grpc_over_tls_h2_23_exact(tmp_path, cert, node):
     _no_ciphertext_parsed(s)
 
 
-def test_grpcio_tls_boringssl_is_skipped_not_parsed(tmp_path, cert):
-    """grpcio links BoringSSL statically with hidden symbols and no symbol
-    table: nothing to attach to. The connection is recognised by its
-    ClientHello and its bytes are counted as skipped, never parsed."""
-    grpc = pytest.importorskip("grpc")
+def _echo_stubs(tmp_path):
     from tests.e2e.grpc_echo import stubs
 
     stub_dir = tmp_path / "stubs"
@@ -180,6 +178,41 @@ def test_grpcio_tls_boringssl_is_skipped_not_parsed(tmp_path, cert):
         import echo_pb2_grpc
     finally:
         sys.path.remove(str(stub_dir))
+    return echo_pb2, echo_pb2_grpc
+
+
+def test_grpcio_client_to_node_grpc_tls_server_23_server_spans(tmp_path, cert, node):
+    """A real gRPC client stack over TLS: grpcio's side is BoringSSL (not
+    hookable), the server's is node's OpenSSL: exactly the 23 server spans."""
+    grpc = pytest.importorskip("grpc")
+    echo_pb2, echo_pb2_grpc = _echo_stubs(tmp_path)
+    port = free_port()
+    crt = Path(cert[0]).read_bytes()
+    with TracerRun(tmp_path, "--port", str(port)) as tr, \
+            server([node, str(SERVERS / "tls_servers.js"), "grpc", str(port), *cert]) as srv:
+        _wait_exec_scan()
+        creds = grpc.ssl_channel_credentials(root_certificates=crt)
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                 (("grpc.ssl_target_name_override", "localhost"),)) as ch:
+            say = echo_pb2_grpc.EchoStub(ch).Say
+            for i in range(N):
+                assert say(echo_pb2.Msg(n=i, text="x")).n == i
+        time.sleep(0.5)
+    s = tr.summary
+    spans = tr.by("server", srv.pid)
+    _check(spans, [("POST", "/e2e.Echo/Say", 200)] * N, "grpc")
+    assert all(sp["attributes"]["rpc.grpc.status_code"] == 0 for sp in spans)
+    assert tr.by("client") == []  # BoringSSL: skipped, never parsed
+    _no_ciphertext_parsed(s)
+    assert s["tls_hello"] >= 2, s  # the client's side, and node's (memory BIO)
+
+
+def test_grpcio_tls_boringssl_is_skipped_not_parsed(tmp_path, cert):
+    """grpcio links BoringSSL statically with hidden symbols and no symbol
+    table: nothing to attach to. The connection is recognised by its
+    ClientHello and its bytes are counted as skipped, never parsed."""
+    grpc = pytest.importorskip("grpc")
+    echo_pb2, echo_pb2_grpc = _echo_stubs(tmp_path)
     from concurrent import futures
 
     class Echo(echo_pb2_grpc.EchoServicer):
