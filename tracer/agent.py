@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import events, loader, tls
+from . import events, inject, loader, tls
 from .conn import ConnectionTable, kernel_capture_hook
 from .stats import Stats
 
@@ -79,7 +79,8 @@ def descendants(pid: int) -> list[int]:
 class Tracer:
     def __init__(self, filters: Filters | None = None, *, sink: Callable | None = None,
                  capture_bytes: int = 512, ring_bytes: int = 8 << 20,
-                 stats: Stats | None = None, tls_plaintext: bool = True):
+                 stats: Stats | None = None, tls_plaintext: bool = True,
+                 inject_headers: bool = False, inject_sample_rate: float = 1.0):
         if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
             raise ValueError(f"capture size must be 16..{events.MAX_PAYLOAD} bytes")
         self.filters = filters or Filters()
@@ -102,6 +103,12 @@ class Tracer:
         self.stopped_at = 0.0
         self._kernel = {}
         self._handler = self._make_handler()
+        # --inject (tracer/inject.py): opt-in traceparent injection
+        self.inject_headers = inject_headers
+        self.inject_sample_rate = inject_sample_rate
+        self.injector: inject.Injector | None = None
+        self.inject_unavailable = ""  # why injection is off although asked for
+        self._inject_counters: dict[str, int] = {}
 
     def _make_handler(self):
         decode = events.decode
@@ -143,7 +150,12 @@ class Tracer:
             self.table.h2_capture = kernel_capture_hook(obj.map("conns"))
             if self.tls_plaintext:
                 self._start_tls(obj)
+            if self.inject_headers:
+                self._start_inject(obj)
         except BaseException:
+            if self.injector:
+                self.injector.close()
+                self.injector = None
             if self.tls:
                 self.tls.close()
                 self.tls = None
@@ -165,6 +177,22 @@ class Tracer:
                 self.tls = None
             self.tls_unavailable = str(e)
             log.warning("TLS plaintext not traced (%s); tracing the rest", e)
+
+    def _start_inject(self, obj: loader.BPFObject) -> None:
+        """Injection is an extra: without sockops/sk_msg (or when it cannot
+        attach) say why in one line and correlate without it."""
+        self.inject_unavailable = inject.unavailable()
+        if self.inject_unavailable:
+            return
+        try:
+            self.injector = inject.Injector.load(obj, self_tgid=os.getpid(),
+                                                 sample_rate=self.inject_sample_rate)
+            self.injector.start()
+        except loader.LoaderError as e:
+            self.injector = None  # start() closed it
+            self.inject_unavailable = str(e)
+            return
+        self.table.correlator.injected = self.injector.take
 
     def _apply_filters(self, obj: loader.BPFObject) -> None:
         f = self.filters
@@ -190,6 +218,8 @@ class Tracer:
     def poll_once(self, timeout_ms: int = 100) -> int:
         rb = self.rb
         rb.poll(timeout_ms)
+        if self.injector:
+            self.injector.drain()  # injections precede the writes that carry them
         n = rb.consume(self._handler)
         self.stats.events_delivered += n
         return n
@@ -212,6 +242,8 @@ class Tracer:
                 self.read_kernel_counters()
                 if self.tls:
                     self.tls.tick()
+                if self.injector:
+                    self.injector.tick(now_ns)
                 if on_tick:
                     on_tick()
 
@@ -239,6 +271,8 @@ class Tracer:
         """Detach, drain what is left, close connections, return the summary."""
         if self.tls:
             self.tls.detach()  # before the syscall side: no SSL call left half-seen
+        if self.injector:
+            self.injector.detach()  # stop writing headers; its ring is still read
         if self.obj:
             for prog in list(self.obj.attached):
                 self.obj.detach(prog)
@@ -246,12 +280,18 @@ class Tracer:
             n = self.rb.consume(self._handler)
             self.stats.events_delivered += n
             self.read_kernel_counters()
+            if self.injector:
+                self.injector.drain()
             self.table.close_all()
             self.table.correlator.close()
             if self.tls:
                 self.tls_libraries = sorted(self.tls.libraries.values())
                 self.tls.close()
                 self.tls = None
+            if self.injector:
+                self._inject_counters = self.injector.counters()
+                self.injector.close()
+                self.injector = None
             self.obj.close()
             self.obj = None
             self.rb = None
@@ -278,6 +318,10 @@ class Tracer:
                               else self.tls_libraries),
             "tls_unavailable": self.tls_unavailable,
         })
+        if self.inject_headers:
+            s["inject"] = (self.injector.counters() if self.injector
+                           else self._inject_counters)
+            s["inject_unavailable"] = self.inject_unavailable
         return s
 
     def __enter__(self) -> Tracer:

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, metavar="FILE")
     r.add_argument("--capture-bytes", type=int, default=512, metavar="N",
                    help="payload prefix copied per syscall (16..4096, default 512)")
+    r.add_argument("--inject", action="store_true",
+                   help="write a W3C traceparent into outgoing HTTP/1 requests (sockops + "
+                        "sk_msg; modifies traffic, off by default)")
+    r.add_argument("--inject-sample-rate", type=float, default=1.0, metavar="R",
+                   help="with --inject: share of new traces flagged sampled (0..1, default 1)")
     r.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
     return p
 
@@ -94,6 +99,8 @@ def _check_args(args) -> None:
         raise UsageError("--duration must be positive")
     if not 16 <= args.capture_bytes <= 4096:
         raise UsageError("--capture-bytes must be within 16..4096")
+    if not 0.0 <= args.inject_sample_rate <= 1.0:
+        raise UsageError("--inject-sample-rate must be within 0..1")
     from .export import semconv, targets
 
     try:
@@ -181,7 +188,8 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes)
+    tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes,
+                    inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate)
     try:
         tracer.start()
     except loader.LoaderError as e:
@@ -194,6 +202,9 @@ def cmd_run(args) -> int:
     # One line when tracing really starts: scripts and tests wait for it.
     sys.stderr.write(f"tracer: tracing ({len(tracer.attached)} programs attached"
                      f"{', ' + str(len(tracer.skipped)) + ' skipped' if tracer.skipped else ''})\n")
+    if tracer.inject_unavailable:  # said once: the user asked to modify traffic
+        sys.stderr.write(f"tracer: --inject unavailable ({tracer.inject_unavailable}); "
+                         "correlating without injection\n")
     sys.stderr.flush()
     exports.start(tracer)
     try:

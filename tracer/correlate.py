@@ -149,6 +149,9 @@ class Correlator:
         # local addresses of traced client sockets: a server request from one of
         # them may have a client span coming, so it is worth waiting for
         self.client_addrs: set[tuple[str, int]] = set()
+        # --inject: (pid, tid, lport, rport, start_ts) -> the ids the kernel wrote
+        # into this client request's traceparent (tracer.inject.Injected) or None
+        self.injected: Callable | None = None
 
     def note_client(self, addr: str, netns: int) -> None:
         """A traced process connects from addr (seen at connect, before the
@@ -191,7 +194,12 @@ class Correlator:
                 ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
             self._activate(ctx)
         else:
-            self._link_client(ctx, pid, tid)
+            inj = (self.injected(pid, tid, conn.lport, conn.rport, ts)
+                   if self.injected is not None and ids is None else None)
+            if inj is not None:
+                self._link_injected(ctx, inj)
+            else:
+                self._link_client(ctx, pid, tid)
             if key is not None:
                 self.note_client(conn.laddr, conn.netns)
                 waiting = self._take(self.pending, key, ctx)
@@ -280,6 +288,35 @@ class Correlator:
             self.stats.correlation_ambiguous += 1
         if header is None:
             ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
+
+    def _link_injected(self, ctx: Context, inj) -> None:
+        """The kernel wrote traceparent into this request: the span takes
+        exactly those ids, so the downstream server span is its child. Its
+        parent is the server span the kernel's thread context stood for: the
+        request this thread handles, which takes the kernel's span id (and
+        trace id, unless an upstream link already fixed another one)."""
+        ctx.trace_id, ctx.span_id = inj.trace_id, inj.span_id
+        ctx.parent_span_id = inj.parent_id
+        ctx.source, ctx.confidence = "header", 1.0
+        self.stats.spans_injected += 1
+        if inj.parent_id is None:
+            return
+        act = self.active.get((ctx.pid, ctx.tid))
+        if not act or len(act) != 1:
+            return
+        parent = act[0]
+        if parent.trace_id != inj.trace_id:
+            if parent.header is not None or parent.parent is not None or parent.pending:
+                self.stats.injected_conflicts += 1  # upstream fixed another trace
+                return
+            parent.set_trace(inj.trace_id)
+        if parent.span_id != inj.parent_id:
+            old = parent.span_id
+            parent.span_id = inj.parent_id
+            for c in parent.children or ():
+                if c.parent_span_id == old:
+                    c.parent_span_id = inj.parent_id
+        ctx.adopt(parent, "header", 1.0)
 
     def _link_server(self, ctx: Context, client: Context) -> None:
         """The client span at the other end of the connection is the parent,

@@ -152,6 +152,8 @@ def libbpf() -> ctypes.CDLL:
             "bpf_program__attach": ([P], P),
             "bpf_program__attach_uprobe_opts": ([P, INT, ctypes.c_char_p, SZ, P], P),
             "bpf_program__attach_cgroup": ([P, INT], P),
+            "bpf_prog_attach": ([INT, INT, INT, U32], INT),
+            "bpf_prog_detach2": ([INT, INT, INT], INT),
             "bpf_program__fd": ([P], INT),
             "bpf_link__destroy": ([P], INT),
             "bpf_map__fd": ([P], INT),
@@ -393,6 +395,7 @@ class BPFObject:
         self.loaded = False
         self._links: dict[str, int] = {}
         self._rbs: list[RingBuffer] = []
+        self._map_attach: list[tuple[int, int, int]] = []  # (prog fd, map fd, type)
         self.programs = self._programs()
 
     # -- open ------------------------------------------------------------------
@@ -561,6 +564,29 @@ class BPFObject:
                               f"{_errno_msg(err)}", program=prog, err=err)
         self._links[key] = link
 
+    def attach_cgroup(self, prog: str, cgroup_path: str) -> None:
+        """Attach a cgroup program (e.g. sockops) to a cgroup v2 directory."""
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            link = self._lib.bpf_program__attach_cgroup(self.programs[prog], fd)
+            err = _last_error()
+        finally:
+            os.close(fd)
+        if not link:
+            raise AttachError(f"cannot attach {prog} to cgroup {cgroup_path}: "
+                              f"{_errno_msg(err)}", program=prog, err=err)
+        self._links[f"{prog}@{cgroup_path}"] = link
+
+    def attach_to_map(self, prog: str, map_name: str, attach_type: int) -> None:
+        """bpf_prog_attach of a program to a map (e.g. sk_msg on a SOCKHASH,
+        attach type BPF_SK_MSG_VERDICT); detached by close()."""
+        pfd, mfd = self.prog_fd(prog), self.map(map_name).fd
+        if self._lib.bpf_prog_attach(pfd, mfd, attach_type, 0):
+            err = _last_error()
+            raise AttachError(f"cannot attach {prog} to map {map_name}: {_errno_msg(err)}",
+                              program=prog, err=err)
+        self._map_attach.append((pfd, mfd, attach_type))
+
     def attach_all(self) -> list[str]:
         """Attach every program that was loaded; returns their names."""
         names = [p for p in self.programs if self.autoload(p)]
@@ -594,6 +620,9 @@ class BPFObject:
         for rb in self._rbs:
             rb.close()
         self._rbs.clear()
+        for pfd, mfd, kind in self._map_attach:
+            self._lib.bpf_prog_detach2(pfd, mfd, kind)
+        self._map_attach.clear()
         for link in self._links.values():
             self._lib.bpf_link__destroy(link)
         self._links.clear()

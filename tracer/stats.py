@@ -37,6 +37,8 @@ COUNTERS = (
     # correlation
     "correlation_ambiguous",  # outgoing request on a thread with several requests in flight
     "correlation_unresolved",  # a server span waited HOLD_NS for its client side in vain
+    "spans_injected",  # --inject: client spans given the ids the kernel wrote
+    "injected_conflicts",  # --inject: the thread's server span was already in another trace
     # output
     "spans_emitted",
 )
