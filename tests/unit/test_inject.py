@@ -175,3 +175,27 @@ def test_a_root_injection_has_no_parent():
     s, _ = _run(_frontend_backend(), [_inj(parent=None)])
     fcli = s[("front", "client")]
     assert (fcli.trace_id, fcli.span_id, fcli.parent_span_id) == (KTRACE, KSPAN, None)
+
+
+def test_without_sockops_or_sk_msg_the_tracer_correlates_without_injection(monkeypatch):
+    from tracer.agent import Tracer
+
+    assert inject.unavailable_reason({"sockops": True, "sk_msg": True}) == ""
+    reason = inject.unavailable_reason({"sockops": True, "sk_msg": False})
+    assert reason == "sk_msg refused by this kernel"
+    monkeypatch.setattr(inject, "unavailable", lambda: reason)
+    t = Tracer(inject_headers=True)
+    t._start_inject(obj=None)  # the probe decides before anything is loaded
+    assert t.inject_unavailable == reason
+    assert t.injector is None and t.table.correlator.injected is None
+    assert t.summary()["inject_unavailable"] == reason
+
+
+def test_cli_inject_is_off_by_default_and_checks_its_rate():
+    from tracer.cli import UsageError, _check_args, build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert args.inject is False
+    args = build_parser().parse_args(["run", "--inject", "--inject-sample-rate", "1.5"])
+    with pytest.raises(UsageError, match="inject-sample-rate"):
+        _check_args(args)

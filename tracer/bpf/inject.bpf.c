@@ -182,7 +182,9 @@ static __always_inline int on_read_enter(__u64 buf)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
-	bpf_map_update_elem(&read_buf, &id, &buf, BPF_ANY);
+	/* filter here: every read(2) on the machine passes by, most are unwanted */
+	if (wanted(id >> 32))
+		bpf_map_update_elem(&read_buf, &id, &buf, BPF_ANY);
 	return 0;
 }
 
@@ -270,8 +272,6 @@ static __always_inline int on_read_exit(long ret)
 	if (bpf_probe_read_user(s->buf + 16, 8, (void *)ubuf))
 		return 0;
 	if (!upper(s->buf[16]) || !upper(s->buf[17]) || !upper(s->buf[18]))
-		return 0;
-	if (!wanted(id >> 32))
 		return 0;
 	c.n = ret < CTX_SCAN ? ret : CTX_SCAN;
 	asm volatile("" : "+r"(c.n));
