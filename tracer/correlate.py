@@ -16,7 +16,9 @@ the client's request arrives, before the span is emitted in practice; a span
 that completes while still pending is held for at most HOLD_NS.
 
 Sources of a parent, strongest first:
-- "header":     a valid W3C traceparent (or B3) in the request;
+- "header":     a valid W3C traceparent (or B3) in the request; with --inject,
+  also the traceparent the kernel wrote into a client request (`injected`):
+  the client span takes those ids, its thread's server span the kernel's;
 - "connection": the client span at the other end of the same TCP connection
   (5-tuple seen from both ends, netns-aware), matched by request order (HTTP/1)
   or stream id (HTTP/2);

@@ -31,7 +31,8 @@ BPF_SK_MSG_VERDICT = 7  # enum bpf_attach_type (uapi)
 TRACEPARENT_LEN = 70
 INJECT_SCAN = 1024
 CTX_SCAN = 512
-SHARED_MAPS = ("filter_cfg", "filter_pids", "filter_netns")  # owned by sock.bpf.o
+SHARED_MAPS = ("filter_cfg", "filter_pids", "filter_netns", "filter_cgroups",
+               "filter_ports")  # owned by sock.bpf.o
 CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 MAX_WAITING = 4096  # injected requests remembered, all keys together
 STALE_NS = 10_000_000_000

@@ -80,7 +80,8 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-/* The same filters as sock.bpf.o; the loader makes these its maps (reuse_fd). */
+/* The same filters as sock.bpf.o (all of them, --port in sk_msg only); the
+ * loader makes these its maps (reuse_fd). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -102,6 +103,20 @@ struct {
 	__type(value, __u8);
 } filter_netns SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} filter_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);
+	__type(value, __u8);
+} filter_ports SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&inject_counters, &idx);
@@ -122,6 +137,11 @@ static __always_inline bool wanted(__u32 tgid)
 		return true;
 	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
 		return false;
+	if (cfg->by_cgroup) {
+		__u64 cg = bpf_get_current_cgroup_id();
+		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
+			return false;
+	}
 	if (cfg->by_netns) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		__u32 ino = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
@@ -351,6 +371,19 @@ static __always_inline void hex(char *out, const __u8 *in, int n)
 	}
 }
 
+/* --port: the local or the remote port is in filter_ports */
+static __always_inline bool port_wanted(struct sk_msg_md *msg)
+{
+	__u32 zero = 0;
+	struct filter_config *cfg = bpf_map_lookup_elem(&filter_cfg, &zero);
+	__u16 lport = msg->local_port, rport = bpf_ntohl(msg->remote_port);
+
+	if (!cfg || !cfg->by_port)
+		return true;
+	return bpf_map_lookup_elem(&filter_ports, &lport) ||
+	       bpf_map_lookup_elem(&filter_ports, &rport);
+}
+
 SEC("sk_msg")
 int inject_msg(struct sk_msg_md *msg)
 {
@@ -371,7 +404,7 @@ int inject_msg(struct sk_msg_md *msg)
 	/* TLS (0x16...), HTTP/2 frames and bodies fail this before any work */
 	if (data + 4 > end || !upper(data[0]) || !upper(data[1]) || !upper(data[2]))
 		return SK_PASS;
-	if (!wanted(id >> 32))
+	if (!wanted(id >> 32) || !port_wanted(msg))
 		return SK_PASS;
 	/* the head must lie in the bounded, linear prefix of this segment */
 	if (bpf_msg_pull_data(msg, 0, size < INJECT_SCAN ? size : INJECT_SCAN, 0))
