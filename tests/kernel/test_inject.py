@@ -108,3 +108,17 @@ def test_post_body_is_never_touched(injector):
         "head-split", "not-http"])
 def test_never_touched(injector, payload):
     assert _send(injector, payload) == payload
+
+
+def test_port_filter_applies_to_injection(injector):
+    sock, _ = injector
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    cfg = sock.map("filter_cfg")
+    cfg.update(0, bytes(events.FilterConfigC(1, 0, 0, 1)))  # --port with no port of ours
+    sock.map("filter_ports").update(1, b"\x01")
+    try:
+        assert _send(injector, req) == req
+    finally:
+        sock.map("filter_ports").delete(1)
+        cfg.update(0, bytes(events.FilterConfigC(1, 0, 0, 0)))
+    assert TP.search(_send(injector, req))
