@@ -408,7 +408,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         tests = f"{t['passed']}/{t['failed']}/{t['skipped']}" if "passed" in t else "–"
         body.append([
             row.label, r.get("kernel", "–"), r.get("virt", "–"),
-            "ok" if row.ok else f"FAILED: {row.reason}",
+            ("ok" if b.get("ok", True) else "ok (bench smoke failed: see details)")
+            if row.ok else f"FAILED: {row.reason}",
             data.get("lockdown", "–"),
             *(_feature_cell(feats, f) for f in FEATURES),
             data.get("decisions", {}).get("socket capture", "–"),

@@ -74,7 +74,7 @@ def test_judge_and_report_marks_emulated_timings(tmp_path):
     cells = dict(zip(head, body[0], strict=True))
     assert cells["fentry"] == "yes" and cells["kprobe"] == "no" and cells["lockdown"] == "none"
     assert cells["tests p/f/s"] == "3/0/1" and cells["events/s"] == "12,346*"
-    assert cells["fallbacks"] == "–"
+    assert cells["fallbacks"] == "–" and cells["status"] == "ok"
     ok.result["probe"]["data"]["decisions"].update(
         {"fentry": "refused: syscall tracepoints instead",
          "kprobes": "available, not needed (tracepoints are used everywhere)"})
