@@ -130,13 +130,6 @@ def step_bench(out: Path, duration: float, rps: float | None, timeout: float,
     if not env.get("netns"):
         return {"ok": False, "skipped": f"no network namespaces: {env.get('netns_error', '')}"}
     bench_out = out / "bench"
-    # The runner gives the load generator duration + 60 s; in an emulated guest a
-    # cold `import locust` over 9p can eat all of it. Reading the modules once puts
-    # them in the guest's page cache first.
-    t = time.monotonic()
-    _run([sys.executable, "-c", "import gevent, locust, flask, gunicorn, psutil"],
-         300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    warm = {"import_s": round(time.monotonic() - t, 1)}
     cmd = [sys.executable, "-m", "harness", "bench", "--scenario", "stress",
            "--duration", str(duration), "--repeat", "1", "--no-aa", "--no-bpf-pass",
            "--no-progress", "--out", str(bench_out)]
@@ -144,13 +137,13 @@ def step_bench(out: Path, duration: float, rps: float | None, timeout: float,
         cmd += ["--rps", str(rps)]
     r = _run(cmd, timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     if isinstance(r, str):
-        return {"ok": False, "error": r, **warm}
+        return {"ok": False, "error": r}
     (out / "bench.txt").write_text(r.stdout + r.stderr)
     runs = sorted(bench_out.glob("*/runs.csv"))
     # Exit 1 is a budget verdict, which a smoke run does not judge; 2 is a real error.
     if r.returncode == 2 or not runs:
-        return {"ok": False, "exit": r.returncode, "error": _tail(r.stderr, 3), **warm}
-    return {"ok": True, "exit": r.returncode, **warm, **_bench_figures(runs[-1].parent)}
+        return {"ok": False, "exit": r.returncode, "error": _tail(r.stderr, 3)}
+    return {"ok": True, "exit": r.returncode, **_bench_figures(runs[-1].parent)}
 
 
 def detect_virt() -> str:
