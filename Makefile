@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl
+APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro matrix matrix-deps lint clean
@@ -30,7 +30,9 @@ venv: apt $(STAMP)
 bpf: apt
 	$(MAKE) -s -C tracer/bpf
 
-test: setup
+# matrix-deps too: tests/e2e/test_matrix_boot.py boots one Debian kernel under
+# qemu (about 50 s), and tests must not skip on CI.
+test: setup matrix-deps
 	$(VENV)/bin/tox -e py311,lint
 
 unit: setup
