@@ -274,8 +274,7 @@ class Tracer:
         if self.injector:
             self.injector.detach()  # stop writing headers; its ring is still read
         if self.obj:
-            for prog in list(self.obj.attached):
-                self.obj.detach(prog)
+            self.obj.detach_all()
             # the kernel side is quiet now: everything submitted is in the ring
             n = self.rb.consume(self._handler)
             self.stats.events_delivered += n

@@ -281,8 +281,7 @@ class TlsProbes:
                 self.scan_pid(pid)
 
     def detach(self) -> None:
-        for link in list(self.obj.attached):
-            self.obj.detach(link)
+        self.obj.detach_all()
 
     def close(self) -> None:
         self.obj.close()
