@@ -58,6 +58,7 @@ def _b3(headers: Mapping[str, str]) -> tuple[str, str] | None:
 
 _LOOPBACK_PREFIXES = ("127.", "::1")
 MAX_QUEUE = 64  # unmatched requests remembered per connection and side
+MAX_DEPTH = 64  # ancestors looked at for a pending one (real call chains are short)
 
 
 def conn_key(conn, server: bool) -> tuple | None:
@@ -123,7 +124,9 @@ class Context:
 
     def blocked(self) -> bool:
         c = self
-        while c is not None:
+        for _ in range(MAX_DEPTH):  # bounded: a chain never costs more than this
+            if c is None:
+                return False
             if c.pending:
                 return True
             c = c.parent
@@ -144,9 +147,6 @@ class Correlator:
         self.pending: dict[tuple, deque[Context]] = {}
         # server requests in progress per (pid, tid): in-process parent candidates
         self.active: dict[tuple[int, int], list[Context]] = {}
-        # the same per process: the fallback when the writing thread handles
-        # nothing (stacks that write from an I/O thread, e.g. grpcio)
-        self.active_pid: dict[int, list[Context]] = {}
         self.held: list[Context] = []  # finished but blocked by a pending context
         # local addresses of traced client sockets: a server request from one of
         # them may have a client span coming, so it is worth waiting for
@@ -251,38 +251,34 @@ class Correlator:
         return None
 
     def _activate(self, ctx: Context) -> None:
-        for table, key in ((self.active, (ctx.pid, ctx.tid)), (self.active_pid, ctx.pid)):
-            act = table.get(key)
-            if act is None:
-                table[key] = [ctx]
-            else:
-                act.append(ctx)
+        act = self.active.get((ctx.pid, ctx.tid))
+        if act is None:
+            self.active[(ctx.pid, ctx.tid)] = [ctx]
+        else:
+            act.append(ctx)
 
     def _deactivate(self, ctx: Context) -> None:
-        for table, key in ((self.active, (ctx.pid, ctx.tid)), (self.active_pid, ctx.pid)):
-            act = table.get(key)
-            if act is not None and ctx in act:
-                act.remove(ctx)
-                if not act:
-                    del table[key]
+        key = (ctx.pid, ctx.tid)
+        act = self.active.get(key)
+        if act is not None and ctx in act:
+            act.remove(ctx)
+            if not act:
+                del self.active[key]
 
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
-        this thread is handling (0.9); if the thread handles none, the one
-        request in flight in the whole process (0.6). Several: no link (a
-        wrong parent is worse than none), counted as ambiguous."""
+        this thread is handling. Several: no link (a wrong parent is worse
+        than none), counted as ambiguous. A call written by a thread that
+        handles no request (an I/O thread) is left a root: guessing "the
+        process's only request in flight" was measured to link a process's
+        own client calls to the request it had just answered (events of two
+        threads arrive slightly out of order)."""
         act = self.active.get((pid, tid))
         header = ctx.header
-        confidence = 0.9
-        if not act:
-            # Written from a thread that handles no request (an I/O thread):
-            # the process's only request in flight, if there is exactly one.
-            act = self.active_pid.get(pid)
-            confidence = 0.6
         if act and len(act) == 1:
             parent = act[0]
             if header is None or header[0] == parent.trace_id:
-                ctx.adopt(parent, "thread", confidence)
+                ctx.adopt(parent, "thread", 0.9)
                 if header is not None:
                     ctx.source, ctx.confidence = "header", 1.0
                 return
@@ -385,7 +381,9 @@ class Correlator:
         if self.held:
             for ctx in self.held:
                 c = ctx
-                while c is not None:
+                for _ in range(MAX_DEPTH):
+                    if c is None:
+                        break
                     if c.pending and now_ktime - ctx.done_ts >= HOLD_NS:
                         self._unqueue(c)
                         c.pending = False
