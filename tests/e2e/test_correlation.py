@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -49,17 +48,6 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def _wait_http(topology, role: str, url: str, timeout: float = 20.0) -> None:
-    probe = [sys.executable, "-c", f"import requests; requests.get('{url}', timeout=1)"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p = topology.spawn(role, probe, stderr=subprocess.DEVNULL)
-        if p.wait() == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def _traces(spans):
     out = defaultdict(list)
     for s in spans:
@@ -67,20 +55,35 @@ def _traces(spans):
     return out
 
 
+def _wait_port(topology, role: str, addr: str, port: int) -> None:
+    p = topology.spawn(role, [sys.executable, "-m", "harness.probe", f"{addr}:{port}",
+                              "--timeout", "30"], stderr=subprocess.DEVNULL)
+    assert p.wait(timeout=40) == 0, f"{addr}:{port} did not come up"
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("concurrency", [1, 8], ids=["sequential", "8-concurrent"])
-def test_flask_chain_traces_with_and_without_incoming_context(topology, tmp_path: Path,
-                                                               concurrency: int):
+@pytest.mark.parametrize("scenario, concurrency", [
+    ("http-chain", 1), ("http-chain", 8), ("mixed", 1)],
+    ids=["flask-backend-sequential", "flask-backend-8-concurrent", "grpc-backend-sequential"])
+def test_chain_traces_with_and_without_incoming_context(topology, tmp_path: Path,
+                                                         scenario: str, concurrency: int):
     """The frontend is gunicorn gthread with 4 threads: with 8 concurrent
     clients its threads interleave requests, and each outgoing call must still
     link to the request its own thread is handling (exact for thread-per-request
-    pools)."""
+    pools). With the gRPC backend (`mixed`), grpcio may write the call from its
+    I/O thread: the link then relies on one request in flight in the frontend,
+    which holds when requests are sequential (the concurrent case is a
+    heuristic, measured by the harness)."""
     require("btf", "ringbuf", "tracepoint_syscalls")
-    sc = scenarios.build("http-chain", tmp_path)
+    sc = scenarios.build(scenario, tmp_path)
+    if scenario == "mixed":
+        from workloads.grpc_service.stubs import ensure_stubs
+
+        ensure_stubs()
     for srv in sc.servers:  # backend first
         topology.spawn(srv.role, list(srv.argv), env={**os.environ, **srv.env})
-    _wait_http(topology, "frontend", f"http://{scenarios.BACKEND}:8081/healthz")
-    _wait_http(topology, "client", f"{sc.load_host}/healthz")
+        _wait_port(topology, "client" if srv.role == "frontend" else "frontend",
+                   srv.addr, srv.port)
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     ns = [topology.ns(r) for r in ("client", "frontend", "backend")]
@@ -92,8 +95,14 @@ def test_flask_chain_traces_with_and_without_incoming_context(topology, tmp_path
     spans = [s for s in tr.spans if not s["path"].endswith("/healthz")]
     for s in spans:
         s["service"] = services[s["netns"]]
-    traces = _traces(spans)
-    assert len(traces) == 2 * N, sorted((s["service"], s["kind"], s["path"]) for s in spans)
+    # grpcio sometimes writes a call from its I/O thread, which handles no
+    # request: that one link (frontend server -> its gRPC call) is left out by
+    # design, never guessed. Everything else is exact.
+    heuristic = scenario == "mixed"
+    if not heuristic:
+        traces = _traces(spans)
+        assert len(traces) == 2 * N, sorted((s["service"], s["kind"], s["path"]) for s in spans)
+    thread_links = 0
     for i in range(2 * N):
         rid = f"corr-{i}"
         mine = [s for s in spans if s["attributes"].get("http.request.header.x-request-id") == rid]
@@ -101,7 +110,6 @@ def test_flask_chain_traces_with_and_without_incoming_context(topology, tmp_path
         by = {(s["service"], s["kind"]): s for s in mine}
         cli, fsrv = by[("client", "client")], by[("frontend", "server")]
         fcli, bsrv = by[("frontend", "client")], by[("backend", "server")]
-        assert len({s["trace_id"] for s in mine}) == 1
         if i >= N:  # the incoming trace id is preserved, the given parent kept
             assert cli["trace_id"] == TRACE.format(i)
             assert cli["parent_span_id"] == PARENT.format(i)
@@ -109,9 +117,21 @@ def test_flask_chain_traces_with_and_without_incoming_context(topology, tmp_path
         else:
             assert cli["parent_span_id"] is None
         assert fsrv["parent_span_id"] == cli["span_id"]
-        assert fcli["parent_span_id"] == fsrv["span_id"]
+        assert fsrv["trace_id"] == cli["trace_id"]
         assert bsrv["parent_span_id"] == fcli["span_id"]
+        assert bsrv["trace_id"] == fcli["trace_id"]
         assert bsrv["correlation"] == {"source": "connection", "confidence": 1.0}
-        assert fcli["correlation"]["source"] == "thread"
+        if fcli["parent_span_id"] is not None or not heuristic:
+            assert fcli["parent_span_id"] == fsrv["span_id"]  # never a wrong parent
+            assert fcli["correlation"]["source"] == "thread"
+            assert len({s["trace_id"] for s in mine}) == 1
+            thread_links += 1
+        else:
+            assert fcli["correlation"]["source"] == "none"
+        if scenario == "mixed":
+            assert (fcli["protocol"], bsrv["protocol"]) == ("grpc", "grpc")
+            assert bsrv["path"] == "/bench.Catalog/GetItem"
+    # measured, not exact, for grpcio: most calls are written by the caller
+    assert thread_links >= (0.8 * 2 * N if heuristic else 2 * N), thread_links
     assert tr.summary["correlation_unresolved"] == 0
     assert tr.summary["events_dropped"] == 0
