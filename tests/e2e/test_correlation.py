@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,6 +54,18 @@ def _traces(spans):
     for s in spans:
         out[s["trace_id"]].append(s)
     return out
+
+
+def _wait_http(topology, role: str, url: str, timeout: float = 20.0) -> None:
+    """Wait until url answers from namespace role (HTTP servers)."""
+    probe = [sys.executable, "-c", f"import requests; requests.get('{url}', timeout=1)"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = topology.spawn(role, probe, stderr=subprocess.DEVNULL)
+        if p.wait() == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
 
 
 def _wait_port(topology, role: str, addr: str, port: int) -> None:
