@@ -55,28 +55,9 @@ struct {
 	__type(value, struct ssl_fd);
 } ssl_last_read SEC(".maps");
 
-/* Process-level filters, changeable at run time by the agent; shared so the
- * uprobes skip unwanted processes before any map update. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct filter_config);
-} filter_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} filter_pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u64);
-	__type(value, __u8);
-} filter_cgroups SEC(".maps");
+/* Filters, changeable at run time by the agent; shared so the uprobes skip
+ * unwanted processes before any map update. */
+#include "filters.h"
 
 static __always_inline struct filter_config *filters(void)
 {

@@ -81,21 +81,6 @@ struct {
 	__type(value, struct pending_open);
 } pending SEC(".maps");
 
-/* Socket-level filters (the process-level ones are in maps.h). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u32);
-	__type(value, __u8);
-} filter_netns SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u16);
-	__type(value, __u8);
-} filter_ports SEC(".maps");
-
 /* Scratch space: a data event is too big for the 512-byte BPF stack. */
 struct scratch {
 	struct data_event ev;
