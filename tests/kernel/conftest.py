@@ -4,6 +4,7 @@ has everything, so nothing skips there)."""
 
 import functools
 import os
+import socket
 
 import pytest
 
@@ -27,3 +28,25 @@ def require(*features: str) -> None:
 @pytest.fixture
 def sock_features():
     require("btf", "ringbuf", "tracepoint_syscalls")
+
+
+@pytest.fixture
+def sock_obj(sock_features):
+    """sock.bpf.o opened, this process excluded; the test loads and attaches."""
+    from tracer import loader
+
+    obj = loader.BPFObject.open(loader.object_path("sock"))
+    obj.set_rodata(self_tgid=os.getpid(), capture_bytes=512)
+    try:
+        yield obj
+    finally:
+        obj.close()
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    yield srv
+    srv.close()

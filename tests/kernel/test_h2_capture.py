@@ -5,34 +5,13 @@ recognised mid-stream (conn.kernel_capture_hook on the "conns" map)."""
 import os
 import socket
 
-import pytest
-
 from tests.kernel.test_loader import _drain
-from tracer import events, loader
+from tracer import events
 from tracer.conn import kernel_capture_hook
 from tracer.protocols.http2 import PREFACE
 
 SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 BIG = bytes(range(256)) * 24  # 6144 bytes per write
-
-
-@pytest.fixture
-def sock_obj(sock_features):
-    obj = loader.BPFObject.open(loader.object_path("sock"))
-    obj.set_rodata(self_tgid=os.getpid(), capture_bytes=512)
-    try:
-        yield obj
-    finally:
-        obj.close()
-
-
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    yield srv
-    srv.close()
 
 
 def _client(port: int, first: bytes, go_r: int | None = None) -> int:

@@ -23,25 +23,6 @@ def _drain(rb, until, timeout=3.0):
     return got
 
 
-@pytest.fixture
-def sock_obj(sock_features):
-    obj = loader.BPFObject.open(loader.object_path("sock"))
-    obj.set_rodata(self_tgid=os.getpid(), capture_bytes=512)
-    try:
-        yield obj
-    finally:
-        obj.close()
-
-
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    yield srv
-    srv.close()
-
-
 def _in_child(fn):
     pid = os.fork()
     if pid == 0:

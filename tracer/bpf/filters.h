@@ -45,4 +45,29 @@ struct {
 	__type(value, __u8);
 } filter_ports SEC(".maps");
 
+static __always_inline struct filter_config *filters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&filter_cfg, &zero);
+}
+
+/* Cheap process-level filter, run before anything else. */
+static __always_inline bool process_wanted(__u32 tgid, struct filter_config *cfg, __u32 self)
+{
+	if (tgid == self)
+		return false;
+	if (!cfg)
+		return true;
+	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
+		return false;
+	if (cfg->by_cgroup) {
+		__u64 cg = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
+			return false;
+	}
+	return true;
+}
+
 #endif

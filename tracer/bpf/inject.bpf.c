@@ -94,24 +94,15 @@ static __always_inline void count(__u32 idx)
 /* The current process passes the pid and netns filters (process context). */
 static __always_inline bool wanted(__u32 tgid)
 {
-	__u32 zero = 0;
-	struct filter_config *cfg;
+	struct filter_config *cfg = filters();
 
-	if (tgid == self_tgid)
+	if (!process_wanted(tgid, cfg, self_tgid))
 		return false;
-	cfg = bpf_map_lookup_elem(&filter_cfg, &zero);
-	if (!cfg)
-		return true;
-	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
-		return false;
-	if (cfg->by_cgroup) {
-		__u64 cg = bpf_get_current_cgroup_id();
-		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
-			return false;
-	}
-	if (cfg->by_netns) {
+	/* --netns by the task's namespace: no socket at hand on these paths */
+	if (cfg && cfg->by_netns) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		__u32 ino = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+
 		if (!bpf_map_lookup_elem(&filter_netns, &ino))
 			return false;
 	}

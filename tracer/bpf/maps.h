@@ -59,31 +59,6 @@ struct {
  * unwanted processes before any map update. */
 #include "filters.h"
 
-static __always_inline struct filter_config *filters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&filter_cfg, &zero);
-}
-
-/* Cheap process-level filter, run before anything else. */
-static __always_inline bool process_wanted(__u32 tgid, struct filter_config *cfg, __u32 self)
-{
-	if (tgid == self)
-		return false;
-	if (!cfg)
-		return true;
-	if (cfg->by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
-		return false;
-	if (cfg->by_cgroup) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
-			return false;
-	}
-	return true;
-}
-
 static __always_inline void count_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
