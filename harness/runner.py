@@ -147,6 +147,24 @@ def _read_spans(path: Path) -> list[dict]:
     return spans
 
 
+def _wait_quiet(path: Path, quiet_s: float = 0.4, limit_s: float = 5.0) -> None:
+    """Return once `path` has not grown for quiet_s (at most limit_s): a fixed
+    sleep lost the last ground-truth record of a run on a busy machine."""
+    deadline = time.monotonic() + limit_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        now = time.monotonic()
+        if size != last:
+            last, since = size, now
+        elif now - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
 def _num(d: dict, key: str) -> float:
     v = d.get(key)
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
@@ -348,7 +366,9 @@ class ScenarioRunner:
             bpf_start = self._bpf_snapshot(tracer, before) if spec.label == "bpf" else None
             load, lat_path = self.run_load(tag, self.cfg.duration, self.cfg.requests, sampler)
             bpf_end = self._bpf_snapshot(tracer, before) if spec.label == "bpf" else None
-            time.sleep(0.4)  # servers finish logging; the tracer drains its buffers
+            # servers finish logging (a slow handler may still be writing its
+            # record); the tracer drains its buffers meanwhile
+            _wait_quiet(self.workdir / "ground_truth.jsonl")
             sampler.mark("end")
             tracer_cpu_total = exit_code = None
             if tracer is not None:
