@@ -1,0 +1,113 @@
+"""Build the C test programs of tests/cprogs with gcc, at test time.
+
+    build(variant, outdir) -> Path
+
+Variants (gcc defaults otherwise, so PIE):
+- "fp":            -O1 -g -fno-omit-frame-pointer -fno-inline
+- "nofp":          -O2 -g -fomit-frame-pointer (no frame pointers, .eh_frame kept)
+- "stripped":      "nofp", then strip --strip-all, plus a MiniDebugInfo
+                   .gnu_debugdata section (xz-compressed ELF with a .symtab of the
+                   function symbols that .dynsym lacks: the Fedora recipe)
+- "stripped-bare": "nofp", then strip --strip-all; no .gnu_debugdata
+
+Outputs are cached in outdir by a hash of the source, this file and the
+variant; a finished binary is renamed into place, so concurrent builds are safe.
+Raises BuildError (one line) when a tool is missing or fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {
+    "fp": ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    "nofp": ["-O2", "-g", "-fomit-frame-pointer"],
+    "stripped": ["-O2", "-g", "-fomit-frame-pointer"],
+    "stripped-bare": ["-O2", "-g", "-fomit-frame-pointer"],
+}
+TOOLS = ("gcc", "strip", "objcopy", "nm", "xz")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def missing_tools(variant: str = "stripped") -> list[str]:
+    """Tools the variant needs that are not on PATH (tests skip naming them)."""
+    need = ("gcc",) if variant in ("fp", "nofp") else TOOLS
+    return [t for t in need if shutil.which(t) is None]
+
+
+def build(variant: str, outdir, source: str = "target.c") -> Path:
+    if variant not in VARIANTS:
+        raise BuildError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
+    missing = missing_tools(variant)
+    if missing:
+        raise BuildError(f"cannot build {source} ({variant}): missing {', '.join(missing)}")
+    src = HERE / source
+    digest = hashlib.sha256(src.read_bytes() + Path(__file__).read_bytes()
+                            + variant.encode()).hexdigest()[:12]
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / f"{src.stem}-{variant}-{digest}"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(dir=outdir, prefix=".build-") as tmp:
+        tmp = Path(tmp)
+        exe = tmp / "a.out"
+        _run(["gcc", *VARIANTS[variant], "-o", str(exe), str(src)])
+        if variant == "stripped":
+            _add_minidebuginfo(exe, tmp)
+        elif variant == "stripped-bare":
+            _run(["strip", "--strip-all", str(exe)])
+        os.replace(exe, out)
+    return out
+
+
+def _add_minidebuginfo(exe: Path, tmp: Path) -> None:
+    """The Fedora MiniDebugInfo recipe (find-debuginfo.sh add_minidebug)."""
+    dynsyms = set(_nm(exe, "-D"))
+    funcsyms = set(_nm(exe, None, kinds=("T", "t")))
+    keep = tmp / "keep_symbols"
+    keep.write_text("".join(f"{s}\n" for s in sorted(funcsyms - dynsyms)))
+    debug, mini = tmp / "debug", tmp / "mini_debuginfo"
+    _run(["objcopy", "--only-keep-debug", str(exe), str(debug)])
+    _run(["objcopy", "-S", "--remove-section", ".gdb_index", "--remove-section", ".comment",
+          f"--keep-symbols={keep}", str(debug), str(mini)])
+    _run(["strip", "--strip-all", "--remove-section", ".comment", str(exe)])
+    _run(["xz", "--keep", "--force", str(mini)])
+    _run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)])
+
+
+def _nm(exe: Path, flag: str | None, kinds: tuple[str, ...] | None = None) -> list[str]:
+    cmd = ["nm", "--format=posix", "--defined-only"] + ([flag] if flag else []) + [str(exe)]
+    names = []
+    for line in _run(cmd).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and (kinds is None or parts[1] in kinds):
+            names.append(parts[0])
+    return names
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"{cmd[0]} failed: {e}") from None
+    if p.returncode != 0:
+        err = (p.stderr.strip().splitlines() or ["?"])[-1]
+        raise BuildError(f"{' '.join(cmd[:2])} ... exited {p.returncode}: {err}")
+    return p.stdout
+
+
+if __name__ == "__main__":
+    import sys
+
+    for v in sys.argv[2:] or VARIANTS:
+        print(build(v, sys.argv[1] if len(sys.argv) > 1 else "build/cprogs"))
