@@ -152,6 +152,11 @@ def libbpf() -> ctypes.CDLL:
             "bpf_program__attach": ([P], P),
             "bpf_program__attach_uprobe_opts": ([P, INT, ctypes.c_char_p, SZ, P], P),
             "bpf_program__attach_cgroup": ([P, INT], P),
+            "bpf_program__set_attach_target": ([P, INT, ctypes.c_char_p], INT),
+            "bpf_program__attach_kprobe_opts": ([P, ctypes.c_char_p, P], P),
+            "btf__load_vmlinux_btf": ([], P),
+            "btf__free": ([P], None),
+            "btf__type_cnt": ([P], U32),
             "bpf_prog_attach": ([INT, INT, INT, U32], INT),
             "bpf_prog_detach2": ([INT, INT, INT], INT),
             "bpf_program__fd": ([P], INT),
@@ -563,6 +568,32 @@ class BPFObject:
             raise AttachError(f"cannot attach uprobe {prog} to {binary}+{offset:#x}: "
                               f"{_errno_msg(err)}", program=prog, err=err)
         self._links[key] = link
+
+    def set_attach_target(self, prog: str, func: str) -> None:
+        """Before load: the kernel function an fentry/fexit program attaches to."""
+        ret = self._lib.bpf_program__set_attach_target(self.programs[prog], 0, func.encode())
+        if ret:
+            err = -ret if ret < 0 else _last_error()
+            raise OpenError(f"cannot target {prog} at {func}: {_errno_msg(err)}", err=err)
+
+    def attach_kprobe(self, prog: str, func: str, retprobe: bool = False,
+                      cookie: int = 0) -> None:
+        """Attach a kprobe/kretprobe by kernel function name; `cookie` is what
+        bpf_get_attach_cookie returns in the program."""
+
+        class _KprobeOpts(ctypes.Structure):  # struct bpf_kprobe_opts (libbpf 1.1 fields)
+            _fields_ = [("sz", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64),
+                        ("offset", ctypes.c_size_t), ("retprobe", ctypes.c_bool)]
+
+        opts = _KprobeOpts(ctypes.sizeof(_KprobeOpts), cookie, 0, retprobe)
+        link = self._lib.bpf_program__attach_kprobe_opts(self.programs[prog], func.encode(),
+                                                         ctypes.byref(opts))
+        if not link:
+            err = _last_error()
+            kind = "kretprobe" if retprobe else "kprobe"
+            raise AttachError(f"cannot attach {kind} {prog} to {func}: {_errno_msg(err)}",
+                              program=prog, err=err)
+        self._links[f"{prog}@{func}:{int(retprobe)}"] = link
 
     def attach_cgroup(self, prog: str, cgroup_path: str) -> None:
         """Attach a cgroup program (e.g. sockops) to a cgroup v2 directory."""
