@@ -196,6 +196,8 @@ def decisions(res: ProbeResult) -> dict[str, str]:
         d["kprobes"] = "absent: syscall tracepoints instead"
     if not res.ok("fentry"):
         d["fentry"] = "refused: syscall tracepoints instead"
+    method, why = kernel_functions(res.features)
+    d["kernel functions"] = why if method else f"unavailable: {why}"
     d["event transport"] = ("BPF ring buffer, batched wake-ups" if res.ok("ringbuf")
                             else "unavailable: needs BPF ring buffer (Linux 5.8+)")
     d["TLS plaintext"] = ("OpenSSL uprobes (libssl by inode, static copies by symbol)"
@@ -205,6 +207,32 @@ def decisions(res: ProbeResult) -> dict[str, str]:
     if not res.ok("probe_write_user"):
         d["bpf_probe_write_user"] = f"refused (lockdown={res.lockdown}): not used"
     return d
+
+
+def kernel_functions(feats: dict[str, Feature]) -> tuple[str | None, str]:
+    """How `funcs kernel:NAME` traces: ("fentry" | "kprobe", why) or (None, the
+    one-line reason neither works), from the "fentry" and "kprobe" features."""
+    fentry, kprobe = feats.get("fentry"), feats.get("kprobe")
+    if fentry and fentry.available:
+        return "fentry", "fentry/fexit (BPF trampolines)"
+    if kprobe and kprobe.available:
+        return "kprobe", f"kprobe/kretprobe (fentry refused: {fentry.detail if fentry else '?'})"
+    kdetail = kprobe.detail if kprobe else "not probed"
+    if "ENOENT" in kdetail and not os.path.exists("/sys/bus/event_source/devices/kprobe"):
+        kwhy = f"kprobes are not in this kernel (CONFIG_KPROBES off; {kdetail})"
+    else:
+        kwhy = f"kprobes fail ({kdetail})"
+    fdetail = fentry.detail if fentry else "not probed"
+    fwhy = (f"fentry is refused ({fdetail}; lockdown or a BPF LSM)" if "EPERM" in fdetail
+            else f"fentry fails ({fdetail})")
+    return None, f"{kwhy} and {fwhy}"
+
+
+def probe_kernel_functions() -> tuple[str | None, str]:
+    """kernel_functions() after probing only the two features it needs."""
+    return kernel_functions({
+        "kprobe": _try_program("probe_kprobe", lambda o: o.attach("probe_kprobe")),
+        "fentry": _try_program("probe_fentry", lambda o: o.attach("probe_fentry"))})
 
 
 def format_table(res: ProbeResult) -> str:
