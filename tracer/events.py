@@ -303,6 +303,8 @@ def decode(buf, offset: int = 0, size: int | None = None) -> Event:
         (_, d, role, sysk, pid, tid, fd, cid, ts0, ts1, nbytes, cap, comm) = _unpack_data(buf, offset)
         if cap > size - PAYLOAD_OFFSET or cap > nbytes:
             raise DecodeError(f"data record claims {cap} captured bytes, has {size - PAYLOAD_OFFSET}")
+        if d > 1:  # parsers index per-direction state by it (found by fuzzing)
+            raise DecodeError(f"data record has direction {d}")
         start = offset + PAYLOAD_OFFSET
         return DataEvent(cid, pid, tid, fd, role, d, sysk, ts0, ts1, nbytes,
                          bytes(buf[start:start + cap]), _comm(comm))
