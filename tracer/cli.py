@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inject-sample-rate", type=float, default=1.0, metavar="R",
                    help="with --inject: share of new traces flagged sampled (0..1, default 1)")
     r.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
+
+    from .funcs.cli import add_parser as add_funcs_parser
+
+    add_funcs_parser(sub)
     return p
 
 
@@ -236,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_probe(args)
         if args.cmd == "run":
             return cmd_run(args)
+        if args.cmd == "funcs":
+            from .funcs.cli import cmd_funcs
+
+            return cmd_funcs(args)
     except UsageError as e:
         sys.stderr.write(f"tracer: {e}\n")
         return EXIT_ENV

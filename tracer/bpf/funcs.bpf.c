@@ -221,7 +221,9 @@ static __always_inline void emit_stack(struct pt_regs *ctx, struct call_frame *f
 		ev->copy_len = (i + 1) * 1024;
 	}
 	count(FCTR_STACKS);
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	/* wake user space now: it reads /proc/PID/maps to symbolise, and a
+	 * short-lived process may be gone after a batched wake-up */
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
 }
 
 SEC("uprobe")

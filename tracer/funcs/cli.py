@@ -1,0 +1,107 @@
+"""`python -m tracer funcs`: argument checks, resolution, run, summary.
+
+Exit codes as in tracer/cli.py: 0 done, 2 bad target/usage/environment (one
+line naming the cause), never a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from .events import FUNCS_STACK_COPY
+
+
+def add_parser(sub) -> None:
+    f = sub.add_parser("funcs", help="trace function calls: arguments, latency, return value, "
+                                     "stack (uprobes; kernel:NAME for kernel functions)")
+    f.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="BINARY:SYMBOL, BINARY:0xADDR, BINARY:GLOB, optionally with an "
+                        "argument spec: 'libc.so.6:write(int fd, ptr buf, u64 count)'; "
+                        "kernel:NAME for a kernel function")
+    f.add_argument("--stack", action="store_true",
+                   help="record the user stack at entry (frame pointers, DWARF fallback)")
+    f.add_argument("--stack-copy", type=int, default=FUNCS_STACK_COPY, metavar="BYTES",
+                   help=f"bytes of stack copied for DWARF unwinding (1024..{FUNCS_STACK_COPY}, "
+                        "a multiple of 1024)")
+    f.add_argument("--pid", type=int, action="append", default=[],
+                   help="only this process (repeatable)")
+    f.add_argument("--netns", action="append", default=[], metavar="NAME|INODE",
+                   help="only processes in this network namespace (repeatable)")
+    f.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+                   help="only processes in this cgroup v2 (repeatable)")
+    f.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until SIGINT/SIGTERM)")
+    f.add_argument("--output", default="-", metavar="FILE|-",
+                   help="JSON lines, one per call (default stdout); FILE.summary.json too")
+    f.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
+
+
+def cmd_funcs(args) -> int:
+    from tracer.cli import EXIT_OK, UsageError, resolve_cgroup, resolve_netns
+
+    kernel = [t for t in args.targets if t.startswith("kernel:")]
+    user = [t for t in args.targets if not t.startswith("kernel:")]
+    if kernel and user:
+        raise UsageError("trace user-space and kernel: targets in separate runs")
+    if kernel:
+        try:
+            from . import kernel as kmod
+        except ImportError:
+            raise UsageError("kernel function tracing unavailable") from None
+        return kmod.run(kernel, args)
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if not 1024 <= args.stack_copy <= FUNCS_STACK_COPY or args.stack_copy % 1024:
+        raise UsageError(f"--stack-copy must be a multiple of 1024 within "
+                         f"1024..{FUNCS_STACK_COPY}")
+    for pid in args.pid:
+        if pid <= 0:
+            raise UsageError(f"--pid {pid}: not a process id")
+    netns = [resolve_netns(n) for n in args.netns]
+    cgroups = [resolve_cgroup(c) for c in args.cgroup]
+
+    from tracer import loader, probe
+
+    from .output import FuncsWriter
+    from .targets import TargetError, parse_target, resolve
+    from .tracer import FuncsTracer
+
+    try:
+        probes = resolve([parse_target(t) for t in user], args.pid)
+    except TargetError as e:
+        raise UsageError(str(e)) from None
+    try:
+        probe.require_environment()
+    except probe.EnvironmentProblem as e:
+        raise UsageError(str(e)) from None
+    try:
+        writer = FuncsWriter(args.output)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    tracer = FuncsTracer(probes, writer, pids=args.pid, netns=netns, cgroups=cgroups,
+                         stack=args.stack, stack_copy_bytes=args.stack_copy)
+    try:
+        tracer.start()
+    except loader.LoaderError as e:
+        writer.close()
+        if args.verbose and e.log:
+            sys.stderr.write(e.log)
+        raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
+                                                     else " (run with -v for the log)")) from None
+    functions = len({p.target for p in probes})
+    # tests and scripts wait for this line
+    sys.stderr.write(f"tracer: tracing {functions} functions ({tracer.attached} probes "
+                     "attached)\n")
+    sys.stderr.flush()
+    try:
+        tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
+    finally:
+        counters = tracer.stop()
+        writer.close(counters)
+    return EXIT_OK
