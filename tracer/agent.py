@@ -27,6 +27,9 @@ log = logging.getLogger("tracer.agent")
 
 IDLE_EXPIRY_NS = 300 * 1_000_000_000  # connections with no event for 5 min are dropped
 HOUSEKEEPING_S = 1.0
+# Records per consume call: under sustained overload the ring never empties, and
+# an unbounded drain would starve housekeeping (expiry, counters, sampling).
+CONSUME_BATCH = 8192
 
 
 @dataclass
@@ -103,6 +106,8 @@ class Tracer:
         self.stopped_at = 0.0
         self._kernel = {}
         self._handler = self._make_handler()
+        self._last_poll = 0.0
+        self.max_poll_gap = 0.0  # longest time between two consume calls (s): stalls
         # --inject (tracer/inject.py): opt-in traceparent injection
         self.inject_headers = inject_headers
         self.inject_sample_rate = inject_sample_rate
@@ -220,8 +225,12 @@ class Tracer:
         rb.poll(timeout_ms)
         if self.injector:
             self.injector.drain()  # injections precede the writes that carry them
-        n = rb.consume(self._handler)
+        n = rb.consume(self._handler, CONSUME_BATCH)
         self.stats.events_delivered += n
+        now = time.monotonic()
+        if self._last_poll and now - self._last_poll > self.max_poll_gap:
+            self.max_poll_gap = now - self._last_poll
+        self._last_poll = now
         return n
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None,
@@ -303,6 +312,7 @@ class Tracer:
         s.update({
             "duration_s": round(dur, 3),
             "events_per_s": round(s["events_delivered"] / dur, 1),
+            "max_poll_gap_ms": round(self.max_poll_gap * 1000, 1),
             "read_faults": self._kernel.get("read_faults", 0),
             "conn_table_full": self._kernel.get("conn_table_full", 0),
             "capture_bytes": self.capture_bytes,
