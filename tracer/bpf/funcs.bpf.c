@@ -23,6 +23,19 @@ char LICENSE[] SEC("license") = "GPL";
 #define PT_REGS_PARM6(x) ((x)->r9)
 #endif
 
+/* BTF anchor: keeps the types shared with user space in the object's BTF
+ * (unused ones are dropped otherwise) for tests/unit/test_funcs_events_btf.py.
+ * Nothing reads it. */
+struct funcs_btf_anchor {
+	struct call_event call;
+	struct stack_event stack;
+	struct probe_spec spec;
+	enum funcs_event_type type;
+	enum funcs_arg_kind kind;
+	enum funcs_counter counter;
+};
+const volatile struct funcs_btf_anchor *funcs_btf_anchor __attribute__((unused));
+
 /* Set before load (rodata). */
 const volatile __u32 self_tgid = 0;
 const volatile __u8 by_pid = 0;
