@@ -1,23 +1,89 @@
-"""Addresses of a live process -> (module, symbol, offset)."""
+"""Addresses of a live process -> (module, symbol, offset, build-id).
+
+One Symbolizer per tracer run: it keeps each pid's /proc/<pid>/maps and
+reads it again when an address falls outside every known mapping (a
+library loaded since). Modules come from the process-wide ElfSymbols cache
+(per build-id), so a library shared by many processes is parsed once.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 from .procmaps import ProcMaps
 
+MAX_PIDS = 4096  # maps kept (least recently used dropped first)
+
 
 class Frame(NamedTuple):
     addr: int
-    module: str | None
+    module: str | None  # path as in /proc/<pid>/maps, "[vdso]", or None (unknown/anonymous)
     symbol: str | None
-    offset: int
+    offset: int  # into the symbol (into the mapping when symbol is None)
     build_id: str | None
 
 
 class Symbolizer:
-    def frames(self, pid: int, addrs: list[int]) -> list[Frame]:
-        raise NotImplementedError
+    def __init__(self, max_pids: int = MAX_PIDS):
+        self._maps: OrderedDict[int, ProcMaps] = OrderedDict()
+        self._max_pids = max_pids
+        self.counters = {"maps_reads": 0, "maps_errors": 0, "frames": 0,
+                         "frames_unknown": 0, "frames_no_symbol": 0}
 
     def maps(self, pid: int) -> ProcMaps:
-        raise NotImplementedError
+        """The cached maps of pid (read on first use; empty if unreadable)."""
+        m = self._maps.get(pid)
+        if m is None:
+            m = self._read(pid)
+        else:
+            self._maps.move_to_end(pid)
+        return m
+
+    def refresh(self, pid: int) -> ProcMaps:
+        return self._read(pid)
+
+    def forget(self, pid: int) -> None:
+        """Drop pid's maps (the process exited)."""
+        self._maps.pop(pid, None)
+
+    def _read(self, pid: int) -> ProcMaps:
+        self.counters["maps_reads"] += 1
+        try:
+            m = ProcMaps.read(pid)
+        except OSError:
+            self.counters["maps_errors"] += 1
+            m = ProcMaps(pid, [])
+        self._maps[pid] = m
+        self._maps.move_to_end(pid)
+        while len(self._maps) > self._max_pids:
+            self._maps.popitem(last=False)
+        return m
+
+    def frames(self, pid: int, addrs: list[int]) -> list[Frame]:
+        maps = self.maps(pid)
+        refreshed = False
+        out = []
+        for addr in addrs:
+            m = maps.find(addr)
+            if m is None and not refreshed:
+                maps, refreshed = self.refresh(pid), True
+                m = maps.find(addr)
+            out.append(self._frame(maps, m, addr))
+        self.counters["frames"] += len(out)
+        return out
+
+    def _frame(self, maps: ProcMaps, m, addr: int) -> Frame:
+        if m is None or not m.path:
+            self.counters["frames_unknown"] += 1
+            return Frame(addr, None, None, 0, None)
+        mod = maps.module(addr) if m.file_backed else None
+        if mod is None:  # [vdso], [heap], an unreadable file
+            self.counters["frames_no_symbol"] += 1
+            return Frame(addr, m.path, None, addr - m.start, None)
+        hit = mod.elf.addr_to_sym(mod.vaddr)
+        if hit is None:
+            self.counters["frames_no_symbol"] += 1
+            return Frame(addr, m.path, None, mod.vaddr, mod.elf.build_id)
+        sym, off = hit
+        return Frame(addr, m.path, sym.name, off, mod.elf.build_id)
