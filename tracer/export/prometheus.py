@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -189,6 +190,17 @@ class MetricsServer:
     def start(self) -> None:
         """OSError (address in use, permission) propagates: the CLI turns it into exit 2."""
         self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+
+    def respawn(self) -> None:
+        """Serve from a new thread of the caller, on the same socket: credentials
+        are per thread, and this one started before the privilege drop."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._thread.join()
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="metrics")
+        self._thread.start()
 
     def stop(self) -> None:
         if self._server is not None:
