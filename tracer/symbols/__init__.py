@@ -15,7 +15,7 @@ from .dwarfargs import Param, dwarf_params
 from .elf import ElfSymbols, Sym, TargetError, resolve_targets
 from .procmaps import Mapping, ProcMaps
 from .symbolizer import Frame, Symbolizer
-from .unwind import UnwindResult, unwind, unwind_ex
+from .unwinder import UnwindResult, unwind, unwind_ex
 
 __all__ = [
     "ElfSymbols", "Frame", "Mapping", "Param", "ProcMaps", "Sym", "Symbolizer", "TargetError",
