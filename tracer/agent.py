@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import events, inject, loader, tls
 from .conn import ConnectionTable, kernel_capture_hook
+from .sampling import AdaptiveController
 from .stats import Stats
 
 log = logging.getLogger("tracer.agent")
@@ -83,7 +84,9 @@ class Tracer:
     def __init__(self, filters: Filters | None = None, *, sink: Callable | None = None,
                  capture_bytes: int = 512, ring_bytes: int = 8 << 20,
                  stats: Stats | None = None, tls_plaintext: bool = True,
-                 inject_headers: bool = False, inject_sample_rate: float = 1.0):
+                 inject_headers: bool = False, inject_sample_rate: float = 1.0,
+                 policy: Callable | None = None, adaptive: AdaptiveController | None = None,
+                 on_sampling: Callable[[AdaptiveController], None] | None = None):
         if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
             raise ValueError(f"capture size must be 16..{events.MAX_PAYLOAD} bytes")
         self.filters = filters or Filters()
@@ -114,6 +117,14 @@ class Tracer:
         self.injector: inject.Injector | None = None
         self.inject_unavailable = ""  # why injection is off although asked for
         self._inject_counters: dict[str, int] = {}
+        # filters and head sampling (tracer/sampling.py), swapped on reload
+        self.table.correlator.policy = policy
+        # adaptive sampling: the kernel samples new connections under pressure
+        self.adaptive = adaptive
+        self.on_sampling = on_sampling  # told of every change of the keep share
+        self._fill_max = 0  # largest ring fill (bytes) seen at a poll since the last tick
+        self._adapt_at = self._adapt_cpu = 0.0
+        self._adapt_drops = 0
 
     def _make_handler(self):
         decode = events.decode
@@ -151,6 +162,7 @@ class Tracer:
             if not self.attached:
                 raise loader.AttachError("no program could be attached", program="*")
             self.rb = obj.ring_buffer("events")
+            self._adapt_at, self._adapt_cpu = time.monotonic(), time.process_time()
             # an h2 connection found mid-stream gets the larger capture too
             self.table.h2_capture = kernel_capture_hook(obj.map("conns"))
             if self.tls_plaintext:
@@ -200,29 +212,47 @@ class Tracer:
         self.table.correlator.injected = self.injector.take
 
     def _apply_filters(self, obj: loader.BPFObject) -> None:
+        """Fill the filter maps; on reload also remove what is no longer
+        wanted (the maps are updated in place, the probes stay attached)."""
         f = self.filters
         cfg = events.FilterConfigC(bool(f.pids), bool(f.netns), bool(f.cgroups), bool(f.ports))
         one = b"\x01"
         pids = set(f.pids)
         for pid in f.pids:
             pids.update(descendants(pid))
-        m = obj.map("filter_pids")
-        for pid in pids:
-            m.update(pid, one)
-        m = obj.map("filter_netns")
-        for ino in f.netns:
-            m.update(ino, one)
-        m = obj.map("filter_cgroups")
-        for cg in f.cgroups:
-            m.update(cg, one)
-        m = obj.map("filter_ports")
-        for port in f.ports:
-            m.update(port, one)
+        for name, wanted in (("filter_pids", pids), ("filter_netns", set(f.netns)),
+                             ("filter_cgroups", set(f.cgroups)), ("filter_ports", set(f.ports))):
+            m = obj.map(name)
+            for key in list(m.keys()):
+                if int.from_bytes(key, "little") not in wanted:
+                    m.delete(key)
+            for k in wanted:
+                m.update(k, one)
         obj.map("filter_cfg").update(0, bytes(cfg))
+
+    def reconfigure(self, filters: Filters, policy: Callable | None,
+                    adaptive: AdaptiveController | None) -> None:
+        """SIGHUP: new filters and sampling without detaching anything. The
+        adaptive controller keeps its state when its settings are unchanged."""
+        self.filters = filters
+        if self.obj:
+            self._apply_filters(self.obj)
+        self.table.correlator.policy = policy
+        old = self.adaptive
+        if adaptive is not None and old is not None:
+            if adaptive.spec == old.spec:
+                return
+            adaptive.carry_over(old)
+        self.adaptive = adaptive
+        if self.obj:
+            self.obj.map("sampling").update(0, adaptive.drop_per_scale() if adaptive else 0)
 
     def poll_once(self, timeout_ms: int = 100) -> int:
         rb = self.rb
         rb.poll(timeout_ms)
+        fill = rb.available()  # pressure, for adaptive sampling: two loads from the mmap
+        if fill > self._fill_max:
+            self._fill_max = fill
         if self.injector:
             self.injector.drain()  # injections precede the writes that carry them
         n = rb.consume(self._handler, CONSUME_BATCH)
@@ -249,12 +279,31 @@ class Tracer:
                 self.table.expire(now_ns, IDLE_EXPIRY_NS)
                 self.table.correlator.flush(now_ns)
                 self.read_kernel_counters()
+                self._adapt(now)
                 if self.tls:
                     self.tls.tick()
                 if self.injector:
                     self.injector.tick(now_ns)
                 if on_tick:
                     on_tick()
+
+    def _adapt(self, now: float) -> None:
+        """One adaptive-sampling tick: the agent's CPU (all its threads), the
+        fullest the ring was at a poll, and new ring drops since the last one."""
+        fill, self._fill_max = self._fill_max, 0
+        cpu_now = time.process_time()
+        dt = now - self._adapt_at
+        cpu = (cpu_now - self._adapt_cpu) / dt if dt > 0 else 0.0
+        self._adapt_at, self._adapt_cpu = now, cpu_now
+        drops = self.stats.events_dropped
+        new_drops, self._adapt_drops = drops - self._adapt_drops, drops
+        ctl = self.adaptive
+        if ctl is None or not self.obj:
+            return
+        if ctl.tick(time.time() - self.started_at, cpu, fill / self.ring_bytes, new_drops):
+            self.obj.map("sampling").update(0, ctl.drop_per_scale())
+            if self.on_sampling:
+                self.on_sampling(ctl)
 
     def read_kernel_counters(self) -> dict[str, int]:
         if not self.obj:
@@ -270,6 +319,8 @@ class Tracer:
             "tls_no_fd": m.percpu_sum(C.CTR_TLS_NO_FD),
             "tls_events": m.percpu_sum(C.CTR_TLS_EVENTS),
             "tls_hello": m.percpu_sum(C.CTR_TLS_HELLO),
+            "conns_sampled_out": m.percpu_sum(C.CTR_CONNS_SAMPLED),
+            "requests_sampled_out": m.percpu_sum(C.CTR_REQS_SAMPLED),
         }
         self._kernel = k
         self.stats.events_seen = k["events"]
@@ -326,6 +377,12 @@ class Tracer:
             "tls_libraries": (sorted(self.tls.libraries.values()) if self.tls
                               else self.tls_libraries),
             "tls_unavailable": self.tls_unavailable,
+            # adaptive sampling (kernel counters: exact)
+            "conns_sampled_out": self._kernel.get("conns_sampled_out", 0),
+            "requests_sampled_out": self._kernel.get("requests_sampled_out", 0),
+            "adaptive_sampling_engaged": self.adaptive.engaged if self.adaptive else 0,
+            "adaptive_keep": self.adaptive.keep if self.adaptive else 1.0,
+            "adaptive_transitions": list(self.adaptive.transitions) if self.adaptive else [],
         })
         if self.inject_headers:
             s["inject"] = (self.injector.counters() if self.injector

@@ -34,6 +34,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from .sampling import header_sampled
 from .spans import Span, parse_traceparent
 
 _getrandbits = random.getrandbits
@@ -83,7 +84,7 @@ class Context:
 
     __slots__ = ("trace_id", "span_id", "parent_span_id", "source", "confidence",
                  "pending", "parent", "children", "span", "server", "pid", "tid",
-                 "key", "start_ts", "done_ts", "header")
+                 "key", "start_ts", "done_ts", "header", "flag", "sampled")
 
     def __init__(self, span_id: str, server: bool, pid: int, tid: int, start_ts: int) -> None:
         self.trace_id = ""
@@ -102,6 +103,8 @@ class Context:
         self.start_ts = start_ts
         self.done_ts = 0
         self.header: tuple[str, str] | None = None  # (trace id, parent) from the request
+        self.flag: bool | None = None  # the request header's sampled flag, if any
+        self.sampled: bool | None = None  # head sampling decision (tracer/sampling.py)
 
     def adopt(self, parent: Context, source: str, confidence: float) -> None:
         self.parent = parent
@@ -154,6 +157,9 @@ class Correlator:
         # --inject: (pid, tid, lport, rport, start_ts) -> the ids the kernel wrote
         # into this client request's traceparent (tracer.inject.Injected) or None
         self.injected: Callable | None = None
+        # filters and head sampling (tracer.sampling.SpanPolicy): (ctx, span)
+        # -> keep?; None keeps every span. Swapped on SIGHUP.
+        self.policy: Callable | None = None
 
     def note_client(self, addr: str, netns: int) -> None:
         """A traced process connects from addr (seen at connect, before the
@@ -178,6 +184,7 @@ class Correlator:
             ids = _b3(headers)
         ctx.header = ids
         if ids is not None:
+            ctx.flag = header_sampled(headers)
             ctx.trace_id, ctx.parent_span_id = ids
             ctx.source = "header"
             ctx.confidence = 1.0
@@ -362,7 +369,11 @@ class Correlator:
         span.parent_span_id = ctx.parent_span_id
         span.correlation_source = ctx.source
         span.correlation_confidence = ctx.confidence
+        policy = self.policy
+        keep = policy is None or policy(ctx, span)  # may read the parent chain
         ctx.parent = None  # let the chain be collected
+        if not keep:
+            return
         self.stats.spans_emitted += 1
         self.sink(span)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 TASK_COMM_LEN = 16
 MAX_PAYLOAD = 4096
 MAX_IOV = 128
+SAMPLE_SCALE = 65536  # adaptive sampling: new connections sampled out per SAMPLE_SCALE
 
 
 class EventType(enum.IntEnum):
@@ -49,7 +50,9 @@ class Counter(enum.IntEnum):
     CTR_TLS_NO_FD = 5
     CTR_TLS_EVENTS = 6
     CTR_TLS_HELLO = 7
-    CTR_MAX = 8
+    CTR_CONNS_SAMPLED = 8
+    CTR_REQS_SAMPLED = 9
+    CTR_MAX = 10
 
 
 class SysKind(enum.IntEnum):
@@ -157,6 +160,9 @@ class ConnInfoC(ctypes.Structure):
         ("sniffed", ctypes.c_uint8),
         ("tls", ctypes.c_uint8),
         ("capture", ctypes.c_uint32),
+        ("sampled", ctypes.c_uint8),
+        ("turn", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
     ]
 
 

@@ -39,6 +39,18 @@ COUNTERS = (
     "correlation_unresolved",  # a server span waited HOLD_NS for its client side in vain
     "spans_injected",  # --inject: client spans given the ids the kernel wrote
     "injected_conflicts",  # --inject: the thread's server span was already in another trace
+    # filters and head sampling (tracer/sampling.py): each finished span is
+    # emitted, filtered (one reason) or sampled out
+    "spans_filtered",  # all filters together
+    "spans_filtered_path",  # include/exclude path globs
+    "spans_filtered_method",
+    "spans_filtered_process",  # comm globs
+    "spans_filtered_exe",
+    "spans_filtered_cgroup",
+    "spans_sampled_out",  # head sampling: the parent's flag, or the trace id ratio
+    "spans_sampled_out_by_parent",  # of those, the request's own header said 00
+    "config_reloads",  # SIGHUP: configurations applied
+    "config_reload_errors",  # SIGHUP: bad files, the old configuration kept
     # output
     "spans_emitted",
 )

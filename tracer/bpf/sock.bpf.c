@@ -58,6 +58,7 @@ struct active_io {
 	__u8 sniff;     /* first request-direction payload: check for the h2 preface */
 	__u32 capture;  /* this connection's capture size */
 	__u8 tls;       /* ciphertext: count its bytes, emit nothing */
+	__u8 skip;      /* sampled-out connection: count request turns, emit nothing */
 };
 
 struct {
@@ -80,6 +81,29 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pending_open);
 } pending SEC(".maps");
+
+/* Adaptive sampling: new connections sampled out per SAMPLE_SCALE (sock.h),
+ * written by the agent under pressure. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sampling SEC(".maps");
+
+/* Decided once per connection, at accept/connect: the agent learns nothing
+ * about a sampled-out connection but its requests, counted exactly. Sockets
+ * of unknown role (older than the tracer) are never sampled out: their
+ * request direction is unknown, so their requests could not be counted. */
+static __always_inline bool sampled_out(__u8 role)
+{
+	__u32 zero = 0;
+	__u32 *drop = bpf_map_lookup_elem(&sampling, &zero);
+
+	if (!drop || !*drop || role == ROLE_UNKNOWN)
+		return false;
+	return (bpf_get_prandom_u32() & (SAMPLE_SCALE - 1)) < *drop;
+}
 
 /* Scratch space: a data event is too big for the 512-byte BPF stack. */
 struct scratch {
@@ -200,10 +224,16 @@ static __always_inline struct conn_info *track(__u64 pid_tgid, int fd, __u8 role
 	if (cfg && cfg->by_port && !bpf_map_lookup_elem(&filter_ports, &lport) &&
 	    !bpf_map_lookup_elem(&filter_ports, &rport))
 		info.tracked = 0;
+	if (info.tracked && sampled_out(role)) {
+		info.tracked = 0;
+		info.sampled = 1;
+		count(CTR_CONNS_SAMPLED);
+	}
+	/* Unique across CPUs: CPU number in the top bits. */
+	if (info.tracked || info.sampled)
+		info.conn_id = ((__u64)bpf_get_smp_processor_id() << 48) | ++s->next_id;
 
 	if (info.tracked) {
-		/* Unique across CPUs: CPU number in the top bits. */
-		info.conn_id = ((__u64)bpf_get_smp_processor_id() << 48) | ++s->next_id;
 		/* The data event buffer is free here; an open event fits in it. */
 		ev = (struct open_event *)&s->ev;
 		fill_header(&ev->hdr, EVENT_OPEN, pid_tgid, fd, info.conn_id, role);
@@ -316,8 +346,18 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 			info->sniffed = 0; /* a ciphertext sniff says nothing: redo on plaintext */
 		info->tls = TLS_BOUND;
 	}
-	if (!info->tracked)
+	if (!info->tracked) {
+		if (!info->sampled)
+			return 0;
+		/* sampled out: io_exit counts its requests, emits nothing */
+		io.skip = 1;
+		io.conn_id = info->conn_id;
+		io.fd = fd;
+		io.dir = dir;
+		io.role = info->role;
+		bpf_map_update_elem(&active, &tid, &io, BPF_ANY);
 		return 0;
+	}
 	io.tls = info->tls;
 	if (info->tls && dir == DIR_INGRESS && !call) {
 		struct ssl_fd last = { .conn_id = info->conn_id, .fd = fd };
@@ -380,6 +420,23 @@ static __always_inline void mark_tls(__u64 pid_tgid, struct active_io *io, long 
 	count_add(CTR_TLS_SKIPPED, ret);
 }
 
+/* A sampled-out connection's requests: one per turn of the conversation to
+ * the request direction (the first request-direction bytes, then the first
+ * after response-direction bytes). Exact for HTTP/1 without pipelining; an
+ * h2 connection counts its turns, fewer than its streams. */
+static __always_inline void count_turn(__u64 pid_tgid, struct active_io *io)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
+	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	__u8 turn = request_direction(io->role, io->dir) ? 1 : 2;
+
+	if (!info || info->conn_id != io->conn_id || info->turn == turn)
+		return;
+	info->turn = turn;
+	if (turn == 1)
+		count(CTR_REQS_SAMPLED);
+}
+
 static __always_inline int io_exit(long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -393,6 +450,10 @@ static __always_inline int io_exit(long ret)
 		return 0;
 	if (ret <= 0)
 		goto out;
+	if (io->skip) {
+		count_turn(pid_tgid, io);
+		goto out;
+	}
 	if (io->tls) {
 		count_add(CTR_TLS_SKIPPED, ret);
 		goto out;

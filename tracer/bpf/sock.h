@@ -47,8 +47,15 @@ enum counter {
 	CTR_TLS_NO_FD = 5,   /* TLS plaintext dropped: its SSL* was never seen on a socket */
 	CTR_TLS_EVENTS = 6,  /* TLS plaintext data events submitted */
 	CTR_TLS_HELLO = 7,   /* connections marked TLS by their ClientHello (no SSL call seen) */
-	CTR_MAX = 8,
+	CTR_CONNS_SAMPLED = 8, /* adaptive sampling: new connections not traced */
+	CTR_REQS_SAMPLED = 9,  /* requests on those: request-direction turns (see conn_info.turn) */
+	CTR_MAX = 10,
 };
+
+/* Adaptive sampling (array map "sampling", one __u32): how many new
+ * connections out of SAMPLE_SCALE are sampled out; 0, the map's initial
+ * value, keeps them all. The agent raises it under pressure. */
+#define SAMPLE_SCALE 65536
 
 struct event_header {
 	__u8 type;      /* enum event_type */
@@ -111,6 +118,9 @@ struct conn_info {
 	__u8 sniffed;  /* the first request-direction payload was checked for the h2 preface */
 	__u8 tls;      /* enum conn_tls: its bytes are ciphertext, not emitted */
 	__u32 capture; /* payload bytes copied per syscall; 0: capture_bytes */
+	__u8 sampled;  /* 1: sampled out at accept/connect (tracked is 0): only its requests are counted */
+	__u8 turn;     /* sampled out: 1 after request-direction bytes, 2 after response-direction */
+	__u8 pad[6];
 };
 
 enum conn_tls {
