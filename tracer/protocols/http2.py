@@ -349,6 +349,12 @@ class FrameReader:
                               ftype == _PUSH]
         elif ftype == _CONT:
             block = self.block
+            if block is None:
+                # no HEADERS before it (joined mid-block, or malformed; found by
+                # fuzzing): its table insertions are missed, so the table is unknown
+                self.hpack.reset()
+                session.stats.h2_headers_lost += 1
+                return
             block[1].append(raw)
             block[4] = block[4] or short
             if self.flags & _END_HEADERS:
