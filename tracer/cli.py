@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--service-name", action="append", default=[], metavar="COMM=NAME",
                    help="exported service.name for a process name or executable "
                         "(default: the process name; repeatable)")
-    r.add_argument("--config", default=None, metavar="FILE")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML file: scope, filters, sampling (examples/tracer.toml); flags given "
+                        "here replace its keys; SIGHUP reloads it")
     r.add_argument("--capture-bytes", type=int, default=512, metavar="N",
                    help="payload prefix copied per syscall (16..4096, default 512)")
     r.add_argument("--inject", action="store_true",
@@ -113,8 +115,12 @@ def _check_args(args) -> None:
         args.service_names = semconv.parse_service_names(args.service_name)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.config:
-        raise UsageError("--config is not available yet: pass options on the command line")
+    from . import config
+
+    try:
+        args.cfg = config.merge(config.load(args.config) if args.config else None, args)
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 # ---- commands ----------------------------------------------------------------------
@@ -166,18 +172,58 @@ def _open_exports(args, writer):
                          "(pip install 'httptrace-ebpf[export]')") from None
 
 
+def _runtime(cfg, stats):
+    """The filters, span policy and adaptive controller of a merged Config."""
+    from .agent import Filters
+    from .sampling import AdaptiveController, SpanPolicy
+
+    s = cfg.scope
+    filters = Filters(pids=s.pids, netns=[resolve_netns(n) for n in s.netns],
+                      cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports)
+    policy = (SpanPolicy(cfg.filter, cfg.ratio, stats)
+              if cfg.filter.active() or cfg.ratio is not None else None)
+    adaptive = AdaptiveController(cfg.adaptive) if cfg.adaptive.enabled else None
+    return filters, policy, adaptive
+
+
+def _reload(args, tracer) -> str:
+    """SIGHUP: re-read --config, merge the same command line, swap filters and
+    sampling in place (maps updated, probes stay attached). A bad file keeps
+    the old configuration."""
+    from . import config
+
+    if not args.config:
+        return "tracer: SIGHUP ignored: there is no --config file to reload"
+    try:
+        cfg = config.merge(config.load(args.config), args)
+        filters, policy, adaptive = _runtime(cfg, tracer.stats)
+    except (config.ConfigError, UsageError) as e:
+        tracer.stats.config_reload_errors += 1
+        return f"tracer: reload failed, keeping the previous configuration: {e}"
+    tracer.reconfigure(filters, policy, adaptive)
+    tracer.stats.config_reloads += 1
+    return f"tracer: config reloaded from {args.config} (reload {tracer.stats.config_reloads})"
+
+
+def _on_sampling(ctl) -> None:
+    sys.stderr.write(f"tracer: adaptive sampling: keeping {ctl.keep:.2%} of new connections "
+                     f"({ctl.last_reason})\n")
+    sys.stderr.flush()
+
+
 def cmd_run(args) -> int:
     from . import loader, probe
-    from .agent import Filters, Tracer
+    from .agent import Tracer
     from .export.jsonl import JsonlWriter
+    from .stats import Stats
 
     _check_args(args)
     try:
         probe.require_environment()
     except probe.EnvironmentProblem as e:
         raise UsageError(str(e)) from None
-    filters = Filters(pids=args.pid, netns=[resolve_netns(n) for n in args.netns],
-                      cgroups=[resolve_cgroup(c) for c in args.cgroup], ports=args.port)
+    stats = Stats()
+    filters, policy, adaptive = _runtime(args.cfg, stats)
     try:
         writer = JsonlWriter(args.output)
     except OSError as e:
@@ -191,9 +237,12 @@ def cmd_run(args) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    reload = threading.Event()  # SIGHUP: handled in the run loop, not in the handler
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
 
     tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes,
-                    inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate)
+                    inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate,
+                    stats=stats, policy=policy, adaptive=adaptive, on_sampling=_on_sampling)
     try:
         tracer.start()
     except loader.LoaderError as e:
@@ -212,7 +261,14 @@ def cmd_run(args) -> int:
     sys.stderr.flush()
     exports.start(tracer)
     try:
-        tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
+        def on_tick():
+            writer.flush()
+            if reload.is_set():
+                reload.clear()
+                sys.stderr.write(_reload(args, tracer) + "\n")
+                sys.stderr.flush()
+
+        tracer.run(duration=args.duration, stop=stop, on_tick=on_tick)
     finally:
         exports.stop_metrics()  # scrapes read the BPF object that stop() closes
         summary = tracer.stop()
@@ -224,6 +280,13 @@ def cmd_run(args) -> int:
         line += (f"; exported {summary['spans_exported']}, export failed "
                  f"{summary['spans_export_failed']}, export dropped "
                  f"{summary['spans_export_dropped']}")
+    if summary["spans_filtered"] or summary["spans_sampled_out"] or \
+            summary["conns_sampled_out"] or summary["adaptive_sampling_engaged"]:
+        line += (f"; filtered {summary['spans_filtered']}, sampled out "
+                 f"{summary['spans_sampled_out']} spans (head), "
+                 f"{summary['requests_sampled_out']} requests on "
+                 f"{summary['conns_sampled_out']} connections (adaptive, engaged "
+                 f"{summary['adaptive_sampling_engaged']}x)")
     sys.stderr.write(line + "\n")
     if args.output != "-":
         with open(args.output + ".summary.json", "w") as f:
