@@ -192,3 +192,24 @@ def test_adaptive_carry_over_on_reload():
     new = AdaptiveController(AdaptiveSpec(enabled=True, cpu_budget=0.5, min_keep=0.6))
     new.carry_over(old)
     assert new.engaged == 1 and new.transitions == old.transitions and new.keep == 0.6
+
+
+def test_health_metrics_show_sampling():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tracer.export.prometheus import HealthCollector
+
+    ctl = AdaptiveController(AdaptiveSpec(enabled=True, cpu_budget=0.1))
+    ctl.tick(1, cpu=0.2, fill=0, new_drops=0)
+    st = Stats()
+    st.spans_filtered_path = 4
+    st.spans_sampled_out = 2
+    t = SimpleNamespace(stats=st, rb=None, ring_bytes=1, obj=None, attached=[], adaptive=ctl,
+                        _kernel={"conns_sampled_out": 3, "requests_sampled_out": 5})
+    reg = CollectorRegistry()
+    reg.register(HealthCollector(t, []))
+    text = generate_latest(reg).decode()
+    for line in ("httptrace_spans_filtered_path_total 4.0", "httptrace_spans_sampled_out_total 2.0",
+                 "httptrace_conns_sampled_out_total 3.0", "httptrace_requests_sampled_out_total 5.0",
+                 "httptrace_adaptive_keep_ratio 0.5", "httptrace_adaptive_sampling_engaged_total 1.0"):
+        assert line + "\n" in text, line

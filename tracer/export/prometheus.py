@@ -120,6 +120,18 @@ class HealthCollector:
                                 value=avail)
         yield GaugeMetricFamily("httptrace_ring_buffer_fill_ratio",
                                 "Ring buffer fill (0..1)", value=avail / max(t.ring_bytes, 1))
+        # adaptive sampling: kernel counts (as of the last housekeeping tick)
+        k = getattr(t, "_kernel", {})
+        for name in ("conns_sampled_out", "requests_sampled_out"):
+            yield CounterMetricFamily(f"httptrace_{name}", name.replace("_", " ") + " (adaptive)",
+                                      value=k.get(name, 0))
+        ctl = getattr(t, "adaptive", None)
+        yield GaugeMetricFamily("httptrace_adaptive_keep_ratio",
+                                "Share of new connections traced (1: adaptive sampling off)",
+                                value=ctl.keep if ctl else 1.0)
+        yield CounterMetricFamily("httptrace_adaptive_sampling_engaged",
+                                  "Times adaptive sampling engaged",
+                                  value=ctl.engaged if ctl else 0)
         if self.pipelines:
             fams = {k: CounterMetricFamily(f"httptrace_{k}", k.replace("_", " "),
                                            labels=["exporter"])
