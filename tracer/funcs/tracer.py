@@ -252,7 +252,7 @@ class FuncsTracer:
         open_now = 0
         threads = self.obj.map("threads")
         for key in threads.keys():
-            raw = threads.lookup(key, 8)
+            raw = threads.lookup(key)  # the kernel writes the whole value
             if raw:
                 open_now += min(int.from_bytes(raw[:4], "little"), 1 << 20)
         dropped = get(Counter.FCTR_DROPPED)
