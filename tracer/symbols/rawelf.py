@@ -89,6 +89,9 @@ class RawElf:
                 self.sections.append(Section(name, sh_type, sh_addr, sh_offset, sh_size,
                                              sh_link))
         self.loads = [s for s in self.segments if s.type == PT_LOAD]
+        # (vaddr range, offset - vaddr), executable segments first: most lookups are code
+        self._by_vaddr = [(s.vaddr, s.vaddr + s.filesz, s.offset - s.vaddr)
+                          for s in sorted(self.loads, key=lambda s: not s.flags & PF_X)]
 
     def section(self, name: str) -> Section | None:
         for s in self.sections:
@@ -139,9 +142,9 @@ class RawElf:
         return out
 
     def vaddr_to_offset(self, vaddr: int) -> int | None:
-        for s in self.loads:
-            if s.vaddr <= vaddr < s.vaddr + s.filesz:
-                return vaddr - s.vaddr + s.offset
+        for lo, hi, delta in self._by_vaddr:
+            if lo <= vaddr < hi:
+                return vaddr + delta
         return None
 
     def offset_to_vaddr(self, off: int) -> int | None:
