@@ -165,3 +165,29 @@ def test_plt_cfa_expression(bins):
     with pytest.raises(unwind_mod._Stop) as e:
         unwind_mod._eval([("DW_OP_call_frame_cfa", [])], {}, read)
     assert e.value.reason == unwind_mod.CFA_EXPRESSION
+
+
+def test_signal_frame(tmp_path):
+    """Through the kernel's signal frame: the handler's sleep, the handler,
+    libc's __restore_rt (CIE augmentation "S", register rules that are DWARF
+    expressions over the saved ucontext), then the interrupted spin loop."""
+    exe = cbuild.build("nofp", tmp_path, source="sigtarget.c")
+    p = subprocess.Popen([str(exe)], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().startswith(b"ready ")
+        maps, regs, stack = snap_in_libc(p, exe)
+        res = unwind_ex(maps, regs, stack, regs["rsp"])
+        assert res.reason == unwind_mod.END_OF_STACK
+        assert res.methods == ["dwarf"] * (len(res.addrs) - 1)
+        frames = Symbolizer().frames(p.pid, res.addrs)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    syms = [f.symbol for f in frames]
+    i = syms.index("in_handler")
+    assert syms[i:i + 2] == ["in_handler", "on_alarm"], syms
+    assert "libc" in frames[i + 2].module  # the signal trampoline
+    # the interrupted pc, then main: its call to the noreturn spin() is its
+    # last instruction, so the return address is symbolised at addr - 1
+    assert syms[i + 3:i + 5] == ["spin", "main"], syms
+    assert syms[-1] == "_start"

@@ -20,7 +20,8 @@ class Frame(NamedTuple):
     addr: int
     module: str | None  # path as in /proc/<pid>/maps, "[vdso]", or None (unknown/anonymous)
     symbol: str | None
-    offset: int  # into the symbol (into the mapping when symbol is None)
+    offset: int  # addr - symbol start; without a symbol: the ELF vaddr of addr
+    #              (file-backed) or the offset into the mapping ([vdso], anonymous)
     build_id: str | None
 
 
@@ -61,29 +62,35 @@ class Symbolizer:
         return m
 
     def frames(self, pid: int, addrs: list[int]) -> list[Frame]:
+        """addrs innermost first: addrs[0] is the pc itself, the rest are
+        return addresses, looked up at addr - 1 (the call instruction): a
+        call to a noreturn function can be the last instruction of its
+        caller, so its return address is past the caller's end. Offsets are
+        still reported from addr."""
         maps = self.maps(pid)
         refreshed = False
         out = []
-        for addr in addrs:
-            m = maps.find(addr)
+        for i, addr in enumerate(addrs):
+            look = addr - 1 if i and addr else addr
+            m = maps.find(look)
             if m is None and not refreshed:
                 maps, refreshed = self.refresh(pid), True
-                m = maps.find(addr)
-            out.append(self._frame(maps, m, addr))
+                m = maps.find(look)
+            out.append(self._frame(maps, m, addr, look))
         self.counters["frames"] += len(out)
         return out
 
-    def _frame(self, maps: ProcMaps, m, addr: int) -> Frame:
+    def _frame(self, maps: ProcMaps, m, addr: int, look: int) -> Frame:
         if m is None or not m.path:
             self.counters["frames_unknown"] += 1
             return Frame(addr, None, None, 0, None)
-        mod = maps.module(addr) if m.file_backed else None
+        mod = maps.module(look) if m.file_backed else None
         if mod is None:  # [vdso], [heap], an unreadable file
             self.counters["frames_no_symbol"] += 1
             return Frame(addr, m.path, None, addr - m.start, None)
         hit = mod.elf.addr_to_sym(mod.vaddr)
         if hit is None:
             self.counters["frames_no_symbol"] += 1
-            return Frame(addr, m.path, None, mod.vaddr, mod.elf.build_id)
+            return Frame(addr, m.path, None, mod.vaddr + addr - look, mod.elf.build_id)
         sym, off = hit
-        return Frame(addr, m.path, sym.name, off, mod.elf.build_id)
+        return Frame(addr, m.path, sym.name, off + addr - look, mod.elf.build_id)
