@@ -190,6 +190,7 @@ class SpanPolicy:
         cg_ids = {c for c in spec.cgroups if isinstance(c, int)}
         cg_globs = [c for c in spec.cgroups if isinstance(c, str)]
         self._cg = (cg_ids, _globs(cg_globs)) if spec.cgroups else None
+        self._filters = spec.active()
         self.ratio = ratio
         # None: no head sampling at all (every span kept, flags ignored)
         self._threshold = None if ratio is None else ratio_threshold(ratio)
@@ -235,6 +236,13 @@ class SpanPolicy:
     def sampled(self, ctx) -> bool:
         """Parent-based: the header's flag, else the local parent's decision,
         else the trace id ratio. Cached on each context on the way."""
+        if ctx.sampled is not None:
+            return ctx.sampled
+        if ctx.parent is None:  # the common case: a root, or a header decides
+            flag = ctx.flag
+            ctx.sampled = decision = (flag if flag is not None
+                                      else trace_id_kept(ctx.trace_id, self._threshold))
+            return decision
         chain = []
         c = ctx
         decision = None
@@ -257,7 +265,7 @@ class SpanPolicy:
 
     def __call__(self, ctx, span) -> bool:
         stats = self.stats
-        r = self.reason(span)
+        r = self.reason(span) if self._filters else ""
         if r:
             stats.spans_filtered += 1
             name = REASONS[r]
