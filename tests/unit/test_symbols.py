@@ -10,12 +10,20 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.cprogs import build as cbuild
-from tracer.symbols import ElfSymbols, ProcMaps, TargetError, dwarf_params, resolve_targets
+from tracer.symbols import (
+    ElfSymbols,
+    ProcMaps,
+    Symbolizer,
+    TargetError,
+    dwarf_params,
+    resolve_targets,
+)
 from tracer.symbols.elf import Sym
 
 pytestmark = pytest.mark.skipif(
@@ -260,3 +268,38 @@ def test_procmaps_pie_bias(bins):
     assert mod.vaddr == callee.vaddr + 5 and mod.elf.addr_to_sym(mod.vaddr) == (callee, 5)
     assert maps.module(0x7FFD0010) is None  # [vdso]: no file
     assert maps.find(0x7FFD0010).path == "[vdso]"
+
+
+def test_library_loaded_later_is_found(tmp_path):
+    """maps read before a dlopen(): an address in the new library re-reads
+    them (Symbolizer.frames, and ProcMaps.module as the unwinder uses it)."""
+    libz = ctypes.util.find_library("z")
+    if libz is None:
+        pytest.skip("no libz to dlopen (ctypes.util.find_library('z'))")
+    code = ("import ctypes, sys\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            f"lib = ctypes.CDLL({libz!r})\n"
+            "print(ctypes.cast(lib.zlibVersion, ctypes.c_void_p).value, flush=True)\n"
+            "sys.stdin.readline()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        sym = Symbolizer()
+        maps = sym.maps(p.pid)
+        assert not any("libz" in m.path for m in maps.mappings)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        addr = int(p.stdout.readline())
+        frames = sym.frames(p.pid, [addr])
+        assert frames[0].symbol == "zlibVersion" and frames[0].offset == 0
+        assert "libz" in frames[0].module and maps.refreshes == 1
+        fresh = ProcMaps.read(p.pid)
+        fresh._set([m for m in fresh.mappings if "libz" not in m.path])  # as before the dlopen
+        fresh._refreshed_at -= 10
+        mod = fresh.module(addr)
+        assert mod is not None and mod.elf.addr_to_sym(mod.vaddr)[0].name == "zlibVersion"
+    finally:
+        p.kill()
+        p.wait(timeout=10)

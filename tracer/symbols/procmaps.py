@@ -12,10 +12,13 @@ library still mapped) through /proc/<pid>/map_files/<start>-<end>.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
 from typing import NamedTuple
 
 from .elf import ElfSymbols
+
+REFRESH_INTERVAL_S = 1.0
 
 
 class Mapping(NamedTuple):
@@ -46,10 +49,32 @@ class ProcMaps:
 
     def __init__(self, pid: int, mappings: list[Mapping]):
         self.pid = pid
-        self.mappings = sorted(mappings)
-        self._starts = [m.start for m in self.mappings]
+        self._set(mappings)
         self._elfs: dict[Mapping, ElfSymbols | None] = {}
         self.open_errors: dict[str, str] = {}  # path -> one-line reason
+        self.refreshes = 0
+        self._refreshed_at = time.monotonic()
+
+    def _set(self, mappings: list[Mapping]) -> None:
+        self.mappings = sorted(mappings)
+        self._starts = [m.start for m in self.mappings]
+
+    def refresh(self, min_interval_s: float = 0.0) -> bool:
+        """Read /proc/<pid>/maps again, in place (a library loaded since);
+        at most once per min_interval_s. False if not re-read (too soon, or
+        the process is gone: the old mappings stay)."""
+        now = time.monotonic()
+        if now - self._refreshed_at < min_interval_s:
+            return False
+        self._refreshed_at = now
+        try:
+            with open(f"/proc/{self.pid}/maps", encoding="utf-8", errors="replace") as f:
+                fresh = ProcMaps.parse(self.pid, f.read())
+        except OSError:
+            return False
+        self._set(fresh.mappings)
+        self.refreshes += 1
+        return True
 
     @classmethod
     def read(cls, pid: int) -> ProcMaps:
@@ -81,8 +106,12 @@ class ProcMaps:
 
     def module(self, addr: int) -> Module | None:
         """The ELF file mapped at addr and addr's vaddr in it; None for
-        anonymous memory (JIT code), [vdso], or a file that cannot be read."""
+        anonymous memory (JIT code), [vdso], or a file that cannot be read.
+        An address outside every mapping re-reads the maps (at most once a
+        second: garbage addresses must not turn into a read each)."""
         m = self.find(addr)
+        if m is None and self.refresh(REFRESH_INTERVAL_S):
+            m = self.find(addr)
         if m is None or not m.file_backed:
             return None
         elf = self.elf(m)

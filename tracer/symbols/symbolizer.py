@@ -42,7 +42,14 @@ class Symbolizer:
         return m
 
     def refresh(self, pid: int) -> ProcMaps:
-        return self._read(pid)
+        """Re-read pid's maps in place (the object given to unwind() too)."""
+        m = self._maps.get(pid)
+        if m is None:
+            return self._read(pid)
+        self.counters["maps_reads"] += 1
+        if not m.refresh():
+            self.counters["maps_errors"] += 1
+        return m
 
     def forget(self, pid: int) -> None:
         """Drop pid's maps (the process exited)."""
