@@ -33,6 +33,7 @@ import os
 import pwd
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger("tracer.privileges")
@@ -208,9 +209,10 @@ def last_cap() -> int:
 def _in_thread_with(caps: list[str], fn):
     """fn() in a new thread holding only `caps` (capabilities are per thread,
     so the process keeps its sets). Returns fn's result or the OSError."""
-    out: list = [None]
+    out: list = [None, 0]
 
     def body():
+        out[1] = threading.get_native_id()
         try:
             capset(mask(caps), mask(caps))
             out[0] = fn()
@@ -220,6 +222,12 @@ def _in_thread_with(caps: list[str], fn):
     t = threading.Thread(target=body, name="cap-probe")
     t.start()
     t.join()
+    # join() returns before the kernel thread is gone; a later setresuid is
+    # broadcast by glibc to every thread, and one that fails (this one, with
+    # no CAP_SETUID) makes glibc abort the process: wait until it has exited.
+    deadline = time.monotonic() + 2.0
+    while os.path.exists(f"/proc/self/task/{out[1]}") and time.monotonic() < deadline:
+        time.sleep(0.001)
     return out[0]
 
 
@@ -319,6 +327,13 @@ def drop(keep: dict[str, str], user: str | None = None) -> DropResult:
         warn(f"ambient set not cleared: {e.strerror}")
     if user is not None:
         uid, gid, res.user = _resolve_user(user)
+        need = mask(["CAP_SETUID", "CAP_SETGID"])
+        short = threads_with_caps(0, lacking=need)
+        if short:  # glibc broadcasts set*id to every thread and aborts if one fails
+            warn(f"--user {user}: thread(s) {', '.join(short)} lack CAP_SETUID/CAP_SETGID; "
+                 f"staying uid {os.getuid()}")
+            user, res.user = None, ""
+    if user is not None:
         try:
             _prctl(PR_SET_KEEPCAPS, 1)  # permitted survives the uid change
             os.setgroups([])
@@ -356,8 +371,9 @@ def check_threads(res: DropResult) -> None:
         log.warning("privileges: %s", msg)
 
 
-def threads_with_caps(keep_mask: int) -> list[str]:
-    """Threads of this process whose effective or permitted set exceeds keep_mask."""
+def threads_with_caps(keep_mask: int, lacking: int = 0) -> list[str]:
+    """Threads of this process whose effective or permitted set exceeds
+    keep_mask (or, with `lacking`, whose effective set misses one of those)."""
     out = []
     for tid in sorted(os.listdir("/proc/self/task"), key=int):
         try:
@@ -366,7 +382,10 @@ def threads_with_caps(keep_mask: int) -> list[str]:
                 comm = f.read().strip()
         except OSError:
             continue  # exited meanwhile
-        if (st.get("CapEff", 0) | st.get("CapPrm", 0)) & ~keep_mask:
+        if lacking:
+            if st.get("CapEff", 0) & lacking != lacking:
+                out.append(f"{tid} {comm}")
+        elif (st.get("CapEff", 0) | st.get("CapPrm", 0)) & ~keep_mask:
             out.append(f"{tid} {comm}")
     return out
 
