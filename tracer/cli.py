@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "sk_msg; modifies traffic, off by default)")
     r.add_argument("--inject-sample-rate", type=float, default=1.0, metavar="R",
                    help="with --inject: share of new traces flagged sampled (0..1, default 1)")
+    r.add_argument("--no-tls", action="store_true",
+                   help="do not attach OpenSSL uprobes (TLS stays ciphertext; after start no "
+                        "capability is kept for discovering libraries)")
+    r.add_argument("--user", default=None, metavar="NAME|UID",
+                   help="after attach, switch to this unprivileged user")
+    r.add_argument("--no-drop-privileges", action="store_true",
+                   help="keep every capability after attach (default: keep only what the "
+                        "features in use need, set no_new_privs)")
     r.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
 
     from .funcs.cli import add_parser as add_funcs_parser
@@ -107,6 +115,15 @@ def _check_args(args) -> None:
         raise UsageError("--capture-bytes must be within 16..4096")
     if not 0.0 <= args.inject_sample_rate <= 1.0:
         raise UsageError("--inject-sample-rate must be within 0..1")
+    if args.user is not None:
+        from . import privileges
+
+        if args.no_drop_privileges:
+            raise UsageError("--user and --no-drop-privileges exclude each other")
+        try:
+            privileges.check_user(args.user)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     from .export import semconv, targets
 
     try:
@@ -170,6 +187,35 @@ def _open_exports(args, writer):
         writer.close()
         raise UsageError(f"--export needs {e.name}: install the 'export' extra "
                          "(pip install 'httptrace-ebpf[export]')") from None
+
+
+def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
+    """After attach: keep only what the features in use need (tracer/privileges.py).
+    Returns the lines to show once tracing is announced, and the summary entry."""
+    args.summary_file = None
+    if args.no_drop_privileges:
+        return [], {"dropped": False}
+    # loader.detach_all imports this at exit; an interpreter under /root (pyenv)
+    # is unreadable to --user once CAP_DAC_READ_SEARCH is gone
+    from concurrent.futures import ThreadPoolExecutor  # noqa: F401
+
+    from . import privileges
+
+    if args.output != "-":  # written at exit, when the directory may be out of reach
+        args.summary_file = open(args.output + ".summary.json", "w")  # noqa: SIM115
+    counters = tracer.obj.map("counters")
+    library = next(iter(tracer.tls.libraries.values()), None) if tracer.tls else None
+    needs = privileges.probe_runtime_needs(lambda: counters.percpu_sum(0), library)
+    keep = privileges.runtime_caps(tls_discovery=tracer.tls is not None,
+                                   exe_names=bool(args.service_names
+                                                  or args.cfg.filter.executables),
+                                   kernel=needs)
+    res = privileges.drop(keep, user=args.user)
+    if exports.metrics is not None:
+        exports.metrics.respawn()  # its thread predates the drop
+    privileges.check_threads(res)
+    return ([privileges.describe(res)] + [f"privileges: {w}" for w in res.warnings],
+            {"dropped": True, **res.as_dict()})
 
 
 def _runtime(cfg, stats):
@@ -242,7 +288,8 @@ def cmd_run(args) -> int:
 
     tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes,
                     inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate,
-                    stats=stats, policy=policy, adaptive=adaptive, on_sampling=_on_sampling)
+                    tls_plaintext=not args.no_tls, stats=stats, policy=policy,
+                    adaptive=adaptive, on_sampling=_on_sampling)
     try:
         tracer.start()
     except loader.LoaderError as e:
@@ -252,6 +299,7 @@ def cmd_run(args) -> int:
             sys.stderr.write(e.log)
         raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
                                                      else " (run with -v for the log)")) from None
+    drop_lines, privileges_info = _drop_privileges(args, tracer, exports)  # before the ready line below
     # One line when tracing really starts: scripts and tests wait for it.
     sys.stderr.write(f"tracer: tracing ({len(tracer.attached)} programs attached"
                      f"{', ' + str(len(tracer.skipped)) + ' skipped' if tracer.skipped else ''})\n")
@@ -259,7 +307,9 @@ def cmd_run(args) -> int:
         sys.stderr.write(f"tracer: --inject unavailable ({tracer.inject_unavailable}); "
                          "correlating without injection\n")
     sys.stderr.flush()
-    exports.start(tracer)
+    for line in drop_lines:
+        sys.stderr.write(f"tracer: {line}\n")
+    exports.start(tracer)  # after the drop: its threads inherit the reduced sets
     try:
         def on_tick():
             writer.flush()
@@ -275,6 +325,7 @@ def cmd_run(args) -> int:
         writer.close()
         exports.close()  # sends what is queued (bounded wait), then counts the rest
     summary.update(exports.summary())
+    summary["privileges"] = privileges_info
     line = _summary_line(summary)
     if "spans_exported" in summary:
         line += (f"; exported {summary['spans_exported']}, export failed "
@@ -289,7 +340,7 @@ def cmd_run(args) -> int:
                  f"{summary['adaptive_sampling_engaged']}x)")
     sys.stderr.write(line + "\n")
     if args.output != "-":
-        with open(args.output + ".summary.json", "w") as f:
+        with args.summary_file or open(args.output + ".summary.json", "w") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
     return EXIT_OK
 
