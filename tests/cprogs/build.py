@@ -9,6 +9,9 @@ Variants (gcc defaults otherwise, so PIE):
                    .gnu_debugdata section (xz-compressed ELF with a .symtab of the
                    function symbols that .dynsym lacks: the Fedora recipe)
 - "stripped-bare": "nofp", then strip --strip-all; no .gnu_debugdata
+- "debugframe":    "nofp" with -fno-asynchronous-unwind-tables: the CFI of
+                   target.c's functions is in .debug_frame only (crt code keeps
+                   its .eh_frame)
 
 Outputs are cached in outdir by a hash of the source, this file and the
 variant; a finished binary is renamed into place, so concurrent builds are safe.
@@ -30,6 +33,8 @@ VARIANTS = {
     "nofp": ["-O2", "-g", "-fomit-frame-pointer"],
     "stripped": ["-O2", "-g", "-fomit-frame-pointer"],
     "stripped-bare": ["-O2", "-g", "-fomit-frame-pointer"],
+    # not in the shared interface: CFI of our functions only in .debug_frame
+    "debugframe": ["-O2", "-g", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables"],
 }
 TOOLS = ("gcc", "strip", "objcopy", "nm", "xz")
 

@@ -2,7 +2,8 @@
 as our child, is stopped with ptrace while callee sleeps (rip inside libc's
 clock_nanosleep), and its registers plus the top 16 KiB of its stack are
 unwound and symbolised: libc -> callee -> caller -> main -> libc -> _start,
-for the frame-pointer, no-frame-pointer and both stripped builds."""
+for the frame-pointer, no-frame-pointer and both stripped builds, and one
+whose CFI for target.c's code is only in .debug_frame."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ pytestmark = [
                        reason=str(ptrace_snap.supported())),
 ]
 
-VARIANTS = ("fp", "nofp", "stripped", "stripped-bare")
+VARIANTS = ("fp", "nofp", "stripped", "stripped-bare", "debugframe")
 STACK_COPY = 16384
 SLEEP_SYSCALLS = (35, 230)  # x86-64 nanosleep, clock_nanosleep
 
@@ -102,6 +103,11 @@ def test_real_stack_through_libc(bins, running, variant):
     assert all("libc" in f.module for f in frames[i + 3:-1])
     elf = ElfSymbols.open(str(bins[variant]))
     assert all(f.build_id == elf.build_id for f in frames[i:i + 3])
+    if variant == "debugframe":  # unwound by .debug_frame: .eh_frame has no FDE for them
+        for name in ("callee", "caller", "main"):
+            vaddr = elf.lookup(name).vaddr
+            assert elf.eh_frame().find(vaddr) is None
+            assert elf.debug_frame().find(vaddr).start == vaddr
     assert unwind(maps, regs, stack, regs["rsp"]) == res.addrs
 
 

@@ -13,6 +13,7 @@ import struct
 from bisect import bisect_right
 from typing import NamedTuple
 
+from elftools.dwarf.callframe import FDE as CallFrameFDE
 from elftools.dwarf.callframe import CallFrameInfo, RegisterRule
 from elftools.dwarf.dwarf_expr import DWARFExprParser
 from elftools.dwarf.structs import DWARFStructs
@@ -214,11 +215,21 @@ def locate_eh_frame(elf: RawElf) -> tuple[bytes, int] | None:
 class EhFrame:
     """FDE index of one module plus lazily decoded rule tables."""
 
-    def __init__(self, data: bytes, vaddr: int):
+    def __init__(self, data: bytes, vaddr: int, debug_frame: bool = False):
         self.vaddr = vaddr
-        self.fdes = scan_fdes(data, vaddr)
+        self._cfi = CallFrameInfo(io.BytesIO(data), len(data), vaddr, _STRUCTS,
+                                  for_eh_frame=not debug_frame)
+        if debug_frame:
+            # .debug_frame (CFI without .eh_frame, e.g. -fno-asynchronous-unwind-tables):
+            # absolute addresses, parsed whole by pyelftools (only such binaries pay)
+            self.fdes = sorted(
+                Fde(e["initial_location"], e["initial_location"] + e["address_range"],
+                    e.offset, False)
+                for e in self._cfi.get_entries()
+                if isinstance(e, CallFrameFDE) and e["address_range"])
+        else:
+            self.fdes = scan_fdes(data, vaddr)
         self.starts = [f.start for f in self.fdes]
-        self._cfi = CallFrameInfo(io.BytesIO(data), len(data), vaddr, _STRUCTS, for_eh_frame=True)
         self._tables: dict[int, CfiTable | None] = {}
         self._expr = DWARFExprParser(_STRUCTS)
         self.decode_errors = 0

@@ -17,10 +17,11 @@ from bisect import bisect_right
 from typing import NamedTuple
 
 from . import minidebug
-from .ehframe import EhFrame, locate_eh_frame
+from .ehframe import EhFrame, Fde, locate_eh_frame
 from .rawelf import SHT_DYNSYM, SHT_SYMTAB, STB_GLOBAL, STB_WEAK, ElfFormatError, RawElf, RawSym
 
 CACHE_MAX = 512  # modules: a host has a few hundred distinct libraries at most
+MAX_DEBUG_FRAME = 16 << 20  # .debug_frame kept for unwinding (CFI only: small)
 _BIND_RANK = {STB_GLOBAL: 0, STB_WEAK: 1}
 _SOURCE_RANK = {"symtab": 0, "debugdata": 1, "dynsym": 2, "eh_frame": 3}
 
@@ -53,6 +54,7 @@ class ElfSymbols:
         self._starts: list[int] = []
         self._best: list[Sym] = []
         self._eh: EhFrame | None | bool = False  # False: not read yet
+        self._debug_frame: EhFrame | None | bool | bytes = False  # bytes: read, not parsed
         self.counters = {"debugdata_errors": 0, "eh_frame_errors": 0}
 
     # -- opening and caching ------------------------------------------------
@@ -78,6 +80,9 @@ class ElfSymbols:
             if hit is None:
                 hit = cls(path, raw, bid)
                 hit._load_symbols()  # reads the tables and .eh_frame while open
+                dbg = raw.section(".debug_frame")
+                if dbg is not None and 0 < dbg.size <= MAX_DEBUG_FRAME:
+                    hit._debug_frame = raw.section_data(dbg)
             reader.fd = None
         with cls._lock:
             if len(cls._cache) >= CACHE_MAX:
@@ -182,6 +187,25 @@ class ElfSymbols:
                 self.counters["eh_frame_errors"] += 1
             self._eh = eh
         return self._eh or None
+
+    def debug_frame(self) -> EhFrame | None:
+        """The .debug_frame FDE index (None without one), parsed on first use."""
+        if isinstance(self._debug_frame, bytes):
+            data, self._debug_frame = self._debug_frame, None
+            try:
+                self._debug_frame = EhFrame(data, 0, debug_frame=True)
+            except Exception:  # malformed CFI inside pyelftools: counted, no unwinding by it
+                self.counters["eh_frame_errors"] += 1
+        return self._debug_frame or None
+
+    def cfi(self, vaddr: int) -> tuple[EhFrame, Fde] | None:
+        """The CFI index and FDE covering vaddr: .eh_frame first, then .debug_frame."""
+        for index in (self.eh_frame(), self.debug_frame()):
+            if index is not None:
+                fde = index.find(vaddr)
+                if fde is not None:
+                    return index, fde
+        return None
 
     def __repr__(self) -> str:
         return f"ElfSymbols({self.path!r}, build_id={self.build_id})"

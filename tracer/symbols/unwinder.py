@@ -1,11 +1,11 @@
 """DWARF CFI unwinder over a copy of the user stack (x86-64).
 
 Input: the registers at a probe (rip, rsp, rbp; rbx, r12-r15 when known) and
-the bytes copied from rsp upward. For each frame, the .eh_frame FDE of the
-module holding the pc gives a rule row: CFA = reg + offset (or a DWARF
-expression: the standard PLT one and other simple ones are evaluated), the
-return address is at CFA-8, and callee-saved registers saved in the frame
-are read back from the copy. Without an FDE (JIT code, hand-written asm)
+the bytes copied from rsp upward. For each frame, the .eh_frame (else
+.debug_frame) FDE of the module holding the pc gives a rule row: CFA =
+reg + offset (or a DWARF expression: the standard PLT one and other simple
+ones are evaluated), the return address is at CFA-8, and callee-saved
+registers saved in the frame are read back from the copy. Without an FDE (JIT code, hand-written asm)
 the frame pointer chain is tried: [rbp] = caller's rbp, [rbp+8] = return
 address.
 
@@ -98,9 +98,8 @@ def unwind_ex(pid_maps: ProcMaps, regs: dict[str, int], stack: bytes, stack_addr
 def _step(pid_maps: ProcMaps, r: dict, pc: int, read) -> tuple[dict, bool, str]:
     """Registers of the caller of the frame executing at pc."""
     mod = pid_maps.module(pc)
-    eh = mod.elf.eh_frame() if mod is not None else None
-    fde = eh.find(mod.vaddr) if eh is not None else None
-    table = eh.table(fde) if fde is not None else None
+    hit = mod.elf.cfi(mod.vaddr) if mod is not None else None
+    table = hit[0].table(hit[1]) if hit is not None else None
     row = table.row(mod.vaddr) if table is not None else None
     if row is None:
         return _step_fp(pid_maps, r, read, NO_MODULE if mod is None else NO_FDE), False, "fp"
