@@ -3,7 +3,9 @@
 Runs inside each kernel (a virtme-ng guest, a Vagrant box, or the host itself):
   1. `python -m tracer probe --json`;
   2. the `tests/kernel` tier plus `tests/e2e/test_http1.py` (junit XML, counted);
-  3. a short `harness bench` smoke on the `stress` scenario.
+  3. `tracer funcs kernel:do_sys_openat2` on a child that opens a file 23 times
+     (exact count; where the probe finds neither fentry nor kprobes, its one-line reason);
+  4. a short `harness bench` smoke on the `stress` scenario.
 Everything lands in OUTDIR/result.json (plus the raw files beside it), which
 `python -m harness matrix` (or `--collect`) turns into one report row. A step
 the kernel or guest cannot do is recorded with the reason; it never aborts the
@@ -146,6 +148,67 @@ def step_bench(out: Path, duration: float, rps: float | None, timeout: float,
     return {"ok": True, "exit": r.returncode, **_bench_figures(runs[-1].parent)}
 
 
+KFUNC, KFUNC_CALLS = "do_sys_openat2", 23
+# Says "ready" after its own start-up (which opens files too), then opens a file
+# exactly KFUNC_CALLS times once told to (after the tracer attached).
+_KFUNC_CHILD = ("import os, sys\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+                f"for _ in range({KFUNC_CALLS}):\n    os.close(os.open('/proc/self/stat', 0))\n")
+
+
+def step_kfuncs(out: Path, timeout: float) -> dict:
+    """Kernel-function tracing, where the probe allows it: `tracer funcs
+    kernel:do_sys_openat2 --pid CHILD` while the child opens a file exactly 23
+    times must report 23 calls, each returning an fd >= 0."""
+    import queue
+    import signal
+    import threading
+
+    jsonl = out / "kfuncs.jsonl"
+    child = subprocess.Popen([sys.executable, "-S", "-c", _KFUNC_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    tracer = subprocess.Popen([sys.executable, "-m", "tracer", "funcs", f"kernel:{KFUNC}",
+                               "--pid", str(child.pid), "--output", str(jsonl)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in tracer.stderr], daemon=True).start()
+    try:
+        first = lines.get(timeout=timeout)
+    except queue.Empty:
+        first = f"no output within {timeout:.0f} s"
+    try:
+        if not first.startswith("tracer: tracing"):
+            tracer.kill()
+            return {"ok": False, "exit": tracer.wait(), "error": first.strip()}
+        child.stdin.write("go\n")
+        child.stdin.close()
+        child.wait(timeout)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+    finally:
+        for p in (child, tracer):
+            if p.poll() is None:
+                p.kill()
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    recs = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+    calls = [r for r in recs if r.get("function") == KFUNC and r.get("pid") == child.pid]
+    fds_ok = sum(isinstance(r.get("retval"), int) and r["retval"] >= 0 for r in calls)
+    try:
+        summary = json.loads(Path(f"{jsonl}.summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    return {"ok": tracer.returncode == 0 and len(calls) == KFUNC_CALLS == fds_ok,
+            "exit": tracer.returncode, "function": KFUNC, "expected": KFUNC_CALLS,
+            "calls": len(calls), "fds_ok": fds_ok, "records": len(recs),
+            "method": summary.get("method"), "unmatched_exits": summary.get("unmatched_exits"),
+            "events_dropped": summary.get("events_dropped"), "stderr": _tail("".join(rest), 2)}
+
+
 def detect_virt() -> str:
     """'tcg' (emulated: timings not comparable), 'vm' (hardware-virtualised) or 'native'.
 
@@ -167,7 +230,7 @@ def run(out: Path, label: str, virt: str, bench_duration: float, bench_rps: floa
     result: dict = {"schema": RESULT_SCHEMA, "label": label, "kernel": platform.release(),
                     "virt": virt, "emulated": virt == "tcg", "env": env}
     timings = {}
-    for name in ("probe", "tests", "bench"):
+    for name in ("probe", "tests", "kfuncs", "bench"):
         if name not in steps:
             continue
         t = time.monotonic()
@@ -175,6 +238,8 @@ def run(out: Path, label: str, virt: str, bench_duration: float, bench_rps: floa
             result["probe"] = step_probe(out)
         elif name == "tests":
             result["tests"] = step_tests(out, tests_timeout, tests)
+        elif name == "kfuncs":
+            result["kfuncs"] = step_kfuncs(out, 120)
         else:
             result["bench"] = step_bench(out, bench_duration, bench_rps, tests_timeout, env)
         timings[name] = round(time.monotonic() - t, 1)
@@ -192,13 +257,13 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-duration", type=float, default=2.0)
     ap.add_argument("--bench-rps", type=float, default=None)
     ap.add_argument("--tests-timeout", type=float, default=1500.0)
-    ap.add_argument("--steps", default="probe,tests,bench",
-                    help="comma-separated subset of probe,tests,bench")
+    ap.add_argument("--steps", default="probe,tests,kfuncs,bench",
+                    help="comma-separated subset of probe,tests,kfuncs,bench")
     ap.add_argument("--tests", action="append", default=None,
                     help=f"pytest path or node id, repeatable (default: {' '.join(TEST_PATHS)})")
     args = ap.parse_args(argv)
     steps = {s for s in args.steps.split(",") if s}
-    if not steps <= {"probe", "tests", "bench"}:
+    if not steps <= {"probe", "tests", "kfuncs", "bench"}:
         ap.error(f"unknown step in --steps {args.steps!r}")
     run(args.out, args.label, args.virt or detect_virt(), args.bench_duration,
         args.bench_rps, args.tests_timeout, steps, tuple(args.tests or TEST_PATHS))

@@ -19,7 +19,6 @@ char LICENSE[] SEC("license") = "GPL";
 
 const volatile __u32 self_tgid = 0;  /* the tracer never traces itself */
 const volatile __u32 target_id = 0;  /* fentry copies: this copy's target index */
-const volatile __u32 nargs = 0;      /* kprobes: argument registers to read (from BTF) */
 const volatile __u8 by_pid = 0;      /* only tgids in kf_pids */
 const volatile __u8 by_cgroup = 0;   /* only cgroup ids in kf_cgroups */
 const volatile __u8 by_netns = 0;    /* only tasks whose netns inode is in kf_netns */
@@ -82,6 +81,7 @@ struct {
 
 /* Give the ctypes mirror's BTF check something to find. */
 const volatile struct kf_event *kf_event_anchor __attribute__((unused));
+const volatile enum kf_counter kf_counter_anchor __attribute__((unused));
 
 enum { METHOD_FENTRY = 1, METHOD_KPROBE = 2 };
 
@@ -96,12 +96,17 @@ enum { METHOD_FENTRY = 1, METHOD_KPROBE = 2 };
 #endif
 #endif
 
-static __always_inline void kf_count(__u32 idx)
+static __always_inline void kf_count_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&kf_counters, &idx);
 
 	if (v)
-		*v += 1;
+		*v += n;
+}
+
+static __always_inline void kf_count(__u32 idx)
+{
+	kf_count_add(idx, 1);
 }
 
 static __always_inline bool wanted(__u32 tgid)
@@ -193,10 +198,13 @@ static __always_inline void pop_and_emit(__u32 target, __u64 retval, __u8 method
 		kf_count(KF_CTR_UNMATCHED_EXIT);
 		return;
 	}
-	for (i = found + 1; i < d && i < KF_MAX_DEPTH; i++)
-		kf_count(KF_CTR_UNMATCHED_ENTRY);
+	if (d > found + 1)
+		kf_count_add(KF_CTR_UNMATCHED_ENTRY, d - found - 1);
 	t->depth = found;
-	f = &t->frames[found & (KF_MAX_DEPTH - 1)];
+	/* found < KF_MAX_DEPTH already, but the verifier cannot see it through
+	 * d - 1 - i and clang drops a plain mask: mask in asm. */
+	asm volatile("%[x] &= %[m]" : [x] "+r"(found) : [m] "i"(KF_MAX_DEPTH - 1));
+	f = &t->frames[found];
 
 	kf_count(KF_CTR_EVENTS);
 	s = bpf_map_lookup_elem(&kf_scratch, &zero);
@@ -274,12 +282,13 @@ int kf_kprobe(struct pt_regs *ctx)
 	f = push((__u32)pid_tgid, (__u32)bpf_get_attach_cookie(ctx));
 	if (!f)
 		return 0;
-	f->args[0] = nargs > 0 ? PT_REGS_PARM1(ctx) : 0;
-	f->args[1] = nargs > 1 ? PT_REGS_PARM2(ctx) : 0;
-	f->args[2] = nargs > 2 ? PT_REGS_PARM3(ctx) : 0;
-	f->args[3] = nargs > 3 ? PT_REGS_PARM4(ctx) : 0;
-	f->args[4] = nargs > 4 ? PT_REGS_PARM5(ctx) : 0;
-	f->args[5] = nargs > 5 ? PT_REGS_PARM6(ctx) : 0;
+	/* All six registers; user space keeps the function's real count (BTF). */
+	f->args[0] = PT_REGS_PARM1(ctx);
+	f->args[1] = PT_REGS_PARM2(ctx);
+	f->args[2] = PT_REGS_PARM3(ctx);
+	f->args[3] = PT_REGS_PARM4(ctx);
+	f->args[4] = PT_REGS_PARM5(ctx);
+	f->args[5] = PT_REGS_PARM6(ctx);
 	return 0;
 }
 
