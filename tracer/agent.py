@@ -180,6 +180,7 @@ class Tracer:
             raise
         self.obj = obj
         self.started_at = time.time()
+        self._last_poll = time.monotonic()
 
     def _start_tls(self, obj: loader.BPFObject) -> None:
         """TLS plaintext is an extra: without uprobes (or tls.bpf.o) say so in
@@ -257,11 +258,15 @@ class Tracer:
             self.injector.drain()  # injections precede the writes that carry them
         n = rb.consume(self._handler, CONSUME_BATCH)
         self.stats.events_delivered += n
+        self._polled()
+        return n
+
+    def _polled(self) -> None:
+        # from the end of start() on: what runs between start() and run() counts too
         now = time.monotonic()
         if self._last_poll and now - self._last_poll > self.max_poll_gap:
             self.max_poll_gap = now - self._last_poll
         self._last_poll = now
-        return n
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None,
             on_tick: Callable[[], None] | None = None) -> None:
@@ -329,6 +334,7 @@ class Tracer:
 
     def stop(self) -> dict:
         """Detach, drain what is left, close connections, return the summary."""
+        self._polled()  # a run loop that never polled shows here
         if self.tls:
             self.tls.detach()  # before the syscall side: no SSL call left half-seen
         if self.injector:
