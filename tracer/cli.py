@@ -189,6 +189,16 @@ def _open_exports(args, writer):
                          "(pip install 'httptrace-ebpf[export]')") from None
 
 
+def _check_lockdown() -> None:
+    """Under lockdown=confidentiality the socket object cannot load (it reads
+    kernel memory) and tracefs is locked: say so in one line (exit 2)."""
+    from . import lockdown
+
+    mode = lockdown.mode_here()
+    if mode == "confidentiality":
+        raise UsageError(lockdown.refusal(mode, lockdown.audit()))
+
+
 def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
     """After attach: keep only what the features in use need (tracer/privileges.py).
     Returns the lines to show once tracing is announced, and the summary entry."""
@@ -225,7 +235,8 @@ def _runtime(cfg, stats):
 
     s = cfg.scope
     filters = Filters(pids=s.pids, netns=[resolve_netns(n) for n in s.netns],
-                      cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports)
+                      cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports,
+                      comms=s.processes)
     policy = (SpanPolicy(cfg.filter, cfg.ratio, stats)
               if cfg.filter.active() or cfg.ratio is not None else None)
     adaptive = AdaptiveController(cfg.adaptive) if cfg.adaptive.enabled else None
@@ -268,6 +279,7 @@ def cmd_run(args) -> int:
         probe.require_environment()
     except probe.EnvironmentProblem as e:
         raise UsageError(str(e)) from None
+    _check_lockdown()
     stats = Stats()
     filters, policy, adaptive = _runtime(args.cfg, stats)
     try:

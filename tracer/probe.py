@@ -43,6 +43,7 @@ class ProbeResult:
     kernel: str
     features: dict[str, Feature] = field(default_factory=dict)
     lockdown: str = "unknown"
+    helper_audit: dict = field(default_factory=dict)  # tracer/lockdown.py Audit.as_dict()
 
     def ok(self, name: str) -> bool:
         f = self.features.get(name)
@@ -52,6 +53,7 @@ class ProbeResult:
         return {
             "kernel": self.kernel,
             "lockdown": self.lockdown,
+            "helper_audit": self.helper_audit,
             "features": {k: asdict(v) for k, v in self.features.items()},
             "decisions": decisions(self),
         }
@@ -84,16 +86,9 @@ def btf_available() -> bool:
 def lockdown_mode() -> str:
     """The bracketed mode of /sys/kernel/security/lockdown; securityfs is
     mounted if needed (it is not at boot on our machines)."""
-    path = "/sys/kernel/security/lockdown"
-    if not os.path.exists(path):
-        os.system("mount -t securityfs securityfs /sys/kernel/security >/dev/null 2>&1")
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return "unknown"
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else "unknown"
+    from . import lockdown
+
+    return lockdown.mode_here()
 
 
 def _try_program(prog: str, attach) -> Feature:
@@ -178,6 +173,12 @@ def probe() -> ProbeResult:
     put("probe_write_user", _try_program("probe_write_user", lambda o: None))
     put("bpf_stats", _bpf_stats())
     res.lockdown = lockdown_mode()
+    from . import lockdown
+
+    try:
+        res.helper_audit = lockdown.audit().as_dict()
+    except (OSError, ValueError) as e:  # objects not built, or not BPF ELF
+        res.helper_audit = {"error": str(e)}
     return res
 
 
@@ -206,6 +207,24 @@ def decisions(res: ProbeResult) -> dict[str, str]:
                              else "unavailable")
     if not res.ok("probe_write_user"):
         d["bpf_probe_write_user"] = f"refused (lockdown={res.lockdown}): not used"
+    d.update(_lockdown_decisions(res))
+    return d
+
+
+def _lockdown_decisions(res: ProbeResult) -> dict[str, str]:
+    """From the helper audit of the objects (tracer/lockdown.py)."""
+    a = res.helper_audit
+    if not a or "error" in a:
+        return {"helper audit": f"not done ({a.get('error', 'not run')})"} if a else {}
+    bad = a["forbidden_by_integrity_used"]
+    d = {"lockdown=integrity": ("no helper forbidden by integrity is used" if not bad
+                                else "uses " + ", ".join(bad) + " (forbidden by integrity)")}
+    conf = a["forbidden_by_confidentiality_used"]
+    lost = "; ".join(f"{o}.bpf.o calls {', '.join(h)}" for o, h in conf.items())
+    verdict = ("sock.bpf.o cannot load and tracefs is locked: `run` exits 2 saying so"
+               if "sock" in conf else "tracefs is locked: tracepoints cannot attach")
+    d["lockdown=confidentiality"] = (f"{'in force' if res.lockdown == 'confidentiality' else 'would'}"
+                                     f" forbid kernel reads ({lost}): {verdict}")
     return d
 
 
