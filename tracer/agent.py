@@ -41,6 +41,12 @@ class Filters:
     netns: list[int] = field(default_factory=list)  # netns inodes
     cgroups: list[int] = field(default_factory=list)  # cgroup v2 ids
     ports: list[int] = field(default_factory=list)
+    comms: list[str] = field(default_factory=list)  # exact process (thread) names
+
+
+def comm_key(comm: str) -> bytes:
+    """A filter_comms key: the name as the kernel stores it (at most 15 bytes, NUL-padded)."""
+    return comm.encode()[:events.TASK_COMM_LEN - 1].ljust(events.TASK_COMM_LEN, b"\0")
 
 
 def clock_offset_ns() -> int:
@@ -216,16 +222,18 @@ class Tracer:
         """Fill the filter maps; on reload also remove what is no longer
         wanted (the maps are updated in place, the probes stay attached)."""
         f = self.filters
-        cfg = events.FilterConfigC(bool(f.pids), bool(f.netns), bool(f.cgroups), bool(f.ports))
+        cfg = events.FilterConfigC(bool(f.pids), bool(f.netns), bool(f.cgroups), bool(f.ports),
+                                   bool(f.comms))
         one = b"\x01"
         pids = set(f.pids)
         for pid in f.pids:
             pids.update(descendants(pid))
         for name, wanted in (("filter_pids", pids), ("filter_netns", set(f.netns)),
-                             ("filter_cgroups", set(f.cgroups)), ("filter_ports", set(f.ports))):
+                             ("filter_cgroups", set(f.cgroups)), ("filter_ports", set(f.ports)),
+                             ("filter_comms", {comm_key(c) for c in f.comms})):
             m = obj.map(name)
             for key in list(m.keys()):
-                if int.from_bytes(key, "little") not in wanted:
+                if (key if name == "filter_comms" else int.from_bytes(key, "little")) not in wanted:
                     m.delete(key)
             for k in wanted:
                 m.update(k, one)

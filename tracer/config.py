@@ -33,6 +33,7 @@ class Scope:
     pids: list[int] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)  # names or inode numbers
     cgroups: list[str] = field(default_factory=list)  # cgroup v2 paths
+    processes: list[str] = field(default_factory=list)  # exact process (thread) names
 
 
 @dataclass
@@ -59,6 +60,11 @@ def _pid_list(v) -> bool:
 def _netns_list(v) -> bool:
     return isinstance(v, list) and all((isinstance(x, str) and x) or (type(x) is int and x > 0)
                                        for x in v)
+
+
+def _comm_list(v) -> bool:
+    """Exact names as the kernel compares them: 1..15 bytes, no glob characters."""
+    return _str_list(v) and all(len(x.encode()) < 16 and not set(x) & set("*?[]") for x in v)
 
 
 def _cgroup_filter_list(v) -> bool:
@@ -92,6 +98,8 @@ SCHEMA = {
         "pids": (_pid_list, "a list of process ids, e.g. [1234]"),
         "netns": (_netns_list, 'a list of netns names or inodes, e.g. ["blue"]'),
         "cgroups": (_str_list, 'a list of cgroup v2 paths, e.g. ["/sys/fs/cgroup/app.slice"]'),
+        "processes": (_comm_list, 'a list of exact process names of at most 15 bytes, e.g. '
+                                  '["nginx"] (globs go in filter.processes)'),
     },
     "filter": {
         "include_paths": (_str_list, 'a list of path globs, e.g. ["/api/*"]'),

@@ -145,6 +145,7 @@ class FilterConfigC(ctypes.Structure):
         ("by_netns", ctypes.c_uint8),
         ("by_cgroup", ctypes.c_uint8),
         ("by_port", ctypes.c_uint8),
+        ("by_comm", ctypes.c_uint8),
     ]
 
 

@@ -32,7 +32,7 @@ TRACEPARENT_LEN = 70
 INJECT_SCAN = 1024
 CTX_SCAN = 512
 SHARED_MAPS = ("filter_cfg", "filter_pids", "filter_netns", "filter_cgroups",
-               "filter_ports")  # owned by sock.bpf.o
+               "filter_ports", "filter_comms")  # owned by sock.bpf.o
 CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 MAX_WAITING = 4096  # injected requests remembered, all keys together
 STALE_NS = 10_000_000_000

@@ -40,7 +40,8 @@ HOOKS = {
 REQUIRED = ("SSL_read", "SSL_write")
 # maps of sock.bpf.o that tls.bpf.o shares (tracer/bpf/maps.h)
 SHARED_MAPS = ("events", "counters", "conns", "ssl_active", "ssl_fds", "ssl_last_read",
-               "filter_cfg", "filter_pids", "filter_cgroups", "filter_netns", "filter_ports")
+               "filter_cfg", "filter_pids", "filter_cgroups", "filter_netns", "filter_ports",
+               "filter_comms")
 SYSTEM_LIBS = (
     "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/x86_64-linux-gnu/libssl.so.3",
     "/lib/x86_64-linux-gnu/libssl.so.1.1", "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",

@@ -7,7 +7,8 @@ exchanges each, the agent draining the ring as in a real run.
                                         [--conns N] [--reqs N]
 
 --object: another build of sock.bpf.o (e.g. from before adaptive sampling),
---drop: new connections sampled out per 65536 (65536: all, 0: none).
+--drop: new connections sampled out per 65536 (65536: all, 0: none),
+--comm: add the in-kernel process-name scope ([scope] processes).
 Prints one JSON line.
 """
 
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--drop", type=int, default=0)
     ap.add_argument("--conns", type=int, default=500)
     ap.add_argument("--reqs", type=int, default=10)
+    ap.add_argument("--comm", action="store_true",
+                    help="also scope by process name in the kernel (the child's: all pass)")
     a = ap.parse_args()
     if a.object:
         real = loader.object_path
@@ -88,7 +91,8 @@ def main() -> None:
         sys.exit("bpf_enable_stats failed")
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(a.conns), str(a.reqs)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    tr = agent.Tracer(agent.Filters(ports=[port]), tls_plaintext=False)
+    comms = [open(f"/proc/{child.pid}/comm").read().strip()] if a.comm else []
+    tr = agent.Tracer(agent.Filters(ports=[port], comms=comms), tls_plaintext=False)
     tr.start()
     try:
         if a.drop:
@@ -110,7 +114,7 @@ def main() -> None:
     runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
     total = a.conns * a.reqs
     print(json.dumps({
-        "object": a.object or "current", "drop": a.drop, "requests": total,
+        "object": a.object or "current", "drop": a.drop, "comm": a.comm, "requests": total,
         "bpf_ns_total": ns, "bpf_runs": runs, "bpf_ns_per_run": round(ns / max(runs, 1), 1),
         "bpf_ns_per_request": round(ns / total, 1), "wall_s": round(wall, 3),
         "spans": summary["spans_emitted"], "events": summary["events_seen"],

@@ -210,6 +210,28 @@ def test_process_name_filter_two_clients(tmp_path):
     assert tr.summary["spans_filtered"] == 13
 
 
+def test_process_name_scope_in_kernel(tmp_path):
+    """[scope] processes compares comm in the kernel: h4skip's 13 requests
+    never leave it (no event, no span, nothing filtered in user space)."""
+    port = free_port()
+    with py_server(port, 1) as srv:
+        server_comm = Path(f"/proc/{srv.pid}/comm").read_text().strip()
+        conf = f'[scope]\nports = [{port}]\nprocesses = ["h4keep", "{server_comm}"]\n'
+        with Tracer(tmp_path, conf) as tr:
+            for name, n in (("h4keep", 10), ("h4skip", 13)):
+                subprocess.run([sys.executable, "-c", CLIENT, name, str(port), str(n)],
+                               check=True, timeout=30)
+    clients = [s for s in tr.spans if s["kind"] == "client"]
+    servers = [s for s in tr.spans if s["kind"] == "server"]
+    assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4keep-{i}" for i in range(10))
+    assert len(servers) == 23 and {s["comm"] for s in servers} == {server_comm}
+    assert tr.summary["spans_filtered"] == 0
+    # per exchange: an open, 2 data events and a close on each traced side
+    # (the server side of all 23, the client side of h4keep's 10)
+    assert tr.summary["spans_emitted"] == 33
+    assert tr.summary["incomplete_requests"] == 0 and tr.summary["unparsed_bytes"] == 0
+
+
 def _link_ids(pid: int) -> set[int]:
     """Ids of the BPF links the process holds (fdinfo of its link fds)."""
     ids = set()

@@ -43,6 +43,7 @@ ports = [80]
 pids = [1]
 netns = ["blue", 4026531840]
 cgroups = ["/sys/fs/cgroup/a"]
+processes = ["nginx", "python3.11"]
 [filter]
 include_paths = ["/api/*"]
 exclude_paths = ["/healthz"]
@@ -60,6 +61,7 @@ min_keep = 0
 relax_after = 10
 """)
     assert cfg.scope.netns == ["blue", "4026531840"]
+    assert cfg.scope.processes == ["nginx", "python3.11"]
     assert cfg.filter.cgroups == ["/system.slice/*", 1234]
     assert cfg.ratio == 1.0 and isinstance(cfg.ratio, float)
     assert cfg.adaptive == config.AdaptiveSpec(True, 0.75, 2.0, 0.0, 10)
@@ -83,6 +85,8 @@ def test_command_line_flags_replace_file_keys():
     ("[scope]\nports = [0]\n", "scope.ports = [0]: must be a list of TCP ports"),
     ("[scope]\nports = 80\n", "scope.ports = 80: must be a list of TCP ports"),
     ("[filter]\nmethods = ['GET /']\n", "filter.methods"),
+    ("[scope]\nprocesses = ['py*']\n", "(globs go in filter.processes)"),
+    ("[scope]\nprocesses = ['a-very-long-process-name']\n", "at most 15 bytes"),
     ("[adaptive]\nenabled = 'yes'\n", 'adaptive.enabled = "yes": must be true or false'),
     ("[adaptive]\ncpu_budget = 0\n", "adaptive.cpu_budget = 0: must be a positive share"),
     ("[filters]\n", "unknown section [filters]: use one of [scope], [filter], [sampling]"),
@@ -122,7 +126,7 @@ def test_runtime_objects_from_config():
     cfg = config.merge(config.parse("[filter]\nmethods = ['GET']\n[adaptive]\nenabled = true\n"),
                        argparse.Namespace(port=[9], pid=[], netns=[], cgroup=[]))
     filters, policy, adaptive = cli._runtime(cfg, Stats())
-    assert filters.ports == [9]
+    assert filters.ports == [9] and filters.comms == []
     assert policy is not None and policy.ratio is None
     assert adaptive is not None and adaptive.keep == 1.0
     _, policy, adaptive = cli._runtime(config.Config(), Stats())

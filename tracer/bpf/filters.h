@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * filters.h: the run-time filter maps (--pid/--cgroup per process, --netns and
- * --port per socket). sock.bpf.o owns them; tls.bpf.o and inject.bpf.o get
+ * filters.h: the run-time filter maps (--pid/--cgroup and [scope] processes
+ * per process, --netns and --port per socket). sock.bpf.o owns them; tls.bpf.o and inject.bpf.o get
  * their fds before load (bpf_map__reuse_fd), so the definitions must be
  * identical in every object: this header is the only copy.
  */
@@ -45,6 +45,14 @@ struct {
 	__type(value, __u8);
 } filter_ports SEC(".maps");
 
+/* Process names (comm, TASK_COMM_LEN bytes, NUL-padded): [scope] processes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, char[TASK_COMM_LEN]);
+	__type(value, __u8);
+} filter_comms SEC(".maps");
+
 static __always_inline struct filter_config *filters(void)
 {
 	__u32 zero = 0;
@@ -65,6 +73,13 @@ static __always_inline bool process_wanted(__u32 tgid, struct filter_config *cfg
 		__u64 cg = bpf_get_current_cgroup_id();
 
 		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
+			return false;
+	}
+	if (cfg->by_comm) {
+		char comm[TASK_COMM_LEN] = {};
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&filter_comms, comm))
 			return false;
 	}
 	return true;

@@ -135,6 +135,7 @@ struct filter_config {
 	__u8 by_netns;  /* only netns inodes in filter_netns */
 	__u8 by_cgroup; /* only cgroup ids in filter_cgroups */
 	__u8 by_port;   /* only connections with a local or remote port in filter_ports */
+	__u8 by_comm;   /* only threads whose comm is in filter_comms (exact, NUL-padded) */
 };
 
 /* An SSL call in progress on a thread (map "ssl_active", key: pid_tgid),
