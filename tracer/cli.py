@@ -235,7 +235,8 @@ def _runtime(cfg, stats):
 
     s = cfg.scope
     filters = Filters(pids=s.pids, netns=[resolve_netns(n) for n in s.netns],
-                      cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports)
+                      cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports,
+                      comms=s.processes)
     policy = (SpanPolicy(cfg.filter, cfg.ratio, stats)
               if cfg.filter.active() or cfg.ratio is not None else None)
     adaptive = AdaptiveController(cfg.adaptive) if cfg.adaptive.enabled else None
