@@ -194,27 +194,30 @@ class FuncsTracer:
             obj.attach("funcs_thread_exit")
             self.rb = obj.ring_buffer("funcs_events")
             # Return probes first: a call entered before its return probe
-            # exists would leave an entry that never pops.
-            for p in self.probes:
-                self._attach(p, retprobe=True)
-            for p in self.probes:
-                self._attach(p, retprobe=False)
+            # exists would leave an entry that never pops. With --pid the
+            # kernel installs the breakpoints in those processes only, so
+            # others do not pay the trap (the BPF filter stays, for threads).
+            for retprobe in (True, False):
+                for pid in self.pids or [-1]:
+                    for p in self.probes:
+                        self._attach(p, retprobe, pid)
         except BaseException:
             self.close()
             raise
 
-    def _attach(self, p: Probe, retprobe: bool) -> None:
+    def _attach(self, p: Probe, retprobe: bool, pid: int) -> None:
         lib = loader.libbpf()
         prog = "func_exit" if retprobe else "func_entry"
         opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, p.index, retprobe, None)
-        link = lib.bpf_program__attach_uprobe_opts(self.obj.programs[prog], -1,
+        link = lib.bpf_program__attach_uprobe_opts(self.obj.programs[prog], pid,
                                                    p.module.encode(), p.file_offset,
                                                    ctypes.byref(opts))
         if not link:
             err = ctypes.get_errno() or errno.EINVAL
             raise loader.AttachError(
                 f"cannot attach {'uretprobe' if retprobe else 'uprobe'} to {p.target} "
-                f"({p.module}+{p.file_offset:#x}): {errno.errorcode.get(err, err)}: "
+                f"({p.module}+{p.file_offset:#x}{'' if pid < 0 else f', pid {pid}'}): "
+                f"{errno.errorcode.get(err, err)}: "
                 f"{os.strerror(err)}", program=prog, err=err)
         self._links.append(link)
 
@@ -268,7 +271,7 @@ class FuncsTracer:
             "threads_full": get(Counter.FCTR_THREADS_FULL),
             "string_faults": get(Counter.FCTR_STR_FAULT),
             "decode_errors": self.decode_errors,
-            "probes_attached": len(self.probes) * 2,
+            "probes_attached": len(self.probes) * 2 * max(1, len(self.pids)),
         }
         if self.stack:
             out.update({
