@@ -1,5 +1,6 @@
 """Kernel matrix end to end: boot one Debian kernel under virtme-ng (TCG) and get
-its probe JSON and one kernel test back through the shared directory.
+its probe JSON, one kernel test and a kernel-function trace (`funcs kernel:`)
+back through the shared directory.
 
 About a minute here (the kernel package is cached after the first run). Needs
 root, qemu and busybox (`make matrix-deps`), and apt access for the first
@@ -39,7 +40,7 @@ def test_debian_kernel_boots_and_reports_probe_and_a_kernel_test(tmp_path):
     except matrix.KernelError as e:
         pytest.skip(f"cannot fetch a Debian kernel here: {e}")
     row = matrix.run_kernel(spec, tmp_path, timeout=480, accel="tcg", bench_duration=1,
-                            extra=("--steps", "probe,tests", "--tests", ONE_TEST))
+                            extra=("--steps", "probe,tests,kfuncs", "--tests", ONE_TEST))
     assert row.ok, row.reason
     r = row.result
     # The row is named after the resolved package, which names the release it boots.
@@ -52,5 +53,9 @@ def test_debian_kernel_boots_and_reports_probe_and_a_kernel_test(tmp_path):
     assert feats["fentry"]["available"], feats["fentry"]
     assert (r["tests"]["passed"], r["tests"]["failed"]) == (1, 0), r["tests"]
     assert r["tests"]["cases"][0]["id"].endswith("test_probe_json_reports_this_kernel")
+    # ... and so traces kernel functions: 23 opens by a child, 23 calls with an fd.
+    kf = r["kfuncs"]
+    assert (kf["ok"], kf["method"], kf["calls"], kf["fds_ok"]) == (True, "fentry", 23, 23), kf
+    assert kf["unmatched_exits"] == kf["events_dropped"] == 0
     head, body = matrix.table([row])
     assert dict(zip(head, body[0], strict=True))["fentry"] == "yes"
