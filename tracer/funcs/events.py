@@ -174,11 +174,10 @@ def decode(buf, off: int = 0, size: int | None = None) -> CallEvent | StackEvent
             raise DecodeError(f"call record of {size} bytes, expected {CALL_SIZE}")
         _, depth, pid, tid, dur, ret, comm = _CALL_HEAD.unpack_from(buf, off)
         start, probe, flags, *args = _FRAME_HEAD.unpack_from(buf, off + _FRAME_OFF)
-        strs = []
-        for i in range(FUNCS_MAX_ARGS):
-            raw = bytes(buf[off + _STRS_OFF + i * FUNCS_STR_LEN:
-                            off + _STRS_OFF + (i + 1) * FUNCS_STR_LEN])
-            strs.append(raw.split(b"\0", 1)[0])
+        base = off + _STRS_OFF
+        # most slots are empty (not string arguments): skip them by their first byte
+        strs = [bytes(buf[b:b + FUNCS_STR_LEN]).split(b"\0", 1)[0] if buf[b] else b""
+                for b in range(base, base + FUNCS_MAX_ARGS * FUNCS_STR_LEN, FUNCS_STR_LEN)]
         return CallEvent(pid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), probe,
                          depth, start, dur, ret, tuple(args), tuple(strs), flags)
     if kind == EventType.FUNCS_EV_STACK:
