@@ -21,6 +21,7 @@ from dataclasses import dataclass
 TASK_COMM_LEN = 16
 MAX_PAYLOAD = 4096
 MAX_IOV = 128
+SPAN_STACK_DEPTH = 32
 SAMPLE_SCALE = 65536  # adaptive sampling: new connections sampled out per SAMPLE_SCALE
 
 
@@ -52,7 +53,8 @@ class Counter(enum.IntEnum):
     CTR_TLS_HELLO = 7
     CTR_CONNS_SAMPLED = 8
     CTR_REQS_SAMPLED = 9
-    CTR_MAX = 10
+    CTR_STACK_FAILED = 10
+    CTR_MAX = 11
 
 
 class SysKind(enum.IntEnum):
@@ -130,6 +132,8 @@ class DataEventC(ctypes.Structure):
         ("hdr", EventHeader),
         ("bytes", ctypes.c_uint32),
         ("captured", ctypes.c_uint32),
+        ("stack", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
         ("payload", ctypes.c_uint8 * MAX_PAYLOAD),
     ]
@@ -163,7 +167,8 @@ class ConnInfoC(ctypes.Structure):
         ("capture", ctypes.c_uint32),
         ("sampled", ctypes.c_uint8),
         ("turn", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 6),
+        ("stack_turn", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
     ]
 
 
@@ -255,6 +260,7 @@ class DataEvent:
     size: int  # bytes really moved (the syscall's return value)
     payload: bytes  # the captured prefix (len <= size)
     comm: str
+    stack: int = 0  # --span-stacks: 1 + user stack id at a request's first syscall; 0: none
 
 
 @dataclass(slots=True)
@@ -307,14 +313,15 @@ def decode(buf, offset: int = 0, size: int | None = None) -> Event:
     if etype == _EV_DATA:
         if size < PAYLOAD_OFFSET:
             raise DecodeError(f"data record of {size} bytes is truncated")
-        (_, d, role, sysk, pid, tid, fd, cid, ts0, ts1, nbytes, cap, comm) = _unpack_data(buf, offset)
+        (_, d, role, sysk, pid, tid, fd, cid, ts0, ts1, nbytes, cap, stack, _, comm) = \
+            _unpack_data(buf, offset)
         if cap > size - PAYLOAD_OFFSET or cap > nbytes:
             raise DecodeError(f"data record claims {cap} captured bytes, has {size - PAYLOAD_OFFSET}")
         if d > 1:  # parsers index per-direction state by it (found by fuzzing)
             raise DecodeError(f"data record has direction {d}")
         start = offset + PAYLOAD_OFFSET
         return DataEvent(cid, pid, tid, fd, role, d, sysk, ts0, ts1, nbytes,
-                         bytes(buf[start:start + cap]), _comm(comm))
+                         bytes(buf[start:start + cap]), _comm(comm), stack)
     if etype == _EV_OPEN:
         if size < OPEN.size:
             raise DecodeError(f"open record of {size} bytes is truncated")
@@ -340,7 +347,7 @@ def encode(ev: Event) -> bytes:
     if isinstance(ev, DataEvent):
         return DATA.pack(_EV_DATA, ev.direction, ev.role, ev.syscall, ev.pid, ev.tid, ev.fd,
                          ev.conn_id, ev.ts_enter, ev.ts_exit, ev.size, len(ev.payload),
-                         ev.comm.encode()) + ev.payload
+                         ev.stack, 0, ev.comm.encode()) + ev.payload
     if isinstance(ev, OpenEvent):
         return OPEN.pack(_EV_OPEN, 0, ev.role, 0, ev.pid, ev.tid, ev.fd, ev.conn_id, ev.ts, ev.ts,
                          ev.cgroup_id, ev.netns, ev.family, ev.lport, ev.rport, b"",

@@ -20,6 +20,9 @@ const volatile __u32 wakeup_batch = 64;   /* force a consumer wake-up every N ev
 /* HTTP/2 connections get a larger capture: HEADERS frames often sit behind
  * DATA frames in one write, past capture_bytes. */
 const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
+/* --span-stacks: take the user stack at each request's first syscall. Off: the
+ * verifier drops the code (and the agent shrinks user_stacks to one entry). */
+const volatile __u8 span_stacks = 0;
 
 /* BTF anchor: keeps every type shared with user space in this object's BTF
  * (unused types are otherwise dropped), so tests/unit/test_events_btf.py can
@@ -104,6 +107,16 @@ static __always_inline bool sampled_out(__u8 role)
 		return false;
 	return (bpf_get_prandom_u32() & (SAMPLE_SCALE - 1)) < *drop;
 }
+
+/* --span-stacks: user stacks by id. Ids are never deleted (so user space can
+ * cache an id's frames); a new stack hashing to a taken bucket is counted
+ * (CTR_STACK_FAILED) and its span has no stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, SPAN_STACK_DEPTH * sizeof(__u64));
+} user_stacks SEC(".maps");
 
 /* Scratch space: a data event is too big for the 512-byte BPF stack. */
 struct scratch {
@@ -437,7 +450,30 @@ static __always_inline void count_turn(__u64 pid_tgid, struct active_io *io)
 		count(CTR_REQS_SAMPLED);
 }
 
-static __always_inline int io_exit(long ret)
+/* --span-stacks: 1 + the user stack id when this syscall starts a request (the
+ * first request-direction bytes of a turn of the conversation), else 0. The
+ * user stack at sys_exit is the one at sys_enter: the thread is still in it. */
+static __always_inline __u32 request_stack(void *ctx, __u64 pid_tgid, struct active_io *io)
+{
+	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
+	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	__u8 turn = request_direction(io->role, io->dir) ? 1 : 2;
+	long id;
+
+	if (!info || info->conn_id != io->conn_id || info->stack_turn == turn)
+		return 0;
+	info->stack_turn = turn;
+	if (turn != 1)
+		return 0;
+	id = bpf_get_stackid(ctx, &user_stacks, BPF_F_USER_STACK);
+	if (id < 0) {
+		count(CTR_STACK_FAILED);
+		return 0;
+	}
+	return (__u32)id + 1;
+}
+
+static __always_inline int io_exit(void *ctx, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -468,6 +504,8 @@ static __always_inline int io_exit(long ret)
 	ev->hdr.ts_enter = io->ts_enter;
 	ev->hdr.ts_exit = bpf_ktime_get_ns();
 	ev->bytes = ret;
+	ev->stack = span_stacks ? request_stack(ctx, pid_tgid, io) : 0;
+	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
 	/* A sniffed payload is copied at the h2 size, then cut back if not h2. */
@@ -546,13 +584,13 @@ SEC("tracepoint/syscalls/sys_enter_read")
 int tp_enter_read(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_READ); }
 SEC("tracepoint/syscalls/sys_exit_read")
-int tp_exit_read(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_read(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
 int tp_enter_readv(struct trace_event_raw_sys_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_INGRESS, SYS_READV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int tp_exit_readv(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_readv(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
@@ -563,7 +601,7 @@ int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 	return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_RECVFROM);
 }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
@@ -573,31 +611,31 @@ int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 	return msg_enter(ARG(0), ARG(1), DIR_INGRESS, SYS_RECVMSG);
 }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int tp_exit_write(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_write(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_EGRESS, SYS_WRITEV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int tp_exit_writev(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_writev(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_SENDTO); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 { return msg_enter(ARG(0), ARG(1), DIR_EGRESS, SYS_SENDMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx->ret); }
+int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
 
 /* ---- close ------------------------------------------------------------- */
 

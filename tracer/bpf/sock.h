@@ -19,6 +19,8 @@
  * (and other h2 stacks) write a frame header, a header block and a message
  * as separate slices: 32 covers a 4 KiB capture of such writes. */
 #define MAX_IOV 128
+/* --span-stacks: user frames kept per stack (innermost first). */
+#define SPAN_STACK_DEPTH 32
 
 enum event_type {
 	EVENT_OPEN = 1,  /* accept/connect returned, or first sight of an open socket */
@@ -49,7 +51,8 @@ enum counter {
 	CTR_TLS_HELLO = 7,   /* connections marked TLS by their ClientHello (no SSL call seen) */
 	CTR_CONNS_SAMPLED = 8, /* adaptive sampling: new connections not traced */
 	CTR_REQS_SAMPLED = 9,  /* requests on those: request-direction turns (see conn_info.turn) */
-	CTR_MAX = 10,
+	CTR_STACK_FAILED = 10, /* --span-stacks: bpf_get_stackid failed (bucket taken, no user stack) */
+	CTR_MAX = 11,
 };
 
 /* Adaptive sampling (array map "sampling", one __u32): how many new
@@ -87,6 +90,9 @@ struct data_event {
 	struct event_header hdr;
 	__u32 bytes;    /* the syscall's return value: bytes really moved */
 	__u32 captured; /* payload bytes that follow (<= bytes) */
+	__u32 stack;    /* --span-stacks: 1 + the user stack id in map user_stacks, taken at a
+			 * request's first syscall; 0: none (always 0 when off, and for TLS) */
+	__u32 pad;
 	char comm[TASK_COMM_LEN];
 	__u8 payload[MAX_PAYLOAD];
 };
@@ -120,7 +126,8 @@ struct conn_info {
 	__u32 capture; /* payload bytes copied per syscall; 0: capture_bytes */
 	__u8 sampled;  /* 1: sampled out at accept/connect (tracked is 0): only its requests are counted */
 	__u8 turn;     /* sampled out: 1 after request-direction bytes, 2 after response-direction */
-	__u8 pad[6];
+	__u8 stack_turn; /* --span-stacks, traced: the same, to take a stack once per request */
+	__u8 pad[5];
 };
 
 enum conn_tls {
