@@ -283,6 +283,32 @@ def test_sighup_reload_switches_filters_probes_stay(tmp_path):
     assert "keeping the previous configuration" in tr.stderr
 
 
+def test_sighup_reload_switches_kernel_scope(tmp_path):
+    """[scope] ports A -> B on SIGHUP: the kernel's filter maps change in
+    place. 23 exchanges to A before (46 spans: both ends), 23 to A after
+    (none), 23 to B after (46)."""
+    port_a, port_b = free_port(), free_port()
+    reqs = plan()
+    with py_server(port_a, 1) as srv_a, py_server(port_b, 1) as srv_b:
+        with Tracer(tmp_path, f"[scope]\nports = [{port_a}]\n") as tr:
+            links = _link_ids(tr.proc.pid)
+            _send(port_a, reqs, lambda i: {"x-request-id": f"a-{i}"})
+            time.sleep(0.3)
+            tr.reload(f"[scope]\nports = [{port_b}]\n")
+            _send(port_a, reqs, lambda i: {"x-request-id": f"b-{i}"})
+            _send(port_b, reqs, lambda i: {"x-request-id": f"c-{i}"})
+            assert links <= _link_ids(tr.proc.pid)
+    batch = {}
+    for s in tr.spans:
+        rid = s["attributes"]["http.request.header.x-request-id"]
+        batch.setdefault(rid[0], []).append(s)
+    assert sorted(batch) == ["a", "c"]
+    assert len(batch["a"]) == len(batch["c"]) == 2 * N
+    assert {s["pid"] for s in batch["a"] if s["kind"] == "server"} == {srv_a.pid}
+    assert {s["pid"] for s in batch["c"] if s["kind"] == "server"} == {srv_b.pid}
+    assert tr.summary["config_reloads"] == 1 and tr.summary["spans_filtered"] == 0
+
+
 def test_adaptive_sampling_counts_every_request_in_kernel(tmp_path):
     """A CPU budget no agent can meet forces pressure: the kernel samples out
     every new connection (min_keep 0) and counts its requests; spans plus
