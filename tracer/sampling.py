@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .events import SAMPLE_SCALE
+from .spans import parse_traceparent
 
 _RANDOM_BITS = 56  # W3C trace context level 2: the rightmost 7 bytes are random
 _MAX_DEPTH = 64  # parents looked at for an inherited decision (chains are short)
@@ -53,14 +54,8 @@ def header_sampled(headers: Mapping[str, str]) -> bool | None:
     header's third field or X-B3-Sampled; None when the request carries none
     (or only a malformed one)."""
     tp = headers.get("traceparent")
-    if tp is not None:
-        v = tp.strip()
-        if len(v) >= 55 and v[52] == "-":
-            try:
-                return bool(int(v[53:55], 16) & 1)
-            except ValueError:
-                return None
-        return None
+    if tp is not None and parse_traceparent(tp) is not None:
+        return bool(int(tp.strip()[53:55], 16) & 1)  # valid: the flags are hex
     b3 = headers.get("b3")
     if b3 is not None:
         parts = b3.split("-")

@@ -45,6 +45,8 @@ def test_b3_flags():
     assert sampling.header_sampled({"x-b3-sampled": "0"}) is False
     assert sampling.header_sampled({"x-b3-sampled": "1"}) is True
     assert sampling.header_sampled({}) is None
+    # a malformed traceparent is ignored, as the correlator ignores it
+    assert sampling.header_sampled({"traceparent": "junk", "x-b3-sampled": "0"}) is False
 
 
 def test_ratio_is_deterministic_on_the_low_56_bits():
