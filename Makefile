@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl
+# systemd: systemd-analyze verifies deploy/systemd (tests/unit/test_deploy.py)
+APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro matrix matrix-deps lint clean

@@ -186,8 +186,9 @@ def test_starts_as_a_user_with_only_the_deployment_set(tmp_path):
         port = free_port()
         want = _expected(tls_discovery=True)
         tr = TracerRun(out, "--port", str(port))
-        tr.argv = [setpriv, "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-                   f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}",
+        # as deploy/systemd/httptrace.service: another user, ambient caps, no_new_privs
+        tr.argv = [setpriv, "--no-new-privs", "--reuid", "nobody", "--regid", "nogroup",
+                   "--clear-groups", f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}",
                    f"--bounding-set=-all,{caps}", *tr.argv]
         with py_server(port) as srv, tr:
             _assert_dropped(tr.proc.pid, want, uid=pwd.getpwnam("nobody").pw_uid)
