@@ -325,7 +325,7 @@ class AdaptiveController:
             why.append(f"cpu {cpu:.3f} > budget {s.cpu_budget:g}")
         if fill > s.ring_fill:
             factor = min(factor, s.ring_fill / fill)
-            why.append(f"ring {fill:.2f} full > {s.ring_fill:g}")
+            why.append(f"ring fill {fill:.3g} > {s.ring_fill:g}")
         if new_drops:
             factor = min(factor, 0.5)
             why.append(f"{new_drops} ring drops")
