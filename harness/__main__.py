@@ -25,9 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run scenarios baseline vs traced, report, judge budgets")
     b.add_argument("--scenario", action="append", choices=NAMES,
                    help=f"repeatable; default all: {', '.join(NAMES)}")
-    b.add_argument("--duration", type=float, default=3.0, help="seconds of load per run (default 3)")
+    b.add_argument("--duration", type=float, default=None,
+                   help="seconds of load per run (default 3; overload 20, soak 600)")
     b.add_argument("--rps", type=float, default=None,
-                   help="offered req/s (default per scenario: stress 6000, others 100)")
+                   help="offered req/s (default per scenario: stress 6000, soak 5000, overload "
+                        "5x the rate the tracer sustains under its CPU quota, others 100)")
     b.add_argument("--repeat", type=int, default=6, help="paired repetitions (default 6)")
     b.add_argument("--requests", type=int, default=0,
                    help="exact number of requests per run instead of --duration")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import analysis, report
+from harness import analysis, overload, report
 from harness.budgets import DEFAULT_BUDGETS, Verdict, evaluate, load_budgets
 from harness.runner import BenchConfig, HarnessError, preflight, run_scenario
 
@@ -90,6 +90,7 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
     runs = pd.DataFrame(rows)
     summary = analysis.summary_table(runs)
     figs, noise = analysis.figures(runs)
+    overload.add_figures(figs, runs, pd.DataFrame(ts_rows))
     verdict = evaluate(version, budgets, figs, noise)
     for name, info in infos.items():
         if not info.get("tracer_loaded_bpf"):

@@ -22,7 +22,7 @@ import time
 
 LATENCY_FIELDS = ["request_id", "trace_id", "span_id", "method", "path", "status", "ok",
                   "start_unix_ns", "latency_us"]
-SCENARIOS = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls")
+SCENARIOS = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,13 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--latencies", required=True, help="CSV of raw per-request latencies")
     ap.add_argument("--summary", required=True, help="JSON summary of the load run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reconnect-every", type=int, default=0, metavar="N",
+                    help="stress users open a new connection every N requests (0: keep-alive)")
     return ap.parse_args(argv)
 
 
 def users_for(rps: float, scenario: str) -> int:
     # Enough users that each stays well below its own latency-bound ceiling,
     # few enough that gevent scheduling overhead stays small.
-    per_user = 400.0 if scenario == "stress" else 25.0
+    per_user = 400.0 if scenario in ("stress", "overload", "soak") else 25.0
     return max(2, min(200, math.ceil(rps / per_user)))
 
 
@@ -106,13 +108,16 @@ def main(argv=None) -> int:
             ctx = {"rid": rid, "trace_id": trace_id, "span_id": span_id,
                    "method": "GET", "path": "/ping"}
             self.client.get("/ping", headers=headers_for(rid, trace_id, span_id), context=ctx)
+            self.sent = getattr(self, "sent", 0) + 1
+            if args.reconnect_every and self.sent % args.reconnect_every == 0:
+                self.client.client.clientpool.close()  # the next request connects anew
 
     user_cls: type[User]
     if args.scenario == "grpc":
         from harness.grpc_user import make_grpc_user
 
         user_cls = make_grpc_user(args.host, per_user_rate, rng, next_request)
-    elif args.scenario == "stress":
+    elif args.scenario in ("stress", "overload", "soak"):
         user_cls = StressUser
     else:
         user_cls = ChainUser

@@ -273,6 +273,10 @@ def write_report(out: Path, raw: Path, runs: pd.DataFrame, summary: pd.DataFrame
         json.dump({**verdict.to_dict(), "figures": figs, "noise_floor": noise}, fh, indent=2,
                   default=lambda o: None)
     images = plots(out, raw, runs, ts)
+    from harness.overload import report_sections
+
+    extra, extra_images = report_sections(out, runs, ts, figs)  # overload, soak
+    images += extra_images
 
     counts = runs.groupby("scenario", sort=False).agg(
         runs=("tag", "count"), requests=("requests", "sum"), gt_requests=("gt_requests", "sum"))
@@ -290,6 +294,8 @@ def write_report(out: Path, raw: Path, runs: pd.DataFrame, summary: pd.DataFrame
           "## Budgets", "", md_table(vh, vr), "",
           "## Figures per scenario (medians over paired runs)", "", md_table(fh_, fr), "",
           "## Baseline vs traced", "", md_table(sh, sr), ""]
+    for title, headers, rows in extra:
+        md += [f"## {title}", "", md_table(headers, rows), ""]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     md += ["## Plots", "", *[f"- `{name}`: {title}" for name, title in images], ""]
@@ -315,6 +321,8 @@ def write_report(out: Path, raw: Path, runs: pd.DataFrame, summary: pd.DataFrame
              "<h2>Budgets</h2>", html_table(vh, vr),
              "<h2>Figures per scenario</h2>", html_table(fh_, fr),
              "<h2>Baseline vs traced</h2>", html_table(sh, sr)]
+    for title, headers, rows in extra:
+        parts += [f"<h2>{html.escape(title)}</h2>", html_table(headers, rows)]
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
                      + "</ul>")

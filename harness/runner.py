@@ -7,6 +7,7 @@ kernel.bpf_stats_enabled for BPF run time. Each run yields one row of figures.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import logging
@@ -48,7 +49,7 @@ PEER_SETTLE_S = 3.0
 @dataclass
 class BenchConfig:
     scenarios: list[str]
-    duration: float = 3.0
+    duration: float | None = 3.0  # None: each scenario's default (3 s; soak 600 s)
     rps: float | None = None  # None: each scenario's default
     repeat: int = 6
     tracer_cmd: str = DEFAULT_TRACER_CMD
@@ -183,6 +184,7 @@ class ScenarioRunner:
     timeseries: list[dict] = field(default_factory=list)
     bpf_rows: list[dict] = field(default_factory=list)
     _tracer_silent: bool = False  # a tracer that loaded no BPF program once
+    rps_override: float = 0.0  # overload: the rate set after calibration
 
     # --- servers -----------------------------------------------------------
     def start_servers(self) -> None:
@@ -218,7 +220,7 @@ class ScenarioRunner:
 
     # --- load --------------------------------------------------------------
     def rps(self) -> float:
-        return self.cfg.rps or self.scenario.default_rps
+        return self.rps_override or self.cfg.rps or self.scenario.default_rps
 
     def run_load(self, tag: str, duration: float, requests: int = 0,
                  sampler: measure.Sampler | None = None) -> tuple[dict, Path]:
@@ -228,6 +230,8 @@ class ScenarioRunner:
                 "--host", self.scenario.load_host, "--rps", f"{self.rps():g}",
                 "--duration", f"{duration:g}", "--tag", tag, "--latencies", str(lat),
                 "--summary", str(summ), "--requests", str(requests)]
+        if self.scenario.reconnect_every:
+            argv += ["--reconnect-every", str(self.scenario.reconnect_every)]
         with open(self.workdir / f"{tag}.load.log", "wb") as logf:
             proc = self.topo.spawn("client", argv, env=self.env, cwd=REPO, stdout=logf,
                                    stderr=subprocess.STDOUT)
@@ -265,6 +269,10 @@ class ScenarioRunner:
             duration=f"{self.cfg.duration + 60:g}")
         if self.cfg.export_url:
             argv += ["--export", self.cfg.export_url]
+        if self.scenario.tracer_config and self.cfg.tracer_cmd == DEFAULT_TRACER_CMD:
+            conf = output.with_suffix(".toml")
+            conf.write_text(self.scenario.tracer_config)
+            argv += ["--config", str(conf)]
         errf = open(output.with_suffix(".stderr"), "wb")  # noqa: SIM115
         try:
             proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
@@ -354,6 +362,7 @@ class ScenarioRunner:
         before: set[int] = set()
         output = self.workdir / f"{tag}.spans.jsonl"
         progs: dict[int, dict] = {}
+        quota = None
         groups = {"workload": [p.pid for p in self.servers.values()]}
         sampler = measure.Sampler(groups, interval=0.2)
         try:
@@ -361,6 +370,13 @@ class ScenarioRunner:
                 tracer, before = self.start_tracer(output)
                 progs = self.wait_tracer_ready(tracer, before, output.with_suffix(".stderr"))
                 sampler.add_group("tracer", [tracer.pid])
+                row["tracer_started_unix"] = time.time()
+                if sc.tracer_cpu_quota:  # overload: the tracer held to its CPU budget
+                    from harness.overload import QUOTA_AFTER_S, CpuQuota
+
+                    time.sleep(QUOTA_AFTER_S)  # start-up (privilege drop) runs unthrottled
+                    quota = CpuQuota(f"httptrace-{tag}", sc.tracer_cpu_quota)
+                    quota.add(tracer.pid)
             row["tracer_bpf_programs"] = len(progs)
             sampler.start()
             bpf_start = self._bpf_snapshot(tracer, before) if spec.label == "bpf" else None
@@ -378,9 +394,13 @@ class ScenarioRunner:
             sampler.stop()
             if tracer is not None and tracer.poll() is None:
                 self.stop_tracer(tracer)
+            if quota is not None:
+                row["tracer_throttled_s"] = quota.throttled_s()
+                quota.close()
 
         t0, t1 = load.get("start_unix", math.nan), load.get("end_unix", math.nan)
         wall = max(t1 - t0, 1e-9)
+        row["load_start"], row["load_end"] = t0, t1
         row.update(self._load_figures(load, lat_path, wall))
         row.update(self._resource_figures(sampler.rows, t0, t1, wall, tracer_cpu_total))
         # Invalid: the load generator was CPU-bound, so it, not the servers, set
@@ -472,6 +492,9 @@ class ScenarioRunner:
             "unparsed_bytes", "unparsed_connections", "spans_emitted", "duration_s",
             "spans_exported", "spans_export_failed", "spans_export_dropped")}
         out["tracer_summary_found"] = bool(s)
+        from harness.overload import summary_extra
+
+        out.update(summary_extra(s))  # sampling, stalls, exact accounting
         seen, dropped = out["tracer_events_seen"], out["tracer_events_dropped"]
         out["events_per_s"] = seen / wall
         out["delivered_per_s"] = out["tracer_events_delivered"] / wall
@@ -498,7 +521,7 @@ def preflight(cfg: BenchConfig) -> None:
             build(name, Path("/nonexistent"))
         except KeyError as e:
             raise HarnessError(f"unknown scenario {name!r}") from e
-    if cfg.duration <= 0 or cfg.repeat < 0 or (cfg.rps is not None and cfg.rps <= 0):
+    if (cfg.duration is not None and cfg.duration <= 0) or cfg.repeat < 0 or (cfg.rps is not None and cfg.rps <= 0):
         raise HarnessError("--duration and --rps must be > 0, --repeat >= 0")
     format_tracer_cmd(cfg.tracer_cmd, python="python", output="x")
 
@@ -508,6 +531,8 @@ def run_scenario(cfg: BenchConfig, name: str, workdir: Path, run_id: str,
     """All runs of one scenario; returns (rows, timeseries, bpf_rows, scenario_info)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sc = build(name, workdir)
+    if cfg.duration is None:  # --duration not given: the scenario's own default
+        cfg = dataclasses.replace(cfg, duration=sc.default_duration or 3.0)
     if name in ("grpc", "mixed"):
         from workloads.grpc_service.stubs import ensure_stubs
 
@@ -521,7 +546,11 @@ def run_scenario(cfg: BenchConfig, name: str, workdir: Path, run_id: str,
                                 on_run_done=(lambda _r: progress.update(1)) if progress else None)
         runner.start_servers()
         runner.warm_up()
-        for i, spec in enumerate(plan(cfg)):
+        if sc.plan != "pairs":  # overload, soak: harness/overload.py
+            from harness.overload import run_plan
+
+            rows = run_plan(runner, cfg, progress)
+        for i, spec in enumerate(plan(cfg) if sc.plan == "pairs" else ()):
             if progress is not None:
                 progress.set_postfix_str(f"{name} {spec.label}/{spec.variant}")
             if sc.fresh_servers and i:

@@ -55,6 +55,16 @@ class Scenario:
     # connection opened before the tracer cannot be known, and a long-lived
     # gRPC channel would measure that header loss, not the parser.
     fresh_servers: bool = False
+    # overload/soak (harness/overload.py): their own run plan instead of the
+    # A/A + alternating pairs, a default duration, the tracer's TOML config,
+    # a CPU quota put on the tracer once it is ready (cores, 0: none), and
+    # Locust users that reconnect every N requests (new connections are what
+    # adaptive sampling acts on)
+    plan: str = "pairs"
+    default_duration: float | None = None
+    tracer_config: str = ""
+    tracer_cpu_quota: float = 0.0
+    reconnect_every: int = 0
 
 
 def _gunicorn(app: str, bind: str, *extra: str) -> tuple[str, ...]:
@@ -159,7 +169,11 @@ def build(name: str, workdir: Path) -> Scenario:
             chain=(Expected("frontend", "server", "load"),), default_rps=6000,
             config={"server": "asyncio minimal HTTP/1.1"},
         )
+    if name in ("overload", "soak"):
+        from harness.overload import scenario
+
+        return scenario(name, gt, stress=build("stress", workdir))
     raise KeyError(name)
 
 
-NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls")
+NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak")
