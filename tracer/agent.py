@@ -92,11 +92,19 @@ class Tracer:
                  stats: Stats | None = None, tls_plaintext: bool = True,
                  inject_headers: bool = False, inject_sample_rate: float = 1.0,
                  policy: Callable | None = None, adaptive: AdaptiveController | None = None,
-                 on_sampling: Callable[[AdaptiveController], None] | None = None):
+                 on_sampling: Callable[[AdaptiveController], None] | None = None,
+                 span_stacks: bool = False):
         if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
             raise ValueError(f"capture size must be 16..{events.MAX_PAYLOAD} bytes")
         self.filters = filters or Filters()
         self.sink = sink or (lambda span: None)
+        # --span-stacks (tracer/span_stacks.py): frames filled in just before the sink
+        self.span_stacks = None
+        if span_stacks:
+            from .span_stacks import SpanStacks
+
+            self.span_stacks = SpanStacks()
+            self.sink = self.span_stacks.wrap(self.sink)
         self.capture_bytes = capture_bytes
         self.ring_bytes = ring_bytes
         self.stats = stats or Stats()
@@ -155,7 +163,13 @@ class Tracer:
         try:
             obj.set_rodata(capture_bytes=self.capture_bytes, self_tgid=os.getpid())
             obj.set_max_entries("events", self.ring_bytes)
+            if self.span_stacks:
+                obj.set_rodata(span_stacks=1)
+            else:  # off: no stack map memory either
+                obj.set_max_entries("user_stacks", 1)
             obj.load()
+            if self.span_stacks:
+                self.span_stacks.attach(obj.map("user_stacks"))
             self._apply_filters(obj)
             for prog in obj.programs:
                 try:
@@ -334,6 +348,7 @@ class Tracer:
             "tls_hello": m.percpu_sum(C.CTR_TLS_HELLO),
             "conns_sampled_out": m.percpu_sum(C.CTR_CONNS_SAMPLED),
             "requests_sampled_out": m.percpu_sum(C.CTR_REQS_SAMPLED),
+            "span_stack_failed": m.percpu_sum(C.CTR_STACK_FAILED),
         }
         self._kernel = k
         self.stats.events_seen = k["events"]
@@ -398,6 +413,9 @@ class Tracer:
             "adaptive_keep": self.adaptive.keep if self.adaptive else 1.0,
             "adaptive_transitions": list(self.adaptive.transitions) if self.adaptive else [],
         })
+        if self.span_stacks:
+            s.update(self.span_stacks.counters(),
+                     span_stack_failed=self._kernel.get("span_stack_failed", 0))
         if self.inject_headers:
             s["inject"] = (self.injector.counters() if self.injector
                            else self._inject_counters)

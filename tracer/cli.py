@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sk_msg; modifies traffic, off by default)")
     r.add_argument("--inject-sample-rate", type=float, default=1.0, metavar="R",
                    help="with --inject: share of new traces flagged sampled (0..1, default 1)")
+    r.add_argument("--span-stacks", action="store_true",
+                   help="attach the user stack of the thread at request start to each span "
+                        "(field 'stack'; frame pointers; off by default)")
     r.add_argument("--no-tls", action="store_true",
                    help="do not attach OpenSSL uprobes (TLS stays ciphertext; after start no "
                         "capability is kept for discovering libraries)")
@@ -301,7 +304,8 @@ def cmd_run(args) -> int:
     tracer = Tracer(filters, sink=exports.sink(writer), capture_bytes=args.capture_bytes,
                     inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate,
                     tls_plaintext=not args.no_tls, stats=stats, policy=policy,
-                    adaptive=adaptive, on_sampling=_on_sampling)
+                    adaptive=adaptive, on_sampling=_on_sampling,
+                    span_stacks=args.span_stacks)
     try:
         tracer.start()
     except loader.LoaderError as e:

@@ -81,6 +81,8 @@ class Span:
         "resp_first_enter", "resp_first_exit", "resp_last_enter", "resp_last_exit",
         "resp_tid",
         "attributes_extra",  # extra attributes a later stage wants exported
+        "stack_id",  # --span-stacks: 1 + user stack id at request start (0: none)
+        "stack",  # --span-stacks: the symbolised frames, set just before the sink
     )
 
     def __init__(self, **fields) -> None:
@@ -112,6 +114,8 @@ class Span:
         self.resp_last_enter = self.resp_last_exit = 0
         self.resp_tid = 0
         self.attributes_extra = None
+        self.stack_id = 0
+        self.stack = None
         for k, v in fields.items():
             setattr(self, k, v)
 
@@ -156,8 +160,8 @@ class Span:
         return a
 
     def to_dict(self) -> dict:
-        """Exactly the contract schema (version 1)."""
-        return {
+        """Exactly the contract schema (version 1); `stack` only with --span-stacks."""
+        d = {
             "schema": SCHEMA,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
@@ -185,6 +189,9 @@ class Span:
                 "confidence": self.correlation_confidence,
             },
         }
+        if self.stack:
+            d["stack"] = self.stack
+        return d
 
     def __repr__(self) -> str:
         return (f"Span({self.kind} {self.method} {self.path} -> {self.status}, "
@@ -249,4 +256,6 @@ def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) ->
     s.resp_last_exit = last.ts_exit
     s.resp_tid = last.tid
     s.attributes_extra = None
+    s.stack_id = first.stack
+    s.stack = None
     return s
