@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro matrix matrix-deps lint clean
+.PHONY: setup apt venv bpf test unit kernel e2e bench bench-micro matrix matrix-deps lint fuzz clean
 
 setup: apt venv bpf
 
@@ -58,6 +58,12 @@ matrix-deps:
 
 matrix: setup matrix-deps
 	$(VPY) -m harness matrix --out reports
+
+# Coverage-guided fuzzing (atheris) of the event decoder, HTTP/1, HTTP/2, HPACK
+# and the connection table: FUZZ_SECONDS in all, shared by the targets.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(VPY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench-micro: setup
 	$(VENV)/bin/tox -e bench
