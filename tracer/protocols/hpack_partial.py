@@ -115,7 +115,9 @@ class HpackTable:
                     index = True
                 elif b & 0x20:  # dynamic table size update
                     size, pos = _int(block, pos, 0x1F)
-                    self.max_size = size
+                    # capped: beyond it only memory is at stake (an entry we
+                    # evicted reads as unknown, never wrong); found by fuzzing
+                    self.max_size = min(size, UNKNOWN_TABLE_LIMIT)
                     if not size:
                         self.entries = []
                         self.size = 0
