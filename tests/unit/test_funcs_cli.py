@@ -24,6 +24,7 @@ def _run(*args):
     (["libc.so.6:write(int a, int b, int c, int d, int e, int f, int g)"], "at most 6"),
     (["justaname"], "justaname: expected BINARY:SYMBOL"),
     (["libc.so.6:write", "--duration", "0"], "--duration must be positive"),
+    (["libc.so.6:write", "--pid", "999999999"], "--pid 999999999: no such process"),
     (["libc.so.6:write", "--stack-copy", "1000"], "--stack-copy must be a multiple of 1024"),
     (["libc.so.6:write", "--netns", "no-such-ns-4711"], "ip netns add no-such-ns-4711"),
     (["libc.so.6:write", "--cgroup", "no/such/cgroup-4711"], "cgroup 'no/such/cgroup-4711'"),

@@ -124,3 +124,17 @@ def test_call_and_stack_events_become_one_record():
                              "module": "/bin/t"}
     assert recs[1]["stack"] == [] and recs[1]["stack_method"] == "none"
     assert t.stacks_missing == 1 and t.decode_errors == 1 and t.events_seen == 4
+
+
+def test_pending_stacks_are_bounded(monkeypatch):
+    from tracer.funcs import tracer as ftracer
+
+    monkeypatch.setattr(ftracer, "MAX_PENDING_STACKS", 2)
+    w = output.FuncsWriter("-", stderr=io.StringIO())
+    w._f = io.BytesIO()
+    t = FuncsTracer([_probe([])], w, stack=True, resolver=StackResolver(_FakeSymbolizer()))
+    for start in (1, 2, 3):  # three entries whose call events never come
+        st = events.StackEvent(10, 11, 0, start, [0x3000], 0,
+                               {n: 0 for n in events.REG_NAMES}, b"")
+        t.handle(st)
+    assert list(t.pending_stacks) == [(11, 2), (11, 3)] and t.stacks_evicted == 1

@@ -6,6 +6,7 @@ line naming the cause), never a traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -59,6 +60,8 @@ def cmd_funcs(args) -> int:
     for pid in args.pid:
         if pid <= 0:
             raise UsageError(f"--pid {pid}: not a process id")
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UsageError(f"--pid {pid}: no such process")
     netns = [resolve_netns(n) for n in args.netns]
     cgroups = [resolve_cgroup(c) for c in args.cgroup]
 

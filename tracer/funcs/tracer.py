@@ -32,6 +32,8 @@ log = logging.getLogger("tracer.funcs")
 # An FP walk shorter than this, or with an address outside any executable
 # mapping, is treated as broken and the DWARF unwinder is tried.
 MIN_FP_FRAMES = 3
+# stacks waiting for their call's event; more means those calls were lost
+MAX_PENDING_STACKS = 1 << 16
 
 
 class _UprobeOpts(ctypes.Structure):  # struct bpf_uprobe_opts (libbpf >= 1.0)
@@ -132,6 +134,7 @@ class FuncsTracer:
         self.pending_stacks: dict[tuple[int, int], tuple[list[dict], str]] = {}
         self.decode_errors = 0
         self.stacks_missing = 0
+        self.stacks_evicted = 0
         self.events_seen = 0
         from tracer.agent import clock_offset_ns
 
@@ -142,6 +145,10 @@ class FuncsTracer:
         if isinstance(ev, StackEvent):
             # symbolised now, while the process (and its maps) most likely lives
             self.pending_stacks[(ev.tid, ev.start_ns)] = self.resolver.resolve(ev)
+            if len(self.pending_stacks) > MAX_PENDING_STACKS:
+                # their calls' events were dropped: forget the oldest
+                del self.pending_stacks[next(iter(self.pending_stacks))]
+                self.stacks_evicted += 1
             return
         if ev.probe >= len(self.probes):
             self.decode_errors += 1
@@ -279,7 +286,7 @@ class FuncsTracer:
                 "stacks_dropped": get(Counter.FCTR_STACK_DROPPED),
                 "stack_copy_faults": get(Counter.FCTR_STACK_FAULT),
                 "stacks_missing": self.stacks_missing,
-                "stacks_unmatched": len(self.pending_stacks),
+                "stacks_unmatched": len(self.pending_stacks) + self.stacks_evicted,
                 "stack_methods": dict(self.resolver.methods),
                 "symbolize_errors": self.resolver.errors,
             })
