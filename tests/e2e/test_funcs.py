@@ -256,7 +256,9 @@ def _count_eval_calls(tmp_path: Path, n: int, tag: str) -> tuple[int, dict]:
     try:
         assert py.stdout.readline().strip() == "ready"
         lib = _libpython_eval(py.pid)
-        t = FuncsRun([f"{lib}:_PyEval_EvalFrameDefault", "--pid", str(py.pid)],
+        # a library by name: resolved through the --pid process's maps
+        binary = "libpython3.*.so*" if "/libpython3" in lib else lib
+        t = FuncsRun([f"{binary}:_PyEval_EvalFrameDefault", "--pid", str(py.pid)],
                      tmp_path / f"{tag}.jsonl")
         py.stdin.write("go\n")
         py.stdin.flush()
@@ -265,6 +267,7 @@ def _count_eval_calls(tmp_path: Path, n: int, tag: str) -> tuple[int, dict]:
     finally:
         py.communicate("bye\n", timeout=30)
     assert {r["pid"] for r in records} <= {py.pid}
+    assert {r["module"] for r in records} <= {lib}
     assert summary["unmatched_exits"] == 0
     return len(records), summary
 
