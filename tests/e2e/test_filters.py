@@ -331,3 +331,34 @@ def test_adaptive_sampling_counts_every_request_in_kernel(tmp_path):
     assert s["adaptive_sampling_engaged"] == 1
     assert len(s["adaptive_transitions"]) == 1 and s["adaptive_keep"] < 1 / 65536
     assert "23 requests on 12 connections" in tr.stderr
+
+
+def test_adaptive_sampling_engages_on_ring_fill_and_relaxes(tmp_path):
+    """Ring-fill pressure (threshold 1e-6: any record waiting at a poll)
+    engages it at min_keep 0.25; 23 requests then; after the load, 1 quiet
+    tick per step doubles the share back: 0.25 -> 0.5 -> 1.0. Both ends are
+    traced: spans + requests sampled out == 2 x requests, exactly."""
+    port = free_port()
+    with py_server(port, 1):
+        conf = (f"[scope]\nports = [{port}]\n[adaptive]\nenabled = true\nring_fill = 1e-6\n"
+                "cpu_budget = 100.0\nmin_keep = 0.25\nrelax_after = 1\n")
+        with Tracer(tmp_path, conf) as tr:
+            sent = 0
+            while not any("keeping 25.00%" in line for line in tr.lines):
+                assert sent < 500, tr.lines
+                _send(port, [("GET", f"/ok/warm-{sent}")])
+                sent += 1
+            _send(port, plan())
+            sent += N
+            tr.wait_for("keeping 100.00%")
+    s = tr.summary
+    keeps = [keep for _, keep in s["adaptive_transitions"]]
+    # [0.25, 0.5, 1.0]; a second of silence amid the load (a starved client)
+    # may add a relax-and-engage-again step, never another value
+    assert keeps[0] == 0.25 and keeps[-2:] == [0.5, 1.0] and set(keeps) == {0.25, 0.5, 1.0}
+    assert s["adaptive_sampling_engaged"] == 1 + keeps[:-1].count(1.0)
+    assert s["adaptive_keep"] == 1.0
+    assert len(tr.spans) + s["requests_sampled_out"] == 2 * sent
+    assert s["conns_sampled_out"] == s["requests_sampled_out"]  # one request per connection
+    assert s["requests_sampled_out"] > 0
+    assert "ring fill" in tr.stderr and "pressure fell" in tr.stderr
