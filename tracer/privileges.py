@@ -14,7 +14,7 @@ Why so little remains (Linux 6.4+, measured on 6.18, see README):
 What does need capabilities after start is attaching uprobes to libraries
 found later (TLS discovery) and reading other processes' /proc/<pid>/maps,
 exe and root: see RUNTIME. Which capability a uprobe takes changed across
-kernels (CAP_PERFMON from 5.8, CAP_SYS_ADMIN again on 6.18), and bpf()
+kernels (CAP_PERFMON from 5.8, CAP_SYS_ADMIN on 6.18, measured), and bpf()
 commands on open fds needed CAP_BPF before 6.4: both are found by trying,
 in a thread whose own sets are cut down (`probe_runtime_needs`).
 
@@ -59,6 +59,7 @@ START: dict[str, str] = {
     "CAP_BPF": "create maps, load BTF and programs",
     "CAP_PERFMON": "tracing programs (tracepoint, uprobe), perf_event_open for their links",
     "CAP_SYS_ADMIN": "uprobes (TLS) where the kernel asks for it (6.18: perf_uprobe_event_init)",
+    # with CAP_SYS_ADMIN granted this one is redundant (bpf_net_capable); measured
     "CAP_NET_ADMIN": "--inject: load sockops/sk_msg and attach to the cgroup",
     "CAP_SYS_PTRACE": "read /proc/<pid>/maps, exe and root of other users' processes",
     "CAP_DAC_READ_SEARCH": "read libraries and tracefs event ids whatever their modes",
@@ -107,7 +108,7 @@ def names(m: int) -> list[str]:
 class KernelNeeds:
     """What this kernel asks for after start (probe_runtime_needs)."""
 
-    uprobe: str = "CAP_SYS_ADMIN"  # or CAP_PERFMON (5.8 .. 6.17)
+    uprobe: str = "CAP_SYS_ADMIN"  # as on 6.18; CAP_PERFMON on older kernels
     bpf_cmds: bool = False  # map commands on open fds need CAP_BPF (before 6.4)
 
 

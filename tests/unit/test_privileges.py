@@ -42,7 +42,7 @@ def test_numbers_are_the_uapi_ones():
     ({"tls_discovery": False}, KernelNeeds(), []),
     ({"tls_discovery": True}, KernelNeeds(),  # 6.18: uprobes need CAP_SYS_ADMIN
      ["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]),
-    ({"tls_discovery": True}, KernelNeeds(uprobe="CAP_PERFMON"),  # 5.8 .. 6.17
+    ({"tls_discovery": True}, KernelNeeds(uprobe="CAP_PERFMON"),  # older kernels
      ["CAP_DAC_READ_SEARCH", "CAP_PERFMON", "CAP_SYS_PTRACE"]),
     ({"tls_discovery": False, "exe_names": True}, KernelNeeds(), ["CAP_SYS_PTRACE"]),
     ({"tls_discovery": False}, KernelNeeds(bpf_cmds=True), ["CAP_BPF"]),  # before 6.4
