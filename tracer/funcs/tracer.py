@@ -124,7 +124,9 @@ class FuncsTracer:
                  resolver: StackResolver | None = None):
         self.probes = probes
         self.writer = writer
-        self.pids, self.netns, self.cgroups = list(pids), list(netns), list(cgroups)
+        # duplicates would attach twice per process and record each call twice
+        self.pids = list(dict.fromkeys(pids))
+        self.netns, self.cgroups = list(netns), list(cgroups)
         self.stack = stack
         self.stack_copy_bytes = stack_copy_bytes
         self.resolver = resolver if resolver is not None else (StackResolver() if stack else None)
