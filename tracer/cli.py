@@ -256,6 +256,10 @@ def _reload(args, tracer) -> str:
         return "tracer: SIGHUP ignored: there is no --config file to reload"
     try:
         cfg = config.merge(config.load(args.config), args)
+        if cfg.filter.executables and not args.cfg.filter.executables \
+                and not args.service_names and not args.no_drop_privileges:
+            raise UsageError(f"config {args.config}: filter.executables needs CAP_SYS_PTRACE "
+                             "(/proc/PID/exe), dropped at start: restart the tracer with it")
         filters, policy, adaptive = _runtime(cfg, tracer.stats)
     except (config.ConfigError, UsageError) as e:
         tracer.stats.config_reload_errors += 1

@@ -266,6 +266,8 @@ def test_sighup_reload_switches_filters_probes_stay(tmp_path):
             time.sleep(0.3)
             tr.reload(scope + "[filter]\nmethods = POST\n", expect="reload failed")
             _send(port, reqs, lambda i: {"x-request-id": f"c-{i}"})
+            # an exe filter needs a capability dropped at start: refused too
+            tr.reload(scope + '[filter]\nexecutables = ["/usr/*"]\n', expect="reload failed")
             # every link attached at start is still the same link (TLS discovery
             # may add uprobe links for libraries loaded meanwhile)
             assert links <= _link_ids(tr.proc.pid)
@@ -279,8 +281,9 @@ def test_sighup_reload_switches_filters_probes_stay(tmp_path):
     assert tr.summary["spans_filtered_path"] == len(fails) == 4
     assert tr.summary["spans_filtered_method"] == 2 * (N - len(posts)) == 30
     assert tr.summary["config_reloads"] == 1
-    assert tr.summary["config_reload_errors"] == 1
+    assert tr.summary["config_reload_errors"] == 2
     assert "keeping the previous configuration" in tr.stderr
+    assert "filter.executables needs CAP_SYS_PTRACE" in tr.stderr
 
 
 def test_sighup_reload_switches_kernel_scope(tmp_path):
