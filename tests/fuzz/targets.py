@@ -41,6 +41,7 @@ EXTRA = (0, 0, 0, 0, 1, 2, 7, 100, 5000, 1 << 20)
 # The caps the parsers promise for bytes held across syscalls.
 HTTP1_BUF_CAP = http1.MAX_HEAD + events.MAX_PAYLOAD
 H2_BUF_CAP = len(PREFACE) + 9
+H2_HELD_CAP = 64 * 1024  # a header block or a decoded frame body
 
 
 class Script:
@@ -106,6 +107,10 @@ def check_table(table: ConnectionTable) -> None:
         elif isinstance(proto, http2.Http2Session):
             for r in proto.readers:
                 assert len(r.buf) <= H2_BUF_CAP, ("h2 buf", len(r.buf))
+                body = sum(map(len, r.body)) if r.body else 0
+                block = sum(map(len, r.block[1])) if r.block else 0
+                assert body <= H2_HELD_CAP and block <= H2_HELD_CAP, ("h2 held", body, block)
+                assert not r.block or len(r.block[1]) <= H2_HELD_CAP
                 check_hpack(r.hpack)
         held = getattr(proto, "held", None)
         if held is not None:  # the sniffer holds only a split h2 preface

@@ -77,6 +77,10 @@ _FIXED_LEN = {_PRIORITY: 5, _RST: 4, _PING: 8, _WINDOW: 4}
 # (the default SETTINGS_MAX_FRAME_SIZE is 16384; some peers raise it).
 SHAPE_MAX_LEN = 1 << 20
 RESYNC_LIMIT = 64  # syscalls without a frame-aligned start before giving up
+# Bytes of one header block (HEADERS + CONTINUATIONs) or frame body kept for
+# decoding; past it the rest counts as cut by the capture (a memory bound
+# against CONTINUATION floods and huge frames; found by the fuzz invariant).
+MAX_HELD = 64 * 1024
 
 _FRAME_HDR = struct.Struct(">BHBBI")  # length high byte, length low 16, type, flags, stream
 
@@ -174,7 +178,7 @@ class FrameReader:
 
     __slots__ = ("session", "direction", "hpack", "buf", "buf_ev", "preface", "remaining",
                  "ftype", "flags", "sid", "flen", "frame_ev", "body", "short", "msgs",
-                 "dpre", "dcontent", "block", "lost", "lost_events")
+                 "dpre", "dcontent", "block", "lost", "lost_events", "held")
 
     def __init__(self, session: Http2Session, direction: int, known: bool,
                  preface: bool) -> None:
@@ -192,10 +196,12 @@ class FrameReader:
         self.frame_ev: DataEvent | None = None  # the syscall that carried its first byte
         self.body: list[bytes] | None = None  # captured body parts, for frames we decode
         self.short = False  # part of that body fell in a gap
+        self.held = 0  # bytes in body (and, for CONTINUATIONs, in the open block)
         self.msgs: grpc.MessageCounter | None = None  # DATA of a gRPC stream
         self.dpre = 0  # DATA: pad-length byte still to come
         self.dcontent = 0  # DATA: content bytes still to come (-1: unknown)
-        # an open header block: [sid, parts, flags of the HEADERS frame, first ev, short, push]
+        # an open header block: [sid, parts, flags of the HEADERS frame, first ev, short,
+        # push, bytes held]
         self.block: list | None = None
         self.lost = False  # framing lost: waiting for a frame-aligned syscall
         self.lost_events = 0
@@ -240,12 +246,15 @@ class FrameReader:
                 body = self.body
                 if body is not None:
                     end = pos + take
-                    if end <= cap:
-                        body.append(data[pos:end])
-                    else:
-                        if pos < cap:
-                            body.append(data[pos:cap])
+                    if end > cap:
+                        end = cap
                         self.short = True
+                    if end - pos > MAX_HELD - self.held:
+                        end = pos + MAX_HELD - self.held
+                        self.short = True
+                    if end > pos:
+                        body.append(data[pos:end])
+                        self.held += end - pos
                 elif self.msgs is not None:
                     self._data(data, pos, take, cap)
                 pos += take
@@ -294,6 +303,8 @@ class FrameReader:
                     or ftype == _GOAWAY:
                 self.body = []
                 self.short = False
+                # a CONTINUATION counts toward its block's bound
+                self.held = block[6] if block is not None else 0
                 self.msgs = None
             else:
                 self.body = None
@@ -346,7 +357,7 @@ class FrameReader:
                                  ftype == _PUSH)
             else:
                 self.block = [self.sid, [frag], self.flags, self.frame_ev, short,
-                              ftype == _PUSH]
+                              ftype == _PUSH, len(frag)]
         elif ftype == _CONT:
             block = self.block
             if block is None:
@@ -355,7 +366,9 @@ class FrameReader:
                 self.hpack.reset()
                 session.stats.h2_headers_lost += 1
                 return
-            block[1].append(raw)
+            if raw:
+                block[1].append(raw)
+                block[6] += len(raw)
             block[4] = block[4] or short
             if self.flags & _END_HEADERS:
                 self.block = None
