@@ -117,14 +117,37 @@ def _read_cgroup(pid: int) -> str:
 CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
-def _cgroup_id(path: str) -> int:
+def _cgroup2_root() -> str:
     for root in CGROUP_ROOTS:
+        if os.path.exists(root + "/cgroup.procs"):
+            return root
+    return ""
+
+
+def _cgroup_id(path: str) -> int:
+    root = _cgroup2_root()
+    try:
+        return os.stat(root + path).st_ino if root else 0
+    except OSError:
+        return 0
+
+
+def _cgroup_path(cg_id: int, limit: int = 100_000) -> str:
+    """The path of the cgroup v2 whose id (inode) is cg_id: a bounded walk."""
+    root = _cgroup2_root()
+    if not root:
+        return ""
+    seen = 0
+    for d, _, _ in os.walk(root):
+        seen += 1
+        if seen > limit:
+            break
         try:
-            st = os.stat(root + path)
+            if os.stat(d).st_ino == cg_id:
+                return d[len(root):] or "/"
         except OSError:
             continue
-        return st.st_ino
-    return 0
+    return ""
 
 
 class ProcInfo:
@@ -135,11 +158,14 @@ class ProcInfo:
 
     def __init__(self, read_exe: Callable[[int], str] = _read_exe,
                  read_cgroup: Callable[[int], str] = _read_cgroup,
-                 cgroup_id: Callable[[str], int] = _cgroup_id) -> None:
+                 cgroup_id: Callable[[str], int] = _cgroup_id,
+                 cgroup_path: Callable[[int], str] = _cgroup_path) -> None:
         self._read_exe = read_exe
         self._read_cgroup = read_cgroup
         self._cgroup_id = cgroup_id
+        self._cgroup_path = cgroup_path
         self._cache: dict[tuple[int, str], tuple[str, str, int]] = {}
+        self._paths: dict[int, str] = {}  # cgroup id -> path (walks are not cheap)
         self.lookups = 0  # /proc reads (cache misses)
 
     def get(self, pid: int, comm: str) -> tuple[str, str, int]:
@@ -154,6 +180,18 @@ class ProcInfo:
             self._cache.clear()
         self._cache[key] = val
         return val
+
+    def cgroup_path(self, cg_id: int) -> str:
+        """For a process gone from /proc: the path of the cgroup id the kernel
+        reported with its connection."""
+        path = self._paths.get(cg_id)
+        if path is None:
+            self.lookups += 1
+            path = self._cgroup_path(cg_id)
+            if len(self._paths) >= self.MAX:
+                self._paths.clear()
+            self._paths[cg_id] = path
+        return path
 
 
 # reason -> Stats counter
@@ -193,7 +231,7 @@ class SpanPolicy:
         self._service: dict[tuple[int, str], str] = {}
 
     # -- filters --
-    def _service_reason(self, pid: int, comm: str) -> str:
+    def _service_reason(self, pid: int, comm: str, span_cg: int) -> str:
         key = (pid, comm)
         r = self._service.get(key)
         if r is not None:
@@ -207,6 +245,9 @@ class SpanPolicy:
                 r = "exe"
             elif self._cg is not None:
                 ids, globs = self._cg
+                if not cg_id and span_cg:  # exited already: the kernel's id of its cgroup
+                    cg_id = span_cg
+                    cg_path = self.proc.cgroup_path(span_cg) if globs is not None else ""
                 if not (cg_id in ids or (globs is not None and cg_path and globs.match(cg_path))):
                     r = "cgroup"
         if len(self._service) >= ProcInfo.MAX:
@@ -224,7 +265,7 @@ class SpanPolicy:
         if self._methods is not None and span.method.upper() not in self._methods:
             return "method"
         if self._comm is not None or self._exe is not None or self._cg is not None:
-            return self._service_reason(span.pid, span.comm)
+            return self._service_reason(span.pid, span.comm, span.cgroup_id)
         return ""
 
     # -- head sampling --

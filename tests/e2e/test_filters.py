@@ -179,13 +179,14 @@ def test_parent_sampled_flag_honoured_ratio_zero_for_roots(tmp_path):
 
 
 CLIENT = """
-import ctypes, http.client, sys
+import ctypes, http.client, sys, time
 ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME: this comm
 for i in range(int(sys.argv[3])):
     c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[2]))
     c.request("GET", f"/ok/{sys.argv[1]}-{i}")
     c.getresponse().read()
     c.close()
+time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 0)  # still in /proc for a while
 """
 
 
@@ -365,3 +366,61 @@ def test_adaptive_sampling_engages_on_ring_fill_and_relaxes(tmp_path):
     assert s["conns_sampled_out"] == s["requests_sampled_out"]  # one request per connection
     assert s["requests_sampled_out"] > 0
     assert "ring fill" in tr.stderr and "pressure fell" in tr.stderr
+
+
+def test_executable_filter_curl_and_python_clients(tmp_path):
+    """filter.executables = [python's real path]: the python server's 23
+    spans and the python client's 13 stay; curl's 10 are counted as exe.
+    /proc/PID/exe is read when the span is emitted: the python client stays
+    a second, curl (gone by then, or not python) is filtered either way."""
+    port = free_port()
+    exe = os.path.realpath(sys.executable)
+    with py_server(port, 1):
+        conf = f'[scope]\nports = [{port}]\n[filter]\nexecutables = ["{exe}"]\n'
+        with Tracer(tmp_path, conf) as tr:
+            for i in range(10):
+                subprocess.run(["curl", "-s", "-o", "/dev/null",
+                                f"http://127.0.0.1:{port}/ok/curl-{i}"], check=True, timeout=30)
+            subprocess.run([sys.executable, "-c", CLIENT, "h4py", str(port), "13", "1.0"],
+                           check=True, timeout=30)
+    clients = [s for s in tr.spans if s["kind"] == "client"]
+    assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4py-{i}" for i in range(13))
+    assert len([s for s in tr.spans if s["kind"] == "server"]) == 23
+    assert tr.summary["spans_filtered_exe"] == 10
+    assert tr.summary["spans_filtered"] == 10
+
+
+def test_cgroup_filter_by_path_glob(tmp_path):
+    """The server is moved into a fresh cgroup v2: its spans stay (path
+    glob); this process's 23 client spans (another cgroup) are counted. A short-lived client started in the cgroup keeps its 7 spans by
+    the path glob, though it has left /proc when they are emitted: the
+    kernel's cgroup id of its connections is resolved to the path."""
+    root = next((r for r in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+                 if os.path.exists(f"{r}/cgroup.procs")
+                 and Path("/proc/self/cgroup").read_text().find("0::") >= 0), None)
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    cg = Path(root) / f"h4test-{os.getpid()}"
+    port = free_port()
+    cg.mkdir()
+    try:
+        with py_server(port, 1) as srv:
+            (cg / "cgroup.procs").write_text(str(srv.pid))
+            conf = (f"[scope]\nports = [{port}]\n"
+                    f'[filter]\ncgroups = ["/h4none-*", "/{cg.name[:6]}*-{os.getpid()}"]\n')
+            with Tracer(tmp_path, conf) as tr:
+                _send(port, plan())
+                subprocess.run(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
+                                sys.executable, "-c", CLIENT, "h4cg", str(port), "7"],
+                               check=True, timeout=30)
+            srv.kill()
+            srv.wait()
+    finally:
+        cg.rmdir()
+    servers = [s for s in tr.spans if s["kind"] == "server"]
+    clients = [s for s in tr.spans if s["kind"] == "client"]
+    assert sorted((s["method"], s["path"]) for s in servers) == \
+        sorted(plan() + [("GET", f"/ok/h4cg-{i}") for i in range(7)])
+    assert {s["pid"] for s in servers} == {srv.pid}
+    assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4cg-{i}" for i in range(7))
+    assert tr.summary["spans_filtered_cgroup"] == 23

@@ -127,6 +127,27 @@ def test_service_filters_cached_per_process():
     assert p2.stats.spans_filtered_cgroup == 1
 
 
+def test_cgroup_of_a_process_gone_from_proc_comes_from_the_kernel_id():
+    walks = []
+
+    def path_of(cg_id):
+        walks.append(cg_id)
+        return {55: "/system.slice/s1.service"}.get(cg_id, "")
+
+    proc = ProcInfo(read_exe=lambda pid: "", read_cgroup=lambda pid: "",
+                    cgroup_id=lambda path: 0, cgroup_path=path_of)
+    st = Stats()
+    p = SpanPolicy(FilterSpec(cgroups=["/system.slice/*"]), None, st, proc)
+    assert p(ctx(), Span(path="/", pid=7, comm="curl", cgroup_id=55)) is True
+    assert p(ctx(), Span(path="/", pid=8, comm="curl", cgroup_id=56)) is False
+    assert p(ctx(), Span(path="/", pid=9, comm="curl", cgroup_id=0)) is False  # unknown
+    assert p(ctx(), Span(path="/", pid=10, comm="curl", cgroup_id=55)) is True
+    assert walks == [55, 56]  # the id -> path walk is cached
+    ids = SpanPolicy(FilterSpec(cgroups=[56]), None, Stats(), proc)
+    assert ids(ctx(), Span(path="/", pid=8, comm="curl", cgroup_id=56)) is True
+    assert st.spans_filtered_cgroup == 2
+
+
 def test_filters_before_sampling_each_span_counted_once():
     st = Stats()
     p = SpanPolicy(FilterSpec(exclude_paths=["/x"]), 0.0, st)
