@@ -109,6 +109,14 @@ class CpuQuota:
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
 
+    def release(self, pid: int) -> None:
+        """Back to the parent cgroup: the drain at shutdown is not steady state
+        (a throttled drain of a full ring would outlast the 20 s stop limit)."""
+        try:
+            (self.path.parent / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            pass  # already gone
+
     def throttled_s(self) -> float:
         """Seconds the cgroup was throttled (cpu.stat), NaN if unknown."""
         try:
@@ -165,6 +173,13 @@ def run_plan(runner, cfg, progress=None) -> list[dict]:
             row = once(RunSpec("pair", variant, i, pos))
             row["sustainable_rps"] = sustainable
     calib["sustainable_rps"] = sustainable
+    # the same overload with adaptive sampling off: the ring fills and the
+    # kernel drops, every drop counted (seen == delivered + dropped)
+    runner.scenario = dataclasses.replace(sc, tracer_config="")
+    try:
+        once(RunSpec("drops", "traced", 0, 0))
+    finally:
+        runner.scenario = sc
     return rows
 
 
@@ -230,7 +245,13 @@ def add_figures(figs: dict, runs: pd.DataFrame, ts: pd.DataFrame) -> None:
         main = traced[traced["label"].isin(["pair", "soak"])]
         f = figs[name]
         f["events_unaccounted"] = _sum(traced, "events_unaccounted")
-        f["max_poll_gap_ms"] = _max(traced, "tracer_max_poll_gap_ms")
+        drops = traced[traced["label"] == "drops"]
+        f["no_sampling_events_seen"] = _sum(drops, "tracer_events_seen")
+        f["no_sampling_events_dropped"] = _sum(drops, "tracer_events_dropped")
+        f["no_sampling_max_poll_gap_ms"] = _max(drops, "tracer_max_poll_gap_ms")
+        # the stall budget judges the tracer as configured (sampling on); the
+        # no-sampling run is reported beside it
+        f["max_poll_gap_ms"] = _max(main, "tracer_max_poll_gap_ms")
         f["sampling_engaged"] = _max(main, "tracer_adaptive_sampling_engaged")
         f["conns_sampled_out"] = _sum(main, "tracer_conns_sampled_out")
         f["requests_sampled_out"] = _sum(main, "tracer_requests_sampled_out")
@@ -306,7 +327,9 @@ def report_sections(out: Path, runs: pd.DataFrame, ts: pd.DataFrame,
                 for _, r in df.iterrows()]
         tables.append((f"{name}: every run", headers, rows))
         f = figs.get(name, {})
-        keys = ("sustainable_rps", "overload_factor", "events_unaccounted", "requests_unaccounted",
+        keys = ("sustainable_rps", "overload_factor", "events_unaccounted",
+                "no_sampling_events_seen", "no_sampling_events_dropped",
+                "no_sampling_max_poll_gap_ms", "requests_unaccounted",
                 "sampling_engaged", "conns_sampled_out", "requests_sampled_out",
                 "max_poll_gap_ms", "tracer_rss_peak_mb", "rss_slope_mb_per_min",
                 "rss_range_mb", "latency_p50_ratio", "latency_p99_ratio")

@@ -388,6 +388,8 @@ class ScenarioRunner:
             sampler.mark("end")
             tracer_cpu_total = exit_code = None
             if tracer is not None:
+                if quota is not None:
+                    quota.release(tracer.pid)
                 tracer_cpu_total, exit_code = self.stop_tracer(tracer)
             sampler.stop()
         finally:
