@@ -28,15 +28,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import logging
 import os
 import pwd
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-
-log = logging.getLogger("tracer.privileges")
 
 # include/uapi/linux/capability.h (stable ABI)
 CAP_NUMBERS = {
@@ -369,7 +366,6 @@ def check_threads(res: DropResult) -> None:
         msg = (f"{len(res.threads_with_caps)} thread(s) started before the drop keep "
                f"capabilities: {', '.join(res.threads_with_caps)}")
         res.warnings.append(msg)
-        log.warning("privileges: %s", msg)
 
 
 def threads_with_caps(keep_mask: int, lacking: int = 0) -> list[str]:

@@ -122,19 +122,28 @@ class GrpcExporter:
         self.name = f"otlp-grpc://{host}:{port}"
         self.encoder = encoder or Encoder()
         self.timeout_s = timeout_s
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._stubs = trace_service_pb2_grpc
+        self._channel = self._stub = None
+
+    def _connect(self) -> None:
+        """On the first export, i.e. on the sender thread: grpc starts its own
+        threads with the channel, and they take the credentials of the thread
+        that creates it, which (after attach) has dropped its capabilities."""
         # the pipeline retries; the channel must reconnect soon after an outage
         # (grpc's default backoff grows to 120 s)
-        self._channel = grpc.insecure_channel(target, options=[
+        self._channel = self._grpc.insecure_channel(self._target, options=[
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
-        self._stub = trace_service_pb2_grpc.TraceServiceStub(self._channel)
+        self._stub = self._stubs.TraceServiceStub(self._channel)
 
     def export(self, spans: list) -> int:
         req = self.encoder.request(spans)
+        if self._stub is None:
+            self._connect()
         try:
             resp = self._stub.Export(req, timeout=self.timeout_s)
         except self._grpc.RpcError as e:
@@ -147,7 +156,8 @@ class GrpcExporter:
         return _rejected(resp)
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
 
 class HttpExporter:
