@@ -264,6 +264,8 @@ def _reload(args, tracer) -> str:
     except (config.ConfigError, UsageError) as e:
         tracer.stats.config_reload_errors += 1
         return f"tracer: reload failed, keeping the previous configuration: {e}"
+    if policy is not None:
+        policy.on_sampled_out = args.sampled_sink
     tracer.reconfigure(filters, policy, adaptive)
     tracer.stats.config_reloads += 1
     return f"tracer: config reloaded from {args.config} (reload {tracer.stats.config_reloads})"
@@ -294,6 +296,10 @@ def cmd_run(args) -> int:
     except OSError as e:
         raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
     exports = _open_exports(args, writer)
+    # head sampling drops traces, not requests: RED metrics see every span
+    args.sampled_sink = exports.metrics.red if exports.metrics is not None else None
+    if policy is not None:
+        policy.on_sampled_out = args.sampled_sink
 
     stop = threading.Event()
 

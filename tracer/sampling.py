@@ -229,6 +229,8 @@ class SpanPolicy:
         self._threshold = None if ratio is None else ratio_threshold(ratio)
         # the service verdict per (pid, comm): /proc is read once per process
         self._service: dict[tuple[int, str], str] = {}
+        # sees the spans head sampling drops (the RED metrics: rates stay whole)
+        self.on_sampled_out: Callable | None = None
 
     # -- filters --
     def _service_reason(self, pid: int, comm: str, span_cg: int) -> str:
@@ -311,6 +313,8 @@ class SpanPolicy:
             stats.spans_sampled_out += 1
             if ctx.sampled is False and ctx.flag is False:
                 stats.spans_sampled_out_by_parent += 1
+            if self.on_sampled_out is not None:
+                self.on_sampled_out(span)
             return False
         return True
 

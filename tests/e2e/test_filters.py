@@ -424,3 +424,27 @@ def test_cgroup_filter_by_path_glob(tmp_path):
     assert {s["pid"] for s in servers} == {srv.pid}
     assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4cg-{i}" for i in range(7))
     assert tr.summary["spans_filtered_cgroup"] == 23
+
+
+def test_head_sampling_drops_traces_not_metrics(tmp_path):
+    """ratio 0: no span is written, yet the RED metrics count all 23
+    requests (sampling happens after the metrics see each span)."""
+    import urllib.request
+
+    port, mport = free_port(), free_port()
+    with py_server(port, 1) as srv:
+        conf = f"[scope]\npids = [{srv.pid}]\n[sampling]\nratio = 0.0\n"
+        with Tracer(tmp_path, conf, "--metrics", f"127.0.0.1:{mport}") as tr:
+            _send(port, plan())
+            deadline = time.monotonic() + 20
+            while True:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics",
+                                              timeout=5).read().decode()
+                total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("httptrace_requests_total{"))
+                if total >= N or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+    assert total == N
+    assert tr.spans == []
+    assert tr.summary["spans_sampled_out"] == N and tr.summary["spans_emitted"] == 0

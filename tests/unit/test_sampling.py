@@ -81,6 +81,15 @@ def test_parent_based_decisions():
     assert p1(ctx(), span()) is True
 
 
+def test_sampled_out_spans_still_reach_the_metrics_hook():
+    seen = []
+    p = SpanPolicy(FilterSpec(exclude_paths=["/x"]), 0.0, Stats())
+    p.on_sampled_out = seen.append
+    a, b = span("/a"), span("/x")
+    assert p(ctx(), a) is False and p(ctx(), b) is False
+    assert seen == [a]  # sampled out: counted in RED; filtered: not at all
+
+
 def test_no_sampling_section_honours_no_flags():
     st = Stats()
     p = SpanPolicy(FilterSpec(methods=["GET"]), None, st)
