@@ -229,10 +229,12 @@ class _FileReader:
 
     def __init__(self, fd: int):
         self.fd: int | None = fd
+        self.size = os.fstat(fd).st_size
 
     def __call__(self, off: int, size: int) -> bytes:
         if self.fd is None:
             raise OSError("ELF file already closed")
+        size = min(size, self.size - off)  # a corrupt header's size must not allocate it
         return os.pread(self.fd, size, off) if size > 0 and off >= 0 else b""
 
 

@@ -128,7 +128,8 @@ class RawElf:
                 continue
             strsec = self.sections[sec.link]
             strtab = self.read(strsec.offset, strsec.size)
-            raw = self.read(sec.offset, sec.size - sec.size % SYM64.size)
+            raw = self.read(sec.offset, sec.size)
+            raw = raw[:len(raw) - len(raw) % SYM64.size]  # a cut-short file
             find = strtab.find
             for st_name, st_info, _, st_shndx, st_value, st_size in SYM64.iter_unpack(raw):
                 typ = st_info & 0xF
