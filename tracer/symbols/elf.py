@@ -136,9 +136,9 @@ class ElfSymbols:
                    if sec.name.startswith(".plt")]
             extra = []
             for fde in eh.fdes:
-                if any(lo <= fde.start < hi for lo, hi in plt):
-                    continue  # PLT stubs are not functions
                 if _covering(starts, best, fde.start) is None:
+                    if any(lo <= fde.start < hi for lo, hi in plt):
+                        continue  # PLT stubs are not functions
                     extra.append(Sym(f"func_0x{fde.start:x}", fde.start, fde.end - fde.start,
                                      raw.vaddr_to_offset(fde.start), "eh_frame"))
             if extra:
