@@ -222,7 +222,7 @@ def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
     keep = privileges.runtime_caps(tls_discovery=tracer.tls is not None,
                                    exe_names=bool(args.service_names
                                                   or args.cfg.filter.executables),
-                                   kernel=needs)
+                                   span_stacks=args.span_stacks, kernel=needs)
     res = privileges.drop(keep, user=args.user)
     if exports.metrics is not None:
         exports.metrics.respawn()  # its thread predates the drop

@@ -79,6 +79,10 @@ RUNTIME: dict[str, dict[str, str]] = {
     "exe_names": {  # --service-name EXE=NAME: /proc/<pid>/exe of every traced process
         "CAP_SYS_PTRACE": "readlink /proc/<pid>/exe of other users' processes",
     },
+    "span_stacks": {  # --span-stacks: symbolized while tracing (tracer/symbols)
+        "CAP_SYS_PTRACE": "/proc/<pid>/maps and root of the traced processes",
+        "CAP_DAC_READ_SEARCH": "their executables and libraries whatever their modes",
+    },
 }
 
 PR_SET_KEEPCAPS = 8
@@ -109,13 +113,14 @@ class KernelNeeds:
     bpf_cmds: bool = False  # map commands on open fds need CAP_BPF (before 6.4)
 
 
-def runtime_caps(*, tls_discovery: bool, exe_names: bool = False,
+def runtime_caps(*, tls_discovery: bool, exe_names: bool = False, span_stacks: bool = False,
                  kernel: KernelNeeds = KernelNeeds()) -> dict[str, str]:
     """Capability -> why, for the features still working after start."""
     keep: dict[str, str] = {}
     if kernel.bpf_cmds:
         keep["CAP_BPF"] = "map lookups and updates (this kernel checks every bpf() command)"
-    for feature, on in (("tls_discovery", tls_discovery), ("exe_names", exe_names)):
+    for feature, on in (("tls_discovery", tls_discovery), ("exe_names", exe_names),
+                        ("span_stacks", span_stacks)):
         if on:
             for cap, why in RUNTIME[feature].items():
                 keep.setdefault(kernel.uprobe if cap == UPROBE else cap, why)

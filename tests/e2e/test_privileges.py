@@ -146,6 +146,34 @@ def test_exporter_threads_take_the_dropped_set(tmp_path):
     assert tr.summary["spans_exported"] == 2 * N
 
 
+def test_span_stacks_symbolized_after_the_drop_as_nobody(tmp_path):
+    """--span-stacks symbolizes while tracing: /proc/<pid>/maps of root
+    processes and a client binary under root's 0700 pytest directory, read as
+    nobody with only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH left."""
+    from tests.cprogs import build
+
+    try:
+        client = build.build("fp", tmp_path / "cprogs", source="span_client.c")
+    except build.BuildError as e:
+        pytest.skip(str(e))
+    port = free_port()
+    want = privileges.mask(privileges.runtime_caps(tls_discovery=False, span_stacks=True))
+    assert privileges.names(want) == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
+    with py_server(port, 1) as srv, TracerRun(tmp_path, "--port", str(port), "--no-tls",
+                                              "--span-stacks", "--user", "nobody") as tr:
+        _assert_dropped(tr.proc.pid, want, uid=pwd.getpwnam("nobody").pw_uid)
+        c = subprocess.run([str(client), str(port), str(N)], capture_output=True, text=True,
+                           timeout=60)
+        assert c.returncode == 0, c.stderr
+    clients = [s for s in tr.spans if s["kind"] == "client"]
+    assert len(clients) == len(tr.by("server", srv.pid)) == N
+    for s in clients:
+        syms = [f["symbol"] for f in s["stack"]]
+        assert "do_request" in syms and "main" in syms, s["stack"]
+    assert tr.summary["spans_with_stack"] == 2 * N
+    assert tr.returncode == 0 and "Traceback" not in tr.stderr
+
+
 def test_no_drop_privileges_keeps_everything(tmp_path):
     port = free_port()
     before = privileges.read_status()

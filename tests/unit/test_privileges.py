@@ -45,6 +45,8 @@ def test_numbers_are_the_uapi_ones():
     ({"tls_discovery": True}, KernelNeeds(uprobe="CAP_PERFMON"),  # older kernels
      ["CAP_DAC_READ_SEARCH", "CAP_PERFMON", "CAP_SYS_PTRACE"]),
     ({"tls_discovery": False, "exe_names": True}, KernelNeeds(), ["CAP_SYS_PTRACE"]),
+    ({"tls_discovery": False, "span_stacks": True}, KernelNeeds(),
+     ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
     ({"tls_discovery": False}, KernelNeeds(bpf_cmds=True), ["CAP_BPF"]),  # before 6.4
 ])
 def test_runtime_caps(kw, kernel, want):
@@ -64,7 +66,8 @@ def test_start_caps_per_command_line():
 def test_runtime_is_within_start():
     """Nothing is kept that start-up did not hold (a deployment grants START)."""
     for kernel in (KernelNeeds(), KernelNeeds(uprobe="CAP_PERFMON", bpf_cmds=True)):
-        kept = P.runtime_caps(tls_discovery=True, exe_names=True, kernel=kernel)
+        kept = P.runtime_caps(tls_discovery=True, exe_names=True, span_stacks=True,
+                              kernel=kernel)
         assert set(kept) <= set(P.START)
 
 
