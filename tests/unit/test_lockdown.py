@@ -89,6 +89,8 @@ def test_no_object_calls_a_helper_integrity_forbids(audit):
     assert audit.as_dict()["forbidden_by_integrity_used"] == []
     for helpers in audit.objects.values():  # every object, the ones of other features too
         assert "bpf_probe_write_user" not in helpers
+        # not lockdown-gated, but it changes kernel behaviour (kprobe-only): never used
+        assert "bpf_override_return" not in helpers
 
 
 def test_confidentiality_takes_socket_identification(audit):
