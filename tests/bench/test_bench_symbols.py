@@ -84,7 +84,7 @@ def test_open_libc_cold(benchmark):
         return ElfSymbols.open(path)
     elf = benchmark(cold)
     benchmark.extra_info["functions"] = len(elf.functions())
-    benchmark.extra_info["fdes"] = len(elf.eh_frame().fdes)
+    benchmark.extra_info["fdes"] = len(elf.eh_frame())
 
 
 def test_addr_to_sym(benchmark):

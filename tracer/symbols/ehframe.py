@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+from array import array
 from bisect import bisect_right
 from typing import NamedTuple
 
@@ -148,9 +150,11 @@ def _parse_cie(data: bytes, pos: int, end: int, vaddr: int) -> tuple[int, bool]:
     return enc, signal
 
 
-def scan_fdes(data: bytes, vaddr: int) -> list[Fde]:
-    """Every FDE of an .eh_frame image at vaddr, sorted by start."""
-    fdes: list[Fde] = []
+def scan_fdes(data: bytes, vaddr: int) -> tuple[array, array, array, set[int]]:
+    """Every FDE of an .eh_frame image at vaddr: (starts, ends, offsets)
+    sorted by start, and the offsets of signal-frame FDEs."""
+    starts, ends, offsets = array("Q"), array("Q"), array("Q")
+    signals: set[int] = set()
     cies: dict[int, tuple[int, bool]] = {}
     pos = 0
     n = len(data)
@@ -181,10 +185,20 @@ def scan_fdes(data: bytes, vaddr: int) -> list[Fde]:
                 pos = end
                 continue
             if size:
-                fdes.append(Fde(start, start + size, pos, signal))
+                starts.append(start)
+                ends.append((start + size) & 0xFFFFFFFFFFFFFFFF)
+                offsets.append(pos)
+                if signal:
+                    signals.add(pos)
         pos = end
-    fdes.sort()
-    return fdes
+    return (*_sorted_by_first(starts, ends, offsets), signals)
+
+
+def _sorted_by_first(*cols: array) -> tuple[array, ...]:
+    if all(cols[0][i] <= cols[0][i + 1] for i in range(len(cols[0]) - 1)):
+        return cols  # linkers emit them in address order, mostly
+    order = sorted(range(len(cols[0])), key=cols[0].__getitem__)
+    return tuple(array(c.typecode, (c[i] for i in order)) for c in cols)
 
 
 def locate_eh_frame(elf: RawElf) -> tuple[bytes, int] | None:
@@ -213,7 +227,8 @@ def locate_eh_frame(elf: RawElf) -> tuple[bytes, int] | None:
 
 
 class EhFrame:
-    """FDE index of one module plus lazily decoded rule tables."""
+    """FDE index of one module (parallel arrays sorted by start) plus lazily
+    decoded rule tables."""
 
     def __init__(self, data: bytes, vaddr: int, debug_frame: bool = False):
         self.vaddr = vaddr
@@ -222,38 +237,56 @@ class EhFrame:
         if debug_frame:
             # .debug_frame (CFI without .eh_frame, e.g. -fno-asynchronous-unwind-tables):
             # absolute addresses, parsed whole by pyelftools (only such binaries pay)
-            self.fdes = sorted(
-                Fde(e["initial_location"], e["initial_location"] + e["address_range"],
-                    e.offset, False)
-                for e in self._cfi.get_entries()
-                if isinstance(e, CallFrameFDE) and e["address_range"])
+            fdes = [e for e in self._cfi.get_entries()
+                    if isinstance(e, CallFrameFDE) and e["address_range"]]
+            self.starts, self.ends, self.offsets = _sorted_by_first(
+                array("Q", (e["initial_location"] for e in fdes)),
+                array("Q", (e["initial_location"] + e["address_range"] for e in fdes)),
+                array("Q", (e.offset for e in fdes)))
+            self._signals: set[int] = set()
         else:
-            self.fdes = scan_fdes(data, vaddr)
-        self.starts = [f.start for f in self.fdes]
+            self.starts, self.ends, self.offsets, self._signals = scan_fdes(data, vaddr)
         self._tables: dict[int, CfiTable | None] = {}
         self._expr = DWARFExprParser(_STRUCTS)
+        self._lock = threading.Lock()  # pyelftools seeks one shared stream
         self.decode_errors = 0
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _fde(self, i: int) -> Fde:
+        off = self.offsets[i]
+        return Fde(self.starts[i], self.ends[i], off, off in self._signals)
+
+    @property
+    def fdes(self) -> list[Fde]:
+        return [self._fde(i) for i in range(len(self.starts))]
+
+    def ranges(self):
+        """(start, end) of every FDE, by start."""
+        return zip(self.starts, self.ends, strict=True)
 
     def find(self, vaddr: int) -> Fde | None:
         i = bisect_right(self.starts, vaddr) - 1
-        if i >= 0 and vaddr < self.fdes[i].end:
-            return self.fdes[i]
+        if i >= 0 and vaddr < self.ends[i]:
+            return self._fde(i)
         return None
 
     def table(self, fde: Fde) -> CfiTable | None:
         if fde.offset in self._tables:
             return self._tables[fde.offset]
-        try:
-            # pyelftools' per-entry parser (an FDE and its CIE, cached by offset):
-            # the public get_entries() would parse the whole section
-            entry = self._cfi._parse_entry_at(fde.offset)
-            decoded = entry.get_decoded()
-            rows = [self._row(line) for line in decoded.table]
-        except Exception:  # malformed CFI from pyelftools: counted, the unwinder stops
-            self.decode_errors += 1
-            rows = []
-        tab = CfiTable(fde, rows, [r.pc for r in rows]) if rows else None
-        self._tables[fde.offset] = tab
+        with self._lock:
+            try:
+                # pyelftools' per-entry parser (an FDE and its CIE, cached by offset):
+                # the public get_entries() would parse the whole section
+                entry = self._cfi._parse_entry_at(fde.offset)
+                decoded = entry.get_decoded()
+                rows = [self._row(line) for line in decoded.table]
+            except Exception:  # malformed CFI from pyelftools: counted, the unwinder stops
+                self.decode_errors += 1
+                rows = []
+            tab = CfiTable(fde, rows, [r.pc for r in rows]) if rows else None
+            self._tables[fde.offset] = tab
         return tab
 
     def _row(self, line: dict) -> Row:

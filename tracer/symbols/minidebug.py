@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import lzma
 
-from .rawelf import SHT_SYMTAB, ElfFormatError, RawElf, RawSym, bytes_reader
+from .rawelf import SHT_SYMTAB, ElfFormatError, RawElf, SymTable, bytes_reader
 
 MAX_DECOMPRESSED = 256 << 20  # an xz bomb would stop here
 
@@ -29,10 +29,10 @@ def decompress(section: bytes) -> bytes:
     return data
 
 
-def function_symbols(section: bytes) -> list[RawSym]:
+def function_table(section: bytes) -> SymTable | None:
     """Function symbols of the embedded ELF's .symtab."""
     data = decompress(section)
     try:
-        return RawElf(bytes_reader(data)).function_symbols(SHT_SYMTAB)
+        return RawElf(bytes_reader(data)).function_table(SHT_SYMTAB)
     except (ElfFormatError, IndexError, ValueError) as e:
         raise MiniDebugError(f".gnu_debugdata: {e}") from None

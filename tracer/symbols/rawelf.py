@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -48,6 +49,23 @@ class Section(NamedTuple):
     offset: int
     size: int
     link: int
+
+
+class SymTable(NamedTuple):
+    """Function symbols of one table: parallel arrays over its strtab."""
+    strtab: bytes
+    name: array  # st_name offsets
+    vaddr: array
+    size: array
+    bind: bytearray
+
+    def name_bytes(self, i: int) -> bytes:
+        off = self.name[i]
+        end = self.strtab.find(b"\0", off)
+        return self.strtab[off:end if end >= 0 else None]
+
+    def name_at(self, i: int) -> str:
+        return self.name_bytes(i).decode("utf-8", "surrogateescape")
 
 
 class RawSym(NamedTuple):
@@ -120,9 +138,10 @@ class RawElf:
                 pos = desc_at + ((descsz + 3) & ~3)
         return None
 
-    def function_symbols(self, sh_type: int) -> list[RawSym]:
-        """Defined function symbols (FUNC and IFUNC) of every section of sh_type."""
-        out: list[RawSym] = []
+    def function_table(self, sh_type: int) -> SymTable | None:
+        """Defined function symbols (FUNC and IFUNC) of the first non-empty
+        section of sh_type, as arrays over its string table (no object per
+        symbol: node has 86k of them)."""
         for sec in self.sections:
             if sec.type != sh_type or sec.link >= len(self.sections):
                 continue
@@ -130,17 +149,28 @@ class RawElf:
             strtab = self.read(strsec.offset, strsec.size)
             raw = self.read(sec.offset, sec.size)
             raw = raw[:len(raw) - len(raw) % SYM64.size]  # a cut-short file
-            find = strtab.find
+            tab = SymTable(strtab, array("I"), array("Q"), array("Q"), bytearray())
+            n = len(strtab)
             for st_name, st_info, _, st_shndx, st_value, st_size in SYM64.iter_unpack(raw):
                 typ = st_info & 0xF
-                if (typ != STT_FUNC and typ != STT_GNU_IFUNC) or not st_shndx or not st_value:
+                if ((typ != STT_FUNC and typ != STT_GNU_IFUNC) or not st_shndx or not st_value
+                        or st_name >= n or not strtab[st_name]):
                     continue
-                end = find(b"\0", st_name)
-                if end <= st_name:
-                    continue
-                name = strtab[st_name:end].decode("utf-8", "replace")
-                out.append(RawSym(name, st_value, st_size, st_info >> 4))
-        return out
+                tab.name.append(st_name)
+                tab.vaddr.append(st_value)
+                tab.size.append(st_size)
+                tab.bind.append(st_info >> 4)
+            if tab.vaddr:
+                return tab
+        return None
+
+    def function_symbols(self, sh_type: int) -> list[RawSym]:
+        """function_table() as a list of RawSym (small tables, tests)."""
+        tab = self.function_table(sh_type)
+        if tab is None:
+            return []
+        return [RawSym(tab.name_at(i), tab.vaddr[i], tab.size[i], tab.bind[i])
+                for i in range(len(tab.vaddr))]
 
     def vaddr_to_offset(self, vaddr: int) -> int | None:
         for lo, hi, delta in self._by_vaddr:
