@@ -170,6 +170,8 @@ def test_dynsym_only_library():
     want = readelf_funcs(path, dyn=True)
     elf = ElfSymbols.open(path)
     assert ours(elf, "dynsym") == want
+    pairs = [(s.name, s.vaddr) for s in elf.functions()]
+    assert len(pairs) == len(set(pairs))  # versioned twins at one address: listed once
     sym = elf.lookup("usleep")
     assert sym is not None and sym.file_offset == offset_of(path, sym.vaddr)
     # local code only .eh_frame knows about gets func_0x names, never overlapping a symbol

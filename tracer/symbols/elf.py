@@ -27,6 +27,7 @@ MAX_DEBUG_FRAME = 16 << 20  # .debug_frame kept for unwinding (CFI only: small)
 _BIND_RANK = {STB_GLOBAL: 0, STB_WEAK: 1}
 SOURCES = ("symtab", "debugdata", "dynsym", "eh_frame")  # in order of preference
 DEBUGDATA, EH_FRAME = 1, 3
+HOT_SYMS = 4096  # Sym objects kept per module for addr_to_sym
 
 
 class TargetError(ValueError):
@@ -62,6 +63,7 @@ class ElfSymbols:
         self._starts = array("Q")  # distinct vaddrs
         self._best = array("Q")  # index of the preferred name at each start
         self.source_counts = dict.fromkeys(SOURCES, 0)
+        self._hot: dict[int, Sym] = {}  # symbols stacks resolved to lately
         self._eh: EhFrame | None | bool = False  # False: not read yet
         self._debug_frame: EhFrame | None | bool | bytes = False  # bytes: read, not parsed
         self.counters = {"debugdata_errors": 0, "eh_frame_errors": 0}
@@ -128,18 +130,18 @@ class ElfSymbols:
             if tab is None:
                 by_vaddr.append((array("Q"), array("Q")))
                 continue
+            idx = sorted(range(len(tab.vaddr)), key=tab.vaddr.__getitem__)
+            by_vaddr.append((array("Q", (tab.vaddr[j] for j in idx)), array("Q", idx)))
             for i in range(len(tab.vaddr)):
                 v = tab.vaddr[i]
                 name = tab.name_bytes(i)
-                if t and _seen(tables, by_vaddr, v, name):
+                if _seen(tables, by_vaddr, v, name, t, i):
                     continue
                 under = min(len(name) - len(name.lstrip(b"_")), 15)
                 keys.append((v << 12) | (_BIND_RANK.get(tab.bind[i], 2) << 8) | (under << 4)
                             | t << 2)
                 ent_t.append(t)
                 ent_i.append(i)
-            idx = sorted(range(len(tab.vaddr)), key=tab.vaddr.__getitem__)
-            by_vaddr.append((array("Q", (tab.vaddr[j] for j in idx)), array("Q", idx)))
         order = sorted(range(len(keys)), key=keys.__getitem__)
         starts, best_sz = array("Q"), array("Q")
         for k in order:
@@ -239,7 +241,12 @@ class ElfSymbols:
             k = self._best[j]
             size = self._sz[k]
             if vaddr < self._va[k] + size or (size == 0 and j == i):
-                return self._sym(k), vaddr - self._va[k]
+                sym = self._hot.get(k)
+                if sym is None:
+                    if len(self._hot) >= HOT_SYMS:
+                        self._hot.clear()
+                    sym = self._hot[k] = self._sym(k)
+                return sym, vaddr - self._va[k]
         return None
 
     # -- addresses -----------------------------------------------------------
@@ -297,12 +304,15 @@ def _covering(starts: array, sizes: array, vaddr: int) -> int | None:
     return None
 
 
-def _seen(tables: list, by_vaddr: list, vaddr: int, name: bytes) -> bool:
-    """Whether an earlier table has this (name, vaddr)."""
+def _seen(tables: list, by_vaddr: list, vaddr: int, name: bytes, cur_t: int,
+          cur_i: int) -> bool:
+    """Whether (name, vaddr) came before: in an earlier table, or earlier in
+    this one (.dynsym repeats a name at one address for two symbol versions)."""
     for t, (vas, idx) in enumerate(by_vaddr):
         lo = bisect_left(vas, vaddr)
         while lo < len(vas) and vas[lo] == vaddr:
-            if tables[t].name_bytes(idx[lo]) == name:
+            j = idx[lo]
+            if (t < cur_t or j < cur_i) and tables[t].name_bytes(j) == name:
                 return True
             lo += 1
     return False
