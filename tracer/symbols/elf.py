@@ -43,8 +43,9 @@ class Sym(NamedTuple):
 
 
 class ElfSymbols:
-    """Symbols of one ELF file. Open with ElfSymbols.open(path) (cached);
-    the symbol tables and .eh_frame are read on first use."""
+    """Symbols of one ELF file. Open with ElfSymbols.open(path) (cached):
+    the symbol tables and the .eh_frame FDE index are read then, the CFI
+    rules of an FDE on first use."""
 
     _cache: dict[object, ElfSymbols] = {}
     _lock = threading.Lock()
