@@ -5,7 +5,7 @@ The sets below are the single source of truth: the systemd unit, the container
 and the DaemonSet under deploy/ list START (tests/unit/test_deploy.py checks),
 and `drop()` keeps `runtime_caps(...)`.
 
-Why so little remains (Linux 6.4+, measured on 6.18, see README):
+Why so little remains (measured on 6.18 and Debian's 6.1, see README):
 - the ring buffers are read through mmaps made at start, and epoll: no checks;
 - bpf() map lookups/updates on fds we already hold check the fd's mode only
   (capabilities are checked when maps and programs are created);
@@ -14,9 +14,11 @@ Why so little remains (Linux 6.4+, measured on 6.18, see README):
 What does need capabilities after start is attaching uprobes to libraries
 found later (TLS discovery) and reading other processes' /proc/<pid>/maps,
 exe and root: see RUNTIME. Which capability a uprobe takes changed across
-kernels (CAP_PERFMON from 5.8, CAP_SYS_ADMIN on 6.18, measured), and bpf()
-commands on open fds needed CAP_BPF before 6.4: both are found by trying,
-in a thread whose own sets are cut down (`probe_runtime_needs`).
+kernels (CAP_PERFMON from 5.8, CAP_SYS_ADMIN after a fix: measured on 6.18
+and Debian's 6.1.0-56), and whether bpf() commands on fds already held
+need CAP_BPF (kernels that checked every command under
+unprivileged_bpf_disabled): both are found by trying, in a thread whose own
+sets are cut down (`probe_runtime_needs`).
 
 Capabilities are per thread: `drop()` runs in the main thread before the
 export threads start; threads started earlier are reported (see
@@ -110,7 +112,7 @@ class KernelNeeds:
     """What this kernel asks for after start (probe_runtime_needs)."""
 
     uprobe: str = "CAP_SYS_ADMIN"  # as on 6.18; CAP_PERFMON on older kernels
-    bpf_cmds: bool = False  # map commands on open fds need CAP_BPF (before 6.4)
+    bpf_cmds: bool = False  # map commands on open fds need CAP_BPF (not on 6.1, 6.18)
 
 
 def runtime_caps(*, tls_discovery: bool, exe_names: bool = False, span_stacks: bool = False,

@@ -47,7 +47,7 @@ def test_numbers_are_the_uapi_ones():
     ({"tls_discovery": False, "exe_names": True}, KernelNeeds(), ["CAP_SYS_PTRACE"]),
     ({"tls_discovery": False, "span_stacks": True}, KernelNeeds(),
      ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
-    ({"tls_discovery": False}, KernelNeeds(bpf_cmds=True), ["CAP_BPF"]),  # before 6.4
+    ({"tls_discovery": False}, KernelNeeds(bpf_cmds=True), ["CAP_BPF"]),
 ])
 def test_runtime_caps(kw, kernel, want):
     got = P.runtime_caps(kernel=kernel, **kw)
