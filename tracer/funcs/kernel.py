@@ -218,6 +218,7 @@ class KernelTracer:
         self.method = method
         self.pids, self.cgroups, self.netns = list(pids), list(cgroups), list(netns)
         self.objs: list[loader.BPFObject] = []
+        self.current = ""  # the function being loaded or attached (for error lines)
         self.rb = None
         self.counters = None
         self.events_seen = 0
@@ -246,6 +247,7 @@ class KernelTracer:
     def start(self) -> None:
         if self.method == "fentry":
             for i, f in enumerate(self.funcs):
+                self.current = f.name
                 obj = self._open(i, ("kf_fentry", "kf_fexit"))
                 obj.set_attach_target("kf_fentry", f.name)
                 obj.set_attach_target("kf_fexit", f.name)
@@ -261,6 +263,7 @@ class KernelTracer:
             obj.load()
             self._fill_filters(obj)
             for i, f in enumerate(self.funcs):
+                self.current = f.name
                 obj.attach_kprobe("kf_kretprobe", f.name, retprobe=True, cookie=i)
                 obj.attach_kprobe("kf_kprobe", f.name, cookie=i)
         self.rb = self.objs[0].ring_buffer("kf_events")
@@ -387,7 +390,10 @@ def _run(targets: list[str], args) -> int:
         except loader.LoaderError as e:
             if getattr(args, "verbose", False) and e.log:
                 sys.stderr.write(e.log)
-            raise KernelFuncError(f"{e.stage} failed: {e}") from None
+            hint = "" if getattr(args, "verbose", False) or not e.log else \
+                " (run with -v for the log)"
+            raise KernelFuncError(f"{e.stage} failed for kernel:{tracer.current}: {e}{hint}") \
+                from None
         # tests and scripts wait for this line
         sys.stderr.write(f"tracer: tracing {len(funcs)} kernel function"
                          f"{'s' if len(funcs) != 1 else ''} with {why}\n")
