@@ -104,13 +104,17 @@ def symbol_offsets(path: str) -> dict[str, int]:
 
 
 def _name_offsets(strtab: bytes) -> dict[int, str]:
-    """String-table offset -> HOOKS name, for every copy of each name."""
+    """String-table offset -> HOOKS name, for every copy of each name.
+
+    A name may also be the tail of a longer string ("xSSL_read"): linkers
+    share suffixes, and st_name then points into the middle of it. Any
+    position where `name\0` starts reads as that name, so every one counts."""
     want: dict[int, str] = {}
     for name in HOOKS:
-        needle = b"\0" + name.encode() + b"\0"
+        needle = name.encode() + b"\0"
         i = strtab.find(needle)
         while i >= 0:
-            want[i + 1] = name
+            want[i] = name
             i = strtab.find(needle, i + 1)
     return want
 

@@ -105,3 +105,15 @@ def test_agent_traces_on_without_tls(monkeypatch, caplog):
     assert "EPERM" in t.tls_unavailable
     assert len(caplog.records) == 1 and "TLS plaintext not traced" in caplog.text
     assert t.summary()["tls_unavailable"] == t.tls_unavailable
+
+
+def test_name_offsets_finds_suffix_shared_names():
+    # st_name may point into the tail of a longer string (suffix sharing):
+    # "\0xSSL_read\0" holds "SSL_read" at offset 2.
+    strtab = b"\0xSSL_read\0SSL_write\0SSL_read_ex\0"
+    want = tls._name_offsets(strtab)
+    assert want[2] == "SSL_read"
+    assert want[11] == "SSL_write"
+    assert want[21] == "SSL_read_ex"
+    assert strtab.index(b"SSL_read_ex") == 21
+    assert 1 not in want  # "xSSL_read" itself is not a hook
