@@ -256,6 +256,10 @@ def add_figures(figs: dict, runs: pd.DataFrame, ts: pd.DataFrame) -> None:
         f["conns_sampled_out"] = _sum(main, "tracer_conns_sampled_out")
         f["requests_sampled_out"] = _sum(main, "tracer_requests_sampled_out")
         f["requests_unaccounted"] = _sum(main, "requests_unaccounted")
+        # a dropped event loses at most the request it carries: requests
+        # missing beyond the counted kernel drops are silent losses
+        lost = f["requests_unaccounted"] - _sum(main, "tracer_events_dropped")
+        f["requests_unexplained"] = lost if math.isnan(lost) else max(0.0, lost)
         f["sustainable_rps"] = _max(df, "sustainable_rps")
         f["overload_factor"] = _med(main, "achieved_rps") / f["sustainable_rps"]
         base = df[(df["label"] == "pair") & (df["variant"] == "baseline")]
@@ -329,7 +333,7 @@ def report_sections(out: Path, runs: pd.DataFrame, ts: pd.DataFrame,
         f = figs.get(name, {})
         keys = ("sustainable_rps", "overload_factor", "events_unaccounted",
                 "no_sampling_events_seen", "no_sampling_events_dropped",
-                "no_sampling_max_poll_gap_ms", "requests_unaccounted",
+                "no_sampling_max_poll_gap_ms", "requests_unaccounted", "requests_unexplained",
                 "sampling_engaged", "conns_sampled_out", "requests_sampled_out",
                 "max_poll_gap_ms", "tracer_rss_peak_mb", "rss_slope_mb_per_min",
                 "rss_range_mb", "latency_p50_ratio", "latency_p99_ratio")
