@@ -354,7 +354,7 @@ def _plot(out: Path, name: str, df: pd.DataFrame, ts: pd.DataFrame) -> list[tupl
         return []
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     for _, r in traced.iterrows():
-        g = ts[(ts["tag"] == r["tag"]) & ts["tracer_rss"].notna()].sort_values("wall")
+        g = ts[(ts["tag"] == r["tag"]) & (ts["tracer_rss"] > 0)].sort_values("wall")
         if g.empty:
             continue
         t0 = r.get("load_start", g["wall"].iloc[0])
@@ -369,6 +369,9 @@ def _plot(out: Path, name: str, df: pd.DataFrame, ts: pd.DataFrame) -> list[tupl
             tx = [start - t0 + t for t, _ in trans]
             ax2.step([0, *tx, x.iloc[-1]], [1.0, *[k for _, k in trans], trans[-1][1]],
                      where="post", lw=0.9)
+    if not ax2.lines:
+        ax2.text(0.5, 0.5, "adaptive sampling never engaged (all kept)", ha="center",
+                 transform=ax2.transAxes)
     ax1.axhline(50, ls="--", color="grey", lw=0.8, label="50 MB budget")
     ax1.set_ylabel("tracer RSS (MB)")
     ax1.set_ylim(bottom=0)
