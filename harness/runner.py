@@ -375,8 +375,12 @@ class ScenarioRunner:
                     from harness.overload import QUOTA_AFTER_S, CpuQuota
 
                     time.sleep(QUOTA_AFTER_S)  # start-up (privilege drop) runs unthrottled
-                    quota = CpuQuota(f"httptrace-{tag}", sc.tracer_cpu_quota)
-                    quota.add(tracer.pid)
+                    try:
+                        quota = CpuQuota(f"httptrace-{tag}", sc.tracer_cpu_quota)
+                        quota.add(tracer.pid)
+                    except OSError as e:
+                        raise HarnessError(f"cannot hold the tracer to {sc.tracer_cpu_quota:g} "
+                                           f"core with a cgroup CPU quota: {e}") from e
             row["tracer_bpf_programs"] = len(progs)
             sampler.start()
             bpf_start = self._bpf_snapshot(tracer, before) if spec.label == "bpf" else None
