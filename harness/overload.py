@@ -359,7 +359,7 @@ def _plot(out: Path, name: str, df: pd.DataFrame, ts: pd.DataFrame) -> list[tupl
             continue
         t0 = r.get("load_start", g["wall"].iloc[0])
         x = g["wall"] - t0
-        ax1.plot(x, g["tracer_rss"] / 1e6, lw=0.9, label=f"{r['label']} {r['tag']}")
+        (line,) = ax1.plot(x, g["tracer_rss"] / 1e6, lw=0.9, label=f"{r['label']} {r['tag']}")
         try:
             trans = json.loads(r.get("tracer_adaptive_transitions") or "[]")
         except (TypeError, json.JSONDecodeError):
@@ -368,7 +368,7 @@ def _plot(out: Path, name: str, df: pd.DataFrame, ts: pd.DataFrame) -> list[tupl
             start = r.get("tracer_started_unix", t0)
             tx = [start - t0 + t for t, _ in trans]
             ax2.step([0, *tx, x.iloc[-1]], [1.0, *[k for _, k in trans], trans[-1][1]],
-                     where="post", lw=0.9)
+                     where="post", lw=0.9, color=line.get_color())
     if not ax2.lines:
         ax2.text(0.5, 0.5, "adaptive sampling never engaged (all kept)", ha="center",
                  transform=ax2.transAxes)
