@@ -49,10 +49,11 @@ _DONE = re.compile(r"#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _STAT = re.compile(r"stat::(\w+):\s+(\d+)")
 
 
-def run_one(name: str, seconds: int | None, runs: int | None, nice: int) -> dict:
+def run_one(name: str, seconds: int | None, runs: int | None, nice: int,
+            workdir: Path = WORK) -> dict:
     from tests.fuzz import targets
 
-    work = WORK / name
+    work = workdir / name
     corpus = work / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     for seed in targets.TARGETS[name][1]():
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="total time, shared equally by the targets (default 600)")
     ap.add_argument("--runs", type=int, default=None, help="inputs per target instead of time")
     ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=WORK,
+                    help="corpora, crashes and summary.jsonl (default build/fuzz)")
     ap.add_argument("--keep", nargs=2, metavar=("CRASH", "LABEL"),
                     help="copy a crash input into tests/fuzz/regressions")
     a = ap.parse_args(argv)
@@ -127,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = a.targets or list(NAMES)
     per = None if a.runs and not a.seconds else max((a.seconds or 600) // len(names), 1)
-    WORK.mkdir(parents=True, exist_ok=True)
+    a.workdir.mkdir(parents=True, exist_ok=True)
     failed = False
-    with open(WORK / "summary.jsonl", "a") as summary:
+    with open(a.workdir / "summary.jsonl", "a") as summary:
         for name in names:
-            res = run_one(name, per, a.runs, a.nice)
+            res = run_one(name, per, a.runs, a.nice, a.workdir)
             line = json.dumps(res)
             print(line, flush=True)
             summary.write(line + "\n")
