@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -98,3 +99,16 @@ def test_unreadable_string_is_null_and_counted(exe, tmp_path):
         # str[8]: 7 bytes and the NUL
         assert r["args"] == {"a": i, "b": None, "s": f"req-{i}"[:7]}
     assert summary["string_faults"] == N
+
+
+def test_shared_library_without_pid_warns():
+    """A shared library traced in every process gets one warning line naming it
+    and --pid (uretprobes and stack-switching programs); the run still works."""
+    require("uprobe", "ringbuf", "btf")
+    out = subprocess.run([sys.executable, "-m", "tracer", "funcs", "libc.so.6:getppid",
+                          "--duration", "0.5", "--output", os.devnull],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    warnings = [ln for ln in out.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1
+    assert "libc.so.6 traced in every process" in warnings[0] and "--pid" in warnings[0]

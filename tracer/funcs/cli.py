@@ -98,6 +98,12 @@ def cmd_funcs(args) -> int:
         raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
                                                      else " (run with -v for the log)")) from None
     functions = len({p.target for p in probes})
+    shared = sorted({p.module for p in probes if ".so" in os.path.basename(p.module)})
+    if shared and not args.pid:
+        # a uretprobe rewrites return addresses in every process mapping the
+        # library; stack-switching programs (greenlets) can be killed (SIGILL)
+        sys.stderr.write(f"tracer: warning: {', '.join(shared)} traced in every process that "
+                         "maps it; limit it with --pid\n")
     # tests and scripts wait for this line
     sys.stderr.write(f"tracer: tracing {functions} functions ({tracer.attached} probes "
                      "attached)\n")
