@@ -297,6 +297,9 @@ class Tracer:
         """Poll until `duration` seconds pass or `stop` is set."""
         deadline = time.monotonic() + duration if duration else None
         next_house = time.monotonic() + HOUSEKEEPING_S
+        # the CPU of start-up (TLS discovery, exporters, privilege drop) is not
+        # load: the first adaptive tick measures from here
+        self._adapt_at, self._adapt_cpu = time.monotonic(), time.process_time()
         while not (stop and stop.is_set()):
             now = time.monotonic()
             if deadline and now >= deadline:

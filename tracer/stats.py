@@ -34,6 +34,8 @@ COUNTERS = (
     "h2_framing_lost",  # an HTTP/2 frame header lost in a gap (or malformed): resynced or given up
     "h2_streams_reset",  # RST_STREAM ended a stream before its response completed
     "grpc_framing_lost",  # spans whose gRPC message counts were left out (a prefix in a gap)
+    "requests_overflow",  # requests past a per-connection bound (MAX_PIPELINED HTTP/1
+    #   requests awaiting responses, MAX_STREAMS open h2 streams): not traced
     # correlation
     "correlation_ambiguous",  # outgoing request on a thread with several requests in flight
     "correlation_unresolved",  # a server span waited HOLD_NS for its client side in vain

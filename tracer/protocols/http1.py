@@ -39,6 +39,11 @@ DEAD = 6  # given up (not HTTP / upgraded): ignore everything
 
 MAX_HEAD = 32 * 1024  # a header block buffered across syscalls beyond this is treated as cut
 MAX_CHUNK_LINE = 1024
+# Pipelined requests awaiting their responses, per connection. A peer that
+# never answers must not grow the queue without bound; past this the
+# connection is given up (counted), since skipping a request would pair the
+# later responses with the wrong requests.
+MAX_PIPELINED = 256
 
 _METHODS = {
     m.encode(): m
@@ -537,6 +542,15 @@ class Http1Session:
         # starts; a response once the next request starts)
         if parser is self.req:
             self.resp.finish_lost()
+            if len(self.pending) >= MAX_PIPELINED:
+                self.stats.requests_overflow += 1
+                self.stats.incomplete_requests += len(self.pending)
+                self._abandon()
+                self.req.stop()
+                self.resp.stop()
+                self.dead = True
+                self.conn.give_up(counted=True)
+                return
             self.pending.append(msg)
             ev = msg.first_ev
             msg.ctx = self.table.correlator.start(

@@ -73,6 +73,10 @@ _VALID_FLAGS = {t: sum(bit for _, bit in cls.defined_flags)
                 for t, cls in FRAMES.items() if t <= _CONT}
 _STREAM0 = {_SETTINGS, _PING, _GOAWAY}  # connection-level frames only
 _FIXED_LEN = {_PRIORITY: 5, _RST: 4, _PING: 8, _WINDOW: 4}
+# Open streams tracked per connection (peers usually allow 100 concurrent):
+# past this, new streams are counted in requests_overflow, not traced, so a
+# peer that never answers cannot grow the table without bound.
+MAX_STREAMS = 1024
 # Frames larger than this are not believed when recognising frames by shape
 # (the default SETTINGS_MAX_FRAME_SIZE is 16384; some peers raise it).
 SHAPE_MAX_LEN = 1 << 20
@@ -500,6 +504,9 @@ class Http2Session:
         st = streams.get(sid)
         if reader.direction == self.req_dir:
             if st is None:
+                if len(streams) >= MAX_STREAMS:
+                    self.stats.requests_overflow += 1
+                    return
                 st = _Stream(sid)
                 streams[sid] = st
                 st.req = fields
@@ -522,6 +529,9 @@ class Http2Session:
         # response direction
         if st is None:
             if sid & 1:  # a stream whose request we never saw (joined late)
+                if len(streams) >= MAX_STREAMS:
+                    self.stats.unpaired_responses += 1
+                    return
                 st = _Stream(sid)
                 st.orphan = True
                 streams[sid] = st
