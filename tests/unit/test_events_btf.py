@@ -2,46 +2,26 @@
 every struct size, member offset and enum value. No root needed."""
 
 import ctypes
-import json
-import shutil
-import subprocess
 
 import pytest
 
+from tests.unit.btfcheck import assert_enum_matches, assert_struct_matches, btf_types
 from tracer import events, loader
 
 
 @pytest.fixture(scope="module")
 def btf():
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool not installed (make setup installs it)")
-    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file",
-                          str(loader.object_path("sock"))],
-                         check=True, capture_output=True, text=True).stdout
-    types = json.loads(out)["types"]
-    return {(t["kind"], t.get("name")): t for t in types}
-
-
-def _ctypes_members(ctype):
-    return [(name, getattr(ctype, name).offset, ctypes.sizeof(ftype))
-            for name, ftype in ctype._fields_]
+    return btf_types("sock")
 
 
 @pytest.mark.parametrize("cname", sorted(events.STRUCTS))
 def test_struct_layout_matches_btf(btf, cname):
-    pytype = events.STRUCTS[cname]
-    t = btf[("STRUCT", cname)]
-    assert t["size"] == ctypes.sizeof(pytype), f"sizeof(struct {cname})"
-    btf_members = [(m["name"], m["bits_offset"] // 8) for m in t["members"]]
-    py_members = [(name, off) for name, off, _ in _ctypes_members(pytype)]
-    assert py_members == btf_members
+    assert_struct_matches(btf, cname, events.STRUCTS[cname])
 
 
 @pytest.mark.parametrize("ename", sorted(events.ENUMS))
 def test_enum_values_match_btf(btf, ename):
-    t = btf[("ENUM", ename)]
-    assert {v["name"]: v["val"] for v in t["values"]} == {
-        m.name: int(m) for m in events.ENUMS[ename]}
+    assert_enum_matches(btf, ename, events.ENUMS[ename])
 
 
 def test_struct_decoders_follow_the_ctypes_layout():

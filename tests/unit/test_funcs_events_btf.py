@@ -2,42 +2,28 @@
 the BTF of funcs.bpf.o: struct sizes, member offsets, enum values, #defines.
 No root needed."""
 
-import ctypes
-import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
+from tests.unit.btfcheck import assert_enum_matches, assert_struct_matches, btf_types
 from tracer import loader
 from tracer.funcs import events
 
 
 @pytest.fixture(scope="module")
 def btf():
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool not installed (make setup installs it)")
-    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file",
-                          str(loader.object_path("funcs"))],
-                         check=True, capture_output=True, text=True).stdout
-    return {(t["kind"], t.get("name")): t for t in json.loads(out)["types"]}
+    return btf_types("funcs")
 
 
 @pytest.mark.parametrize("cname", sorted(events.STRUCTS))
 def test_struct_layout_matches_btf(btf, cname):
-    pytype = events.STRUCTS[cname]
-    t = btf[("STRUCT", cname)]
-    assert t["size"] == ctypes.sizeof(pytype), f"sizeof(struct {cname})"
-    assert [(m["name"], m["bits_offset"] // 8) for m in t["members"]] == [
-        (name, getattr(pytype, name).offset) for name, _ in pytype._fields_]
+    assert_struct_matches(btf, cname, events.STRUCTS[cname])
 
 
 @pytest.mark.parametrize("ename", sorted(events.ENUMS))
 def test_enum_values_match_btf(btf, ename):
-    t = btf[("ENUM", ename)]
-    assert {v["name"]: v["val"] for v in t["values"]} == {
-        m.name: int(m) for m in events.ENUMS[ename]}
+    assert_enum_matches(btf, ename, events.ENUMS[ename])
 
 
 def test_defines_match_header():

@@ -2,13 +2,10 @@
 object's BTF, the event decode, the FIFO of injected ids, and how the
 correlator gives a client span exactly the ids the kernel wrote."""
 
-import ctypes
-import json
-import shutil
-import subprocess
 
 import pytest
 
+from tests.unit.btfcheck import assert_enum_matches, assert_struct_matches, btf_types
 from tests.unit.synth import (
     ROLE_CLIENT,
     ROLE_SERVER,
@@ -30,28 +27,17 @@ UP_SPAN = "00f067aa0ba902b7"
 
 @pytest.fixture(scope="module")
 def btf():
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool not installed (make setup installs it)")
-    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file",
-                          str(loader.object_path("inject"))],
-                         check=True, capture_output=True, text=True).stdout
-    return {(t["kind"], t.get("name")): t for t in json.loads(out)["types"]}
+    return btf_types("inject")
 
 
 @pytest.mark.parametrize("cname", sorted(inject.STRUCTS))
 def test_struct_layout_matches_btf(btf, cname):
-    pytype = inject.STRUCTS[cname]
-    t = btf[("STRUCT", cname)]
-    assert t["size"] == ctypes.sizeof(pytype)
-    assert [(m["name"], m["bits_offset"] // 8) for m in t["members"]] == [
-        (name, getattr(pytype, name).offset) for name, _ in pytype._fields_]
+    assert_struct_matches(btf, cname, inject.STRUCTS[cname])
 
 
 @pytest.mark.parametrize("ename", sorted(inject.ENUMS))
 def test_enum_values_match_btf(btf, ename):
-    t = btf[("ENUM", ename)]
-    assert {v["name"]: v["val"] for v in t["values"]} == {
-        m.name: int(m) for m in inject.ENUMS[ename]}
+    assert_enum_matches(btf, ename, inject.ENUMS[ename])
 
 
 def test_constants_match_header():

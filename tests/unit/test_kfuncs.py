@@ -2,13 +2,10 @@
 parts of kernel-function tracing (target names, register conversion, records,
 the one-line refusal). No root needed."""
 
-import ctypes
-import json
-import shutil
-import subprocess
 
 import pytest
 
+from tests.unit.btfcheck import assert_enum_matches, assert_struct_matches, btf_types
 from tracer import loader, probe
 from tracer.funcs import kernel
 from tracer.funcs.kernel import KfEventC, KFunc, Param
@@ -16,28 +13,17 @@ from tracer.funcs.kernel import KfEventC, KFunc, Param
 
 @pytest.fixture(scope="module")
 def btf():
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool not installed (make setup installs it)")
-    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file",
-                          str(loader.object_path("kfuncs"))],
-                         check=True, capture_output=True, text=True).stdout
-    return {(t["kind"], t.get("name")): t for t in json.loads(out)["types"]}
+    return btf_types("kfuncs")
 
 
 @pytest.mark.parametrize("cname", sorted(kernel.STRUCTS))
 def test_struct_layout_matches_btf(btf, cname):
-    pytype = kernel.STRUCTS[cname]
-    t = btf[("STRUCT", cname)]
-    assert t["size"] == ctypes.sizeof(pytype), f"sizeof(struct {cname})"
-    assert [(m["name"], m["bits_offset"] // 8) for m in t["members"]] == [
-        (name, getattr(pytype, name).offset) for name, _ in pytype._fields_]
+    assert_struct_matches(btf, cname, kernel.STRUCTS[cname])
 
 
 @pytest.mark.parametrize("ename", sorted(kernel.ENUMS))
 def test_enum_values_match_btf(btf, ename):
-    t = btf[("ENUM", ename)]
-    assert {v["name"]: v["val"] for v in t["values"]} == {m.name: int(m)
-                                                         for m in kernel.ENUMS[ename]}
+    assert_enum_matches(btf, ename, kernel.ENUMS[ename])
 
 
 def test_constants_match_header():
