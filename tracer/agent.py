@@ -118,6 +118,7 @@ class Tracer:
         self.tls: tls.TlsProbes | None = None
         self.tls_unavailable = ""  # why TLS plaintext is not traced, if it is not
         self.tls_libraries: list[str] = []  # files attached to, kept after stop()
+        self.tls_unreadable = 0  # processes TLS discovery could not inspect, kept after stop()
         self.rb: loader.RingBuffer | None = None
         self.attached: list[str] = []
         self.skipped: dict[str, str] = {}  # program -> why it could not attach
@@ -379,6 +380,7 @@ class Tracer:
             self.table.correlator.close()
             if self.tls:
                 self.tls_libraries = sorted(self.tls.libraries.values())
+                self.tls_unreadable = self.tls.unreadable
                 self.tls.close()
                 self.tls = None
             if self.injector:
@@ -411,6 +413,8 @@ class Tracer:
             "tls_libraries": (sorted(self.tls.libraries.values()) if self.tls
                               else self.tls_libraries),
             "tls_unavailable": self.tls_unavailable,
+            "tls_unreadable_processes": (self.tls.unreadable if self.tls
+                                         else self.tls_unreadable),
             # adaptive sampling (kernel counters: exact)
             "conns_sampled_out": self._kernel.get("conns_sampled_out", 0),
             "requests_sampled_out": self._kernel.get("requests_sampled_out", 0),

@@ -153,12 +153,15 @@ def exec_mappings(pid: int) -> list[tuple[str, int, int]]:
     """(path usable from here, dev, inode) of each file pid maps executable,
     and of its executable. The inode in the maps line decides: a path that
     names another file here (another mount namespace) goes through
-    /proc/<pid>/root."""
+    /proc/<pid>/root. PermissionError (a process we may not inspect) is
+    raised, for the caller to count; a process gone already is just []."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.readlines()
         exe = os.readlink(f"/proc/{pid}/exe")
         inodes = {exe: os.stat(f"/proc/{pid}/exe").st_ino}
+    except PermissionError:
+        raise
     except OSError:
         return []
     for line in lines:
@@ -189,6 +192,7 @@ class TlsProbes:
     rescans: list[tuple[float, int]] = field(default_factory=list)  # (due, pid)
     execs: loader.RingBuffer | None = None
     rescans_dropped: int = 0
+    unreadable: int = 0  # processes whose maps we may not read (privileges): not scanned
 
     @classmethod
     def load(cls, sock: loader.BPFObject, **rodata: int) -> TlsProbes:
@@ -224,7 +228,12 @@ class TlsProbes:
                 self.scan_pid(int(entry))
 
     def scan_pid(self, pid: int) -> None:
-        for path, dev, ino in exec_mappings(pid):
+        try:
+            found = exec_mappings(pid)
+        except PermissionError:
+            self.unreadable += 1
+            return
+        for path, dev, ino in found:
             self.consider(path, dev, ino)
 
     def consider(self, path: str, dev: int, ino: int, strict: bool = False) -> bool:

@@ -133,3 +133,19 @@ def _map_id(fd: int) -> int:
             if line.startswith("map_id:"):
                 return int(line.split()[1])
     raise AssertionError("no map_id in fdinfo")
+
+
+def test_discovery_counts_processes_it_may_not_inspect():
+    """Without the privilege to read a root process's maps (as nobody), TLS
+    discovery counts that process as unreadable instead of taking it for one
+    without libraries."""
+    code = ("import os; from tracer import tls\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "p = tls.TlsProbes(obj=None)\n"
+            "p.scan_pid(1)\n"
+            "print(p.unreadable, p.libraries)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "{}"]
