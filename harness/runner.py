@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from harness import measure, score
 from harness.scenarios import Scenario, build
@@ -132,20 +133,40 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+# Only what scoring reads is kept per span and ground-truth record: a 10-minute
+# soak has millions of each, and whole dicts (attributes and all) took 24 GB.
+_SPAN_FIELDS = ("netns", "kind", "method", "path", "status", "duration_ns", "trace_id",
+                "span_id", "parent_span_id")
+_GT_FIELDS = ("request_id", "service", "kind", "method", "path", "status", "start_unix_ns",
+              "end_unix_ns")
+
+
+def _slim_span(obj: dict) -> dict:
+    out = {k: obj.get(k) for k in _SPAN_FIELDS}
+    rid = score.span_request_id(obj)
+    out["attributes"] = {"http.request.header.x-request-id": rid} if rid is not None else {}
+    return out
+
+
 def _read_spans(path: Path) -> list[dict]:
     spans = []
     try:
-        with open(path) as fh:
+        with open(path, "rb") as fh:
             for line in fh:
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
                     continue
                 if isinstance(obj, dict):
-                    spans.append(obj)
+                    spans.append(_slim_span(obj))
     except FileNotFoundError:
         pass
     return spans
+
+
+def _read_ground_truth(path: Path, tag: str) -> list[dict]:
+    return [{k: r.get(k) for k in _GT_FIELDS}
+            for r in read_log(path, contains=f'"{tag}-')]
 
 
 def _wait_quiet(path: Path, quiet_s: float = 0.4, limit_s: float = 5.0) -> None:
@@ -413,7 +434,7 @@ class ScenarioRunner:
         # the latency. Locust samples every few seconds; psutil covers the run.
         row["valid"] = not row["locust_cpu_warning"] and not row["loadgen_cpu_cores"] > 0.9
         ctx = self._load_context(lat_path)
-        gt = list(read_log(self.workdir / "ground_truth.jsonl", contains=f'"{tag}-'))
+        gt = _read_ground_truth(self.workdir / "ground_truth.jsonl", tag)
         row["gt_requests"] = score.count_ground_truth(gt, tag, (sc.chain[0].service,
                                                                 sc.chain[0].kind))
         if traced:
