@@ -34,7 +34,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from .sampling import header_sampled
+from .sampling import header_sampled, traceparent_sampled
 from .spans import Span, parse_traceparent
 
 _getrandbits = random.getrandbits
@@ -180,11 +180,14 @@ class Correlator:
         ctx = Context(f"{_getrandbits(64) or 1:016x}", server, pid, tid, ts)
         tp = headers.get("traceparent")
         ids = parse_traceparent(tp) if tp is not None else None
-        if ids is None and ("b3" in headers or "x-b3-traceid" in headers):
+        if ids is not None:  # parsed once: its flag is read from the same string
+            ctx.flag = traceparent_sampled(tp)
+        elif "b3" in headers or "x-b3-traceid" in headers:
             ids = _b3(headers)
+            if ids is not None:
+                ctx.flag = header_sampled(headers)
         ctx.header = ids
         if ids is not None:
-            ctx.flag = header_sampled(headers)
             ctx.trace_id, ctx.parent_span_id = ids
             ctx.source = "header"
             ctx.confidence = 1.0

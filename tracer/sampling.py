@@ -49,13 +49,19 @@ def trace_id_kept(trace_id: str, threshold: int) -> bool:
         return threshold > 0
 
 
+def traceparent_sampled(tp: str) -> bool:
+    """Flags bit 0 of a traceparent that parse_traceparent accepted (the
+    flags are then hex)."""
+    return bool(int(tp.strip()[53:55], 16) & 1)
+
+
 def header_sampled(headers: Mapping[str, str]) -> bool | None:
     """The incoming sampled flag: W3C traceparent flags bit 0, B3 single
     header's third field or X-B3-Sampled; None when the request carries none
     (or only a malformed one)."""
     tp = headers.get("traceparent")
     if tp is not None and parse_traceparent(tp) is not None:
-        return bool(int(tp.strip()[53:55], 16) & 1)  # valid: the flags are hex
+        return traceparent_sampled(tp)
     b3 = headers.get("b3")
     if b3 is not None:
         parts = b3.split("-")

@@ -544,12 +544,7 @@ class Http1Session:
             self.resp.finish_lost()
             if len(self.pending) >= MAX_PIPELINED:
                 self.stats.requests_overflow += 1
-                self.stats.incomplete_requests += len(self.pending)
-                self._abandon()
-                self.req.stop()
-                self.resp.stop()
-                self.dead = True
-                self.conn.give_up(counted=True)
+                self._give_up()
                 return
             self.pending.append(msg)
             ev = msg.first_ev
@@ -582,9 +577,13 @@ class Http1Session:
             self.conn.give_up(counted=False)
 
     def on_malformed(self, parser: Http1Parser, nbytes: int) -> None:
-        stats = self.stats
-        stats.unparsed_bytes += nbytes
-        stats.incomplete_requests += len(self.pending)
+        self.stats.unparsed_bytes += nbytes
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Stop parsing this connection for good, counted: the requests in
+        flight as incomplete, the connection as unparsed."""
+        self.stats.incomplete_requests += len(self.pending)
         self._abandon()
         self.req.stop()
         self.resp.stop()
