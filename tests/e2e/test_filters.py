@@ -81,6 +81,17 @@ class Tracer:
                     raise AssertionError(f"no {text!r} within {timeout} s: {self.lines}")
                 self._cond.wait(left)
 
+    def wait_spans(self, n: int, timeout: float = 20.0) -> None:
+        """Until the output holds n spans (flushed once per housekeeping tick):
+        what was sent has been parsed under the configuration in force."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.out.read_bytes().count(b"\n") if self.out.exists() else 0
+            if got >= n:
+                return
+            assert time.monotonic() < deadline, f"{got} of {n} spans within {timeout} s"
+            time.sleep(0.1)
+
     def reload(self, config: str, expect: str = "config reloaded") -> None:
         mark = len(self.lines)
         self.cfg.write_text(config)
@@ -261,10 +272,10 @@ def test_sighup_reload_switches_filters_probes_stay(tmp_path):
             links = _link_ids(tr.proc.pid)
             assert len(links) >= 20
             _send(port, reqs, lambda i: {"x-request-id": f"a-{i}"})
-            time.sleep(0.3)  # batch 1 parsed before the switch
+            tr.wait_spans(N - len(fails))  # batch 1 parsed before the switch
             tr.reload(scope + '[filter]\nmethods = ["POST"]\n')
             _send(port, reqs, lambda i: {"x-request-id": f"b-{i}"})
-            time.sleep(0.3)
+            tr.wait_spans(N - len(fails) + len(posts))
             tr.reload(scope + "[filter]\nmethods = POST\n", expect="reload failed")
             _send(port, reqs, lambda i: {"x-request-id": f"c-{i}"})
             # an exe filter needs a capability dropped at start: refused too
@@ -297,7 +308,7 @@ def test_sighup_reload_switches_kernel_scope(tmp_path):
         with Tracer(tmp_path, f"[scope]\nports = [{port_a}]\n") as tr:
             links = _link_ids(tr.proc.pid)
             _send(port_a, reqs, lambda i: {"x-request-id": f"a-{i}"})
-            time.sleep(0.3)
+            tr.wait_spans(2 * N)
             tr.reload(f"[scope]\nports = [{port_b}]\n")
             _send(port_a, reqs, lambda i: {"x-request-id": f"b-{i}"})
             _send(port_b, reqs, lambda i: {"x-request-id": f"c-{i}"})

@@ -116,8 +116,13 @@ def test_user_nobody_with_metrics_and_no_tls(tmp_path):
                                            "--metrics", f"127.0.0.1:{mport}") as tr:
         _assert_dropped(tr.proc.pid, 0, uid=nobody)
         _requests_23(port)
-        time.sleep(0.3)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read()
+        deadline = time.monotonic() + 20  # the agent parses at its own pace
+        while True:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics",
+                                          timeout=10).read()
+            if b"httptrace_requests_total" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert b"httptrace_requests_total" in body
         _assert_dropped(tr.proc.pid, 0, uid=nobody)  # the scrape thread too
     _assert_23(tr, srv.pid, 0)
