@@ -182,6 +182,61 @@ def test_stripped_bare_eh_frame_boundary(cprogs, tmp_path):
     check_callee_calls(records, summary, pid, f"{bare}:{name}", function=name, stderr=err)
 
 
+def _task_status(pid: int) -> list[dict]:
+    from tracer import privileges
+
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out.append(privileges.read_status(f"{pid}/task/{tid}"))
+        except OSError:
+            continue  # exited meanwhile
+    return out
+
+
+@pytest.mark.parametrize("mode", ["plain", "stack", "keep"])
+def test_privileges_dropped_while_calls_flow(mode, cprogs, tmp_path):
+    """After attach funcs keeps nothing (plain), or what --stack's symbolizer
+    needs to read the target's maps and binary (stack: the DWARF unwinder on
+    the no-frame-pointer build, after the drop); --no-drop-privileges keeps
+    all. Every thread's sets are checked while 23 exact calls flow."""
+    require("uprobe", "ringbuf")
+    from tracer import privileges
+
+    exe = target_binary("nofp" if mode == "stack" else "fp", cprogs)
+    args = {"plain": [], "stack": ["--stack"], "keep": ["--no-drop-privileges"]}[mode]
+    kept = ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"] if mode == "stack" else []
+    go = tmp_path / "go"
+    target = start_target(exe, go)
+    t = FuncsRun([f"{exe}:callee", *args, "--pid", str(target.pid)], tmp_path / "calls.jsonl")
+    before = privileges.read_status()  # this test's own sets: what the tracer started with
+    for st in _task_status(t.proc.pid):
+        if mode == "keep":
+            assert st["CapEff"] == before["CapEff"] and st["NoNewPrivs"] == 0
+        else:
+            want = privileges.mask(kept)
+            assert (st["CapEff"], st["CapPrm"], st["CapBnd"]) == (want, want, want), \
+                privileges.names(st["CapEff"])
+            assert st["CapInh"] == st["CapAmb"] == 0 and st["NoNewPrivs"] == 1
+    go.touch()
+    finish_target(target)
+    records, summary = t.stop()
+    check_callee_calls(records, summary, target.pid, f"{exe}:callee",
+                       stack_syms=["callee", "caller", "main"] if mode == "stack" else None,
+                       stderr=t.stderr)
+    if mode == "keep":
+        assert summary["privileges"] == {"dropped": False}
+        assert "privileges dropped" not in t.stderr
+    else:
+        assert summary["privileges"]["dropped"] is True
+        assert summary["privileges"]["kept"] == kept
+        assert summary["privileges"]["warnings"] == 0
+        assert f"privileges dropped: kept {', '.join(kept) or 'none'}; no_new_privs" in t.stderr
+    if mode == "stack":
+        assert {r["stack_method"] for r in records} == {"dwarf"}
+        assert summary["symbolize_errors"] == 0
+
+
 def test_pid_filter_two_processes(cprogs, tmp_path):
     """Two processes run the same binary; only the one given with --pid is
     traced: exactly its 23 calls."""

@@ -36,7 +36,29 @@ def add_parser(sub) -> None:
                    help="stop after S seconds (default: until SIGINT/SIGTERM)")
     f.add_argument("--output", default="-", metavar="FILE|-",
                    help="JSON lines, one per call (default stdout); FILE.summary.json too")
+    f.add_argument("--no-drop-privileges", action="store_true",
+                   help="keep every capability after attach (default: keep only what "
+                        "--stack needs, set no_new_privs)")
     f.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
+
+
+def _drop_privileges(args, tracer, writer) -> tuple[str | None, dict]:
+    """After attach, as `run` does (tracer/privileges.py): reading the ring
+    and the maps held needs nothing; --stack symbolizes while tracing, so it
+    keeps what reading other processes' maps and binaries needs. Returns the
+    line to show and the summary entry."""
+    if args.no_drop_privileges:
+        return None, {"dropped": False}
+    from tracer import privileges
+
+    writer.open_summary()  # written at exit, when the directory may be out of reach
+    counters = tracer.obj.map("funcs_counters")
+    needs = privileges.probe_runtime_needs(lambda: counters.percpu_sum(0))
+    keep = privileges.runtime_caps(tls_discovery=False, span_stacks=args.stack, kernel=needs)
+    res = privileges.drop(keep)
+    privileges.check_threads(res)  # none is expected: funcs starts no thread before
+    lines = [privileges.describe(res)] + [f"privileges: {w}" for w in res.warnings]
+    return "\n".join(f"tracer: {x}" for x in lines), {"dropped": True, **res.as_dict()}
 
 
 def cmd_funcs(args) -> int:
@@ -104,13 +126,17 @@ def cmd_funcs(args) -> int:
         # library; stack-switching programs (greenlets) can be killed (SIGILL)
         sys.stderr.write(f"tracer: warning: {', '.join(shared)} traced in every process that "
                          "maps it; limit it with --pid\n")
+    drop_line, privileges_info = _drop_privileges(args, tracer, writer)
     # tests and scripts wait for this line
     sys.stderr.write(f"tracer: tracing {functions} functions ({tracer.attached} probes "
                      "attached)\n")
+    if drop_line:
+        sys.stderr.write(drop_line + "\n")
     sys.stderr.flush()
     try:
         tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
     finally:
         counters = tracer.stop()
+        counters["privileges"] = privileges_info
         writer.close(counters)
     return EXIT_OK

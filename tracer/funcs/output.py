@@ -119,6 +119,12 @@ class FuncsWriter:
         self._stderr = stderr or sys.stderr
         self.stats: dict[str, LatencyStats] = {}
         self.records = 0
+        self._summary_f: IO[str] | None = None
+
+    def open_summary(self) -> None:
+        """Open FILE.summary.json now (before a privilege drop), written at close."""
+        if self.output != "-" and self._summary_f is None:
+            self._summary_f = open(self.output + ".summary.json", "w")  # noqa: SIM115
 
     def call(self, rec: dict) -> None:
         self._f.write(orjson.dumps(rec) + b"\n")
@@ -163,6 +169,8 @@ class FuncsWriter:
             self._stderr.write(text + "\n")
             self._stderr.flush()
         if self.output != "-":
-            with open(self.output + ".summary.json", "w") as f:
+            f = self._summary_f or open(self.output + ".summary.json", "w")  # noqa: SIM115
+            self._summary_f = None
+            with f:
                 json.dump(summary, f, indent=2, sort_keys=True)
         return summary
