@@ -201,23 +201,29 @@ time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 0)  # still in /proc for
 """
 
 
-def test_process_name_filter_two_clients(tmp_path):
-    """Client spans of the process named h4keep are kept (10), those of
-    h4skip (13) are counted; the server's spans (23) all stay."""
+def _two_named_clients(tmp_path, conf_for):
+    """Clients named h4keep (10 requests) and h4skip (13) against one server,
+    traced on its port with the config that conf_for(server comm) adds."""
     port = free_port()
     with py_server(port, 1) as srv:
         server_comm = Path(f"/proc/{srv.pid}/comm").read_text().strip()
-        conf = (f"[scope]\nports = [{port}]\n"
-                f'[filter]\nprocesses = ["h4keep", "{server_comm[:4]}*"]\n')
-        with Tracer(tmp_path, conf) as tr:
+        with Tracer(tmp_path, f"[scope]\nports = [{port}]\n" + conf_for(server_comm)) as tr:
             for name, n in (("h4keep", 10), ("h4skip", 13)):
                 subprocess.run([sys.executable, "-c", CLIENT, name, str(port), str(n)],
                                check=True, timeout=30)
-    clients = [s for s in tr.spans if s["kind"] == "client"]
-    servers = [s for s in tr.spans if s["kind"] == "server"]
+    tr.server_pid = srv.pid
+    return (tr, [s for s in tr.spans if s["kind"] == "client"],
+            [s for s in tr.spans if s["kind"] == "server"], server_comm)
+
+
+def test_process_name_filter_two_clients(tmp_path):
+    """Client spans of the process named h4keep are kept (10), those of
+    h4skip (13) are counted; the server's spans (23) all stay."""
+    tr, clients, servers, _ = _two_named_clients(
+        tmp_path, lambda comm: f'[filter]\nprocesses = ["h4keep", "{comm[:4]}*"]\n')
     assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4keep-{i}" for i in range(10))
     assert {s["comm"] for s in clients} == {"h4keep"}
-    assert len(servers) == 23 and {s["pid"] for s in servers} == {srv.pid}
+    assert len(servers) == 23 and {s["pid"] for s in servers} == {tr.server_pid}
     assert tr.summary["spans_filtered_process"] == 13
     assert tr.summary["spans_filtered"] == 13
 
@@ -225,16 +231,8 @@ def test_process_name_filter_two_clients(tmp_path):
 def test_process_name_scope_in_kernel(tmp_path):
     """[scope] processes compares comm in the kernel: h4skip's 13 requests
     never leave it (no event, no span, nothing filtered in user space)."""
-    port = free_port()
-    with py_server(port, 1) as srv:
-        server_comm = Path(f"/proc/{srv.pid}/comm").read_text().strip()
-        conf = f'[scope]\nports = [{port}]\nprocesses = ["h4keep", "{server_comm}"]\n'
-        with Tracer(tmp_path, conf) as tr:
-            for name, n in (("h4keep", 10), ("h4skip", 13)):
-                subprocess.run([sys.executable, "-c", CLIENT, name, str(port), str(n)],
-                               check=True, timeout=30)
-    clients = [s for s in tr.spans if s["kind"] == "client"]
-    servers = [s for s in tr.spans if s["kind"] == "server"]
+    tr, clients, servers, server_comm = _two_named_clients(
+        tmp_path, lambda comm: f'processes = ["h4keep", "{comm}"]\n')
     assert sorted(s["path"] for s in clients) == sorted(f"/ok/h4keep-{i}" for i in range(10))
     assert len(servers) == 23 and {s["comm"] for s in servers} == {server_comm}
     assert tr.summary["spans_filtered"] == 0
