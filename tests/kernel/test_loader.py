@@ -37,6 +37,23 @@ def _in_child(fn):
     return pid
 
 
+def _child_sends_to(listener, fn) -> int:
+    """fn() in a forked child that connects to listener; the parent accepts
+    and reads until EOF. The child's pid once it has exited."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+        finally:
+            os._exit(0)
+    conn, _ = listener.accept()
+    while conn.recv(65536):
+        pass
+    conn.close()
+    os.waitpid(pid, 0)
+    return pid
+
+
 def test_23_connects_give_23_open_events(sock_obj, listener):
     sock_obj.load()
     sock_obj.attach_all()
@@ -140,17 +157,7 @@ def test_capture_is_bounded_but_size_is_exact(sock_obj, listener):
         c.sendall(body)
         c.close()
 
-    pid = os.fork()
-    if pid == 0:
-        try:
-            child()
-        finally:
-            os._exit(0)
-    conn, _ = listener.accept()
-    while conn.recv(65536):
-        pass
-    conn.close()
-    os.waitpid(pid, 0)
+    pid = _child_sends_to(listener, child)
 
     def sends(evs):
         return [e for e in evs if e.pid == pid and isinstance(e, events.DataEvent)]
@@ -204,17 +211,7 @@ def test_full_ring_buffer_losses_are_counted_exactly(sock_obj, listener):
             c.send(b"x" * 300)
         c.close()
 
-    pid = os.fork()
-    if pid == 0:
-        try:
-            child()
-        finally:
-            os._exit(0)
-    conn, _ = listener.accept()
-    while conn.recv(65536):
-        pass
-    conn.close()
-    os.waitpid(pid, 0)
+    _child_sends_to(listener, child)
     for prog in list(sock_obj.attached):
         sock_obj.detach(prog)
     delivered = rb.consume(lambda b, o, n: None)
