@@ -226,14 +226,21 @@ def _in_thread_with(caps: list[str], fn):
 
     t = threading.Thread(target=body, name="cap-probe")
     t.start()
-    t.join()
-    # join() returns before the kernel thread is gone; a later setresuid is
-    # broadcast by glibc to every thread, and one that fails (this one, with
-    # no CAP_SETUID) makes glibc abort the process: wait until it has exited.
-    deadline = time.monotonic() + 2.0
-    while os.path.exists(f"/proc/self/task/{out[1]}") and time.monotonic() < deadline:
-        time.sleep(0.001)
+    # a later setresuid is broadcast by glibc to every thread, and one that
+    # fails (this one, with no CAP_SETUID) makes glibc abort the process
+    join_task(t)
     return out[0]
+
+
+def join_task(t: threading.Thread, timeout: float = 2.0) -> None:
+    """join(), then wait until the kernel task is gone too: join() returns
+    before the thread has left /proc/self/task, and until then it still holds
+    its credentials (a thread started before the drop keeps its bounding set)."""
+    tid = t.native_id
+    t.join()
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _perf_uprobe_open(path: str) -> int:
@@ -402,4 +409,4 @@ def describe(res: DropResult) -> str:
 
 
 __all__ = ["START", "RUNTIME", "KernelNeeds", "probe_runtime_needs", "runtime_caps", "start_caps", "drop", "DropResult", "describe",
-           "check_threads", "parse_status", "read_status", "mask", "names", "check_user", "threads_with_caps"]
+           "check_threads", "join_task", "parse_status", "read_status", "mask", "names", "check_user", "threads_with_caps"]

@@ -208,8 +208,10 @@ class MetricsServer:
         are per thread, and this one started before the privilege drop."""
         if self._server is None:
             return
+        from tracer.privileges import join_task
+
         self._server.shutdown()
-        self._thread.join()
+        join_task(self._thread)  # gone from the kernel too, with its old sets
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="metrics")
         self._thread.start()
