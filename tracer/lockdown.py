@@ -40,7 +40,7 @@ FORBIDDEN_CONFIDENTIALITY = FORBIDDEN_INTEGRITY | {
 # What each object's kernel reads do for the tracer: said when confidentiality
 # takes them away. Objects not listed only lose what the audit names.
 KERNEL_READS_FOR = {
-    "sock": "socket identification (walks task->files to the struct sock, CO-RE reads)",
+    "sock": "socket identification (walks task->files to the struct sock: BTF loads, CO-RE reads)",
     "inject": "injection (netns of the task, CO-RE reads; sk_msg payload copies)",
     "tls": "TLS plaintext (the socket behind an SSL*, CO-RE reads)",
     "funcs": "function tracing (netns of the task, CO-RE reads)",
