@@ -308,8 +308,10 @@ class RingBuffer:
     """Consumer side of a BPF_MAP_TYPE_RINGBUF, mapped into this process.
 
     Layout (kernel/bpf/ringbuf.c): page 0 holds consumer_pos (read-write),
-    page 1 producer_pos, then the data area mapped twice in a row, so a record
-    that wraps can be read linearly.
+    page 1 producer_pos, then the data area, which the kernel offers mapped
+    twice in a row so that a record that wraps reads linearly. We map it once:
+    every page of the mapping counts in our RSS (8 MB for the default ring),
+    and the rare record that wraps is copied into one piece instead.
     """
 
     def __init__(self, fd: int, size: int):
@@ -320,7 +322,7 @@ class RingBuffer:
         self._page = page
         try:
             self._cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._prod = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+            self._prod = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
         except OSError as e:
             raise MapError(f"cannot map the ring buffer ({e})", err=e.errno or 0) from None
@@ -329,6 +331,7 @@ class RingBuffer:
         self._epoll.register(fd, select.EPOLLIN)
         self.records = 0
         self.bytes = 0
+        self.wrapped = 0  # records copied because they wrapped around the end
 
     def poll(self, timeout_ms: int) -> bool:
         """Wait until data is available or the timeout passes (no consumption)."""
@@ -349,7 +352,7 @@ class RingBuffer:
         the record memory is valid only during the call. Returns the count."""
         unpack = struct.unpack_from
         cons_mm, prod_mm, data = self._cons, self._prod, self.data
-        base, mask = self._page, self.mask
+        base, mask, ring = self._page, self.mask, self.size
         cons = unpack("<Q", cons_mm, 0)[0]
         n = 0
         nbytes = 0
@@ -366,7 +369,15 @@ class RingBuffer:
                     break
                 size = length & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
                 if not length & BPF_RINGBUF_DISCARD_BIT:
-                    handler(data, off + BPF_RINGBUF_HDR_SZ, size)
+                    # the 8-byte header never wraps (8-aligned, ring a page multiple)
+                    start = (cons + BPF_RINGBUF_HDR_SZ) & mask
+                    if start + size <= ring:
+                        handler(data, base + start, size)
+                    else:
+                        head = ring - start
+                        handler(bytes(data[base + start:base + ring])
+                                + bytes(data[base:base + size - head]), 0, size)
+                        self.wrapped += 1
                     n += 1
                     nbytes += size
                 cons += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7
