@@ -187,6 +187,29 @@ def _wait_quiet(path: Path, quiet_s: float = 0.4, limit_s: float = 5.0) -> None:
         time.sleep(0.1)
 
 
+def _wait_records(path: Path, tag: str, expected: int, limit_s: float = 10.0) -> int:
+    """Wait until the ground truth holds `expected` records of run `tag` (the
+    chain's records of every request that succeeded), at most limit_s: the
+    quiet window alone lost a record once on a loaded machine (a worker
+    descheduled for longer than the window). Returns the count seen."""
+    needle = f'"{tag}-'.encode()
+    deadline = time.monotonic() + limit_s
+    while True:
+        count = 0
+        try:
+            with open(path, "rb") as fh:
+                tail = b""
+                while chunk := fh.read(1 << 20):
+                    buf = tail + chunk
+                    count += buf.count(needle)
+                    tail = buf[-(len(needle) - 1):]  # a needle split across chunks
+        except OSError:
+            pass
+        if count >= expected or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.2)
+
+
 def _num(d: dict, key: str) -> float:
     v = d.get(key)
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
@@ -410,6 +433,13 @@ class ScenarioRunner:
             # servers finish logging (a slow handler may still be writing its
             # record); the tracer drains its buffers meanwhile
             _wait_quiet(self.workdir / "ground_truth.jsonl")
+            ok = int(load.get("requests") or 0) - int(load.get("failures") or 0)
+            if ok > 0:
+                want = ok * len(sc.chain)
+                got = _wait_records(self.workdir / "ground_truth.jsonl", tag, want)
+                if got < want:
+                    log.warning("run %s: %d of %d ground-truth records after waiting",
+                                tag, got, want)
             sampler.mark("end")
             tracer_cpu_total = exit_code = None
             if tracer is not None:

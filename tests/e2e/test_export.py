@@ -154,7 +154,7 @@ def test_receiver_outage_drops_counted_and_recovery(tmp_path, monkeypatch):
             assert after_ids is not None, "spans after the restart did not arrive"
     finally:
         rx.stop()
-    total_rx = len(rx.spans()) + len(rx2.spans())
+    rx_ids = {s.span_id.hex() for _, s in rx.spans() + rx2.spans()}
     rx2.stop()
     assert tr.returncode == 0
     sm = tr.summary
@@ -167,7 +167,10 @@ def test_receiver_outage_drops_counted_and_recovery(tmp_path, monkeypatch):
     assert sm["spans_export_dropped"] > 0
     assert sm["spans_export_dropped"] + sm["spans_export_failed"] >= 600 - 50 - 10
     assert sm["export_retries"] > 0
-    assert total_rx == sm["spans_exported"]
+    # the receiver got every exported span; an export that timed out on a
+    # loaded machine may have been delivered all the same (at-least-once): it
+    # is counted failed, never lost
+    assert sm["spans_exported"] <= len(rx_ids) <= sm["spans_exported"] + sm["spans_export_failed"]
     assert {s["span_id"] for s in tr.spans if s["path"].endswith("/after")} <= after_ids
     # RSS stays bounded: the queue holds 50 spans, not the outage's 600
     assert rss_during - rss_before < 4096, (rss_before, rss_during)
