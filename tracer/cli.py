@@ -227,8 +227,7 @@ def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
     if exports.metrics is not None:
         exports.metrics.respawn()  # its thread predates the drop
     privileges.check_threads(res)
-    return ([privileges.describe(res)] + [f"privileges: {w}" for w in res.warnings],
-            {"dropped": True, **res.as_dict()})
+    return res.report()
 
 
 def _runtime(cfg, stats):

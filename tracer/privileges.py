@@ -294,6 +294,12 @@ class DropResult:
                 "warnings": len(self.warnings),
                 "threads_with_caps": len(self.threads_with_caps)}
 
+    def report(self) -> tuple[list[str], dict]:
+        """What `run` and `funcs` show (one line, then each warning) and put
+        in their summaries under "privileges"."""
+        return ([describe(self)] + [f"privileges: {w}" for w in self.warnings],
+                {"dropped": True, **self.as_dict()})
+
 
 def _resolve_user(user: str) -> tuple[int, int, str]:
     try:

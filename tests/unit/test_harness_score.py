@@ -8,7 +8,7 @@ import math
 import pytest
 
 from harness.analysis import mann_whitney, median_ci
-from harness.runner import BenchConfig, HarnessError, format_tracer_cmd, plan
+from harness.runner import BenchConfig, HarnessError, _wait_records, format_tracer_cmd, plan
 from harness.scenarios import Expected
 from harness.score import latency_percentiles, score_spans, span_request_id
 from workloads.groundtruth import make_traceparent, parse_traceparent
@@ -123,3 +123,23 @@ def test_traceparent_round_trip():
     tp = make_traceparent("a" * 32, "b" * 16)
     assert parse_traceparent(tp) == ("a" * 32, "b" * 16)
     assert parse_traceparent("garbage") is None and parse_traceparent(None) is None
+
+
+def test_wait_records_counts_the_runs_records_across_read_chunks(tmp_path):
+    """Records of run hc01 are counted exactly, one of them split by the 1 MiB
+    read boundary; another run's records are not; a count short of the
+    expected one is returned once the limit passes."""
+    gt = tmp_path / "ground_truth.jsonl"
+    prefix = b'{"service":"frontend","request_id":'
+    rec = prefix + b'"%s-%07d"}\n'
+    head = rec % (b"hc02", 0) * 3
+    # pad so that record hc01-1's needle '"hc01-' starts 3 bytes before 1 MiB
+    filler = b"x" * ((1 << 20) - 3 - len(prefix) - len(head) - 1) + b"\n"
+    body = head + filler + b"".join(rec % (b"hc01", i) for i in range(1, 24))
+    body += rec % (b"hc02", 9)
+    gt.write_bytes(body)
+    assert body.find(b'"hc01-') == (1 << 20) - 3
+    assert _wait_records(gt, "hc01", 23) == 23
+    assert _wait_records(gt, "hc02", 4) == 4
+    assert _wait_records(gt, "hc01", 24, limit_s=0.3) == 23
+    assert _wait_records(tmp_path / "missing.jsonl", "hc01", 1, limit_s=0.1) == 0

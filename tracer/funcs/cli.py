@@ -42,13 +42,13 @@ def add_parser(sub) -> None:
     f.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
 
 
-def _drop_privileges(args, tracer, writer) -> tuple[str | None, dict]:
+def _drop_privileges(args, tracer, writer) -> tuple[list[str], dict]:
     """After attach, as `run` does (tracer/privileges.py): reading the ring
     and the maps held needs nothing; --stack symbolizes while tracing, so it
     keeps what reading other processes' maps and binaries needs. Returns the
-    line to show and the summary entry."""
+    lines to show and the summary entry."""
     if args.no_drop_privileges:
-        return None, {"dropped": False}
+        return [], {"dropped": False}
     from tracer import privileges
 
     writer.open_summary()  # written at exit, when the directory may be out of reach
@@ -57,8 +57,7 @@ def _drop_privileges(args, tracer, writer) -> tuple[str | None, dict]:
     keep = privileges.runtime_caps(tls_discovery=False, span_stacks=args.stack, kernel=needs)
     res = privileges.drop(keep)
     privileges.check_threads(res)  # none is expected: funcs starts no thread before
-    lines = [privileges.describe(res)] + [f"privileges: {w}" for w in res.warnings]
-    return "\n".join(f"tracer: {x}" for x in lines), {"dropped": True, **res.as_dict()}
+    return res.report()
 
 
 def cmd_funcs(args) -> int:
@@ -126,12 +125,12 @@ def cmd_funcs(args) -> int:
         # library; stack-switching programs (greenlets) can be killed (SIGILL)
         sys.stderr.write(f"tracer: warning: {', '.join(shared)} traced in every process that "
                          "maps it; limit it with --pid\n")
-    drop_line, privileges_info = _drop_privileges(args, tracer, writer)
+    drop_lines, privileges_info = _drop_privileges(args, tracer, writer)
     # tests and scripts wait for this line
     sys.stderr.write(f"tracer: tracing {functions} functions ({tracer.attached} probes "
                      "attached)\n")
-    if drop_line:
-        sys.stderr.write(drop_line + "\n")
+    for line in drop_lines:
+        sys.stderr.write(f"tracer: {line}\n")
     sys.stderr.flush()
     try:
         tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
