@@ -526,3 +526,54 @@ def test_padded_and_priority_headers_and_data():
     a = spans[0].attributes()
     assert spans[0].path == "/pkg.S/M" and a["rpc.grpc.status_code"] == 0
     assert (a["rpc.grpc.request.bytes"], a["rpc.grpc.response.bytes"]) == (3, 2)
+
+
+@pytest.mark.parametrize("server_first", [False, True])
+def test_h2_contexts_waiting_across_a_housekeeping_tick_still_pair(server_first):
+    """A gRPC request whose two ends are seen on either side of a 1 s
+    housekeeping tick still links server to client by connection. HTTP/2
+    contexts once started without a timestamp (start_ts 0), so flush() took
+    them for ten-second-old ones and dropped the waiting side."""
+    pair = H2Pair()
+    setup = len(pair.chunks)
+    sids = [pair.request("POST", "/pkg.Svc/M", body=grpc_frame(b"x" * i), grpc=True)
+            for i in range(1, N + 1)]
+    for sid in sids:
+        pair.respond(sid, 200, body=grpc_frame(b"ok"), trailers={"grpc-status": "0"})
+    clock = Clock(t0=3600 * 10**9)  # ktime an hour after boot
+    cli = Conversation(clock, 1, ROLE_CLIENT, 4096, pid=100, tid=100, comm="cli",
+                       laddr="10.0.0.2", lport=40000, raddr="10.0.0.1", rport=50051)
+    srv = Conversation(clock, 2, ROLE_SERVER, 4096, pid=200, tid=200, comm="srv",
+                       laddr="10.0.0.1", lport=50051, raddr="10.0.0.2", rport=40000)
+    spans = []
+    stats = Stats()
+    t = ConnectionTable(spans.append, stats, OFFSET)
+    t.handle(cli.open())
+    t.handle(srv.open())
+    # each chunk is a write on one end, then a read of it on the other. From
+    # the first request on, the later side's events are seen only after the
+    # tick (each end's events come from its own CPU and ring order).
+    later = cli if server_first else srv
+    late = []
+    for i, (direction, data) in enumerate(pair.chunks):
+        w, r = (cli, srv) if direction == "c2s" else (srv, cli)
+        for conv, d in ((w, EGRESS), (r, INGRESS)):
+            ev = conv.syscall(d, data)
+            if i >= setup and conv is later:
+                late.append(ev)
+            else:
+                t.handle(ev)
+    # the tick, 1 ms after the last event seen
+    t.correlator.flush(clock.t + 1_000_000)
+    feed(t, late)
+    t.handle(cli.close())
+    t.handle(srv.close())
+    t.correlator.close()
+    client_spans = {s.span_id: s for s in spans if s.kind == "client"}
+    server_spans = [s for s in spans if s.kind == "server"]
+    assert len(client_spans) == len(server_spans) == N
+    for s in server_spans:
+        assert s.correlation_source == "connection"
+        parent = client_spans[s.parent_span_id]
+        assert (parent.path, parent.trace_id) == (s.path, s.trace_id)
+    assert stats.correlation_unresolved == 0

@@ -520,8 +520,10 @@ class Http2Session:
                     st.req_msgs = grpc.MessageCounter()
                     st.resp_msgs = grpc.MessageCounter()
                 server = self.req_dir == _INGRESS
-                st.ctx = self.table.correlator.start(self.conn, server, first.pid, first.tid,
-                                                     fields, sid)
+                # the start time, as for HTTP/1: flush() ages waiting contexts by it
+                st.ctx = self.table.correlator.start(
+                    self.conn, server, first.pid, first.tid, fields, sid,
+                    first.ts_exit if server else first.ts_enter)
             else:
                 st.lost = st.lost or lost  # request trailers
             st.req_last = last
