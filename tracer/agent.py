@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import events, inject, loader, tls
+from . import core, events, inject, loader, tls
 from .conn import ConnectionTable, kernel_capture_hook
 from .sampling import AdaptiveController
 from .stats import Stats
@@ -142,6 +142,9 @@ class Tracer:
         self._fill_max = 0  # largest ring fill (bytes) seen at a poll since the last tick
         self._adapt_at = self._adapt_cpu = 0.0
         self._adapt_drops = 0
+        self.core = core.info()
+        if self.core["core"] != "compiled" or self.core["stale"]:
+            log.warning("per-event core: %s", self.core["reason"])
 
     def _make_handler(self):
         decode = events.decode
@@ -403,6 +406,7 @@ class Tracer:
             "read_faults": self._kernel.get("read_faults", 0),
             "conn_table_full": self._kernel.get("conn_table_full", 0),
             "capture_bytes": self.capture_bytes,
+            "core": self.core["core"],
             "clock_offset_ns": self.clock_offset_ns,
             "programs_attached": len(self.attached),
             "programs_skipped": self.skipped,

@@ -165,7 +165,7 @@ def _summary_line(s: dict) -> str:
             f"dropped {s['events_dropped']}; decode errors {s['decode_errors']}; "
             f"unparsed {s['unparsed_bytes']} bytes, {s['unparsed_connections']} connections; "
             f"incomplete {s['incomplete_requests']}; spans {s['spans_emitted']} "
-            f"in {s['duration_s']:.1f} s")
+            f"in {s['duration_s']:.1f} s; {s.get('core', 'pure')} core")
 
 
 def _open_exports(args, writer):

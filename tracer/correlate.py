@@ -34,27 +34,11 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from .sampling import header_sampled, traceparent_sampled
-from .spans import Span, parse_traceparent
+from .spans import Span
+from .tracecontext import header_sampled, parse_b3, parse_traceparent, traceparent_sampled
 
 _getrandbits = random.getrandbits
 HOLD_NS = 200_000_000  # longest a finished span waits for its pending parent
-
-
-def _b3(headers: Mapping[str, str]) -> tuple[str, str] | None:
-    single = headers.get("b3")
-    if single:
-        parts = single.split("-")
-        if len(parts) >= 2 and len(parts[1]) == 16:
-            tid = parts[0].rjust(32, "0")
-            if len(tid) == 32:
-                return tid.lower(), parts[1].lower()
-        return None
-    tid = headers.get("x-b3-traceid")
-    sid = headers.get("x-b3-spanid")
-    if tid and sid and len(sid) == 16 and len(tid) in (16, 32):
-        return tid.rjust(32, "0").lower(), sid.lower()
-    return None
 
 
 _LOOPBACK_PREFIXES = ("127.", "::1")
@@ -183,7 +167,7 @@ class Correlator:
         if ids is not None:  # parsed once: its flag is read from the same string
             ctx.flag = traceparent_sampled(tp)
         elif "b3" in headers or "x-b3-traceid" in headers:
-            ids = _b3(headers)
+            ids = parse_b3(headers)
             if ids is not None:
                 ctx.flag = header_sampled(headers)
         ctx.header = ids

@@ -12,7 +12,7 @@ import ctypes
 import os
 from dataclasses import asdict, dataclass, field
 
-from . import loader
+from . import core, loader
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
@@ -201,6 +201,7 @@ def decisions(res: ProbeResult) -> dict[str, str]:
     d["kernel functions"] = why if method else f"unavailable: {why}"
     d["event transport"] = ("BPF ring buffer, batched wake-ups" if res.ok("ringbuf")
                             else "unavailable: needs BPF ring buffer (Linux 5.8+)")
+    d["per-event core"] = core.info()["reason"]
     d["TLS plaintext"] = ("OpenSSL uprobes (libssl by inode, static copies by symbol)"
                           if res.ok("uprobe") else "unavailable: no uprobes (TLS connections count as unparsed)")
     d["header injection"] = ("sockops + sk_msg" if res.ok("sockops") and res.ok("sk_msg")

@@ -25,11 +25,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .events import SAMPLE_SCALE
-from .spans import parse_traceparent
 
 _RANDOM_BITS = 56  # W3C trace context level 2: the rightmost 7 bytes are random
 _MAX_DEPTH = 64  # parents looked at for an inherited decision (chains are short)
@@ -47,33 +46,6 @@ def trace_id_kept(trace_id: str, threshold: int) -> bool:
         return int(trace_id[-14:], 16) < threshold
     except ValueError:
         return threshold > 0
-
-
-def traceparent_sampled(tp: str) -> bool:
-    """Flags bit 0 of a traceparent that parse_traceparent accepted (the
-    flags are then hex)."""
-    return bool(int(tp.strip()[53:55], 16) & 1)
-
-
-def header_sampled(headers: Mapping[str, str]) -> bool | None:
-    """The incoming sampled flag: W3C traceparent flags bit 0, B3 single
-    header's third field or X-B3-Sampled; None when the request carries none
-    (or only a malformed one)."""
-    tp = headers.get("traceparent")
-    if tp is not None and parse_traceparent(tp) is not None:
-        return traceparent_sampled(tp)
-    b3 = headers.get("b3")
-    if b3 is not None:
-        parts = b3.split("-")
-        if len(parts) == 1 and parts[0] in ("0", "1", "d"):
-            return parts[0] != "0"
-        if len(parts) >= 3:
-            return parts[2] != "0"
-        return None
-    s = headers.get("x-b3-sampled")
-    if s is not None:
-        return s.strip() not in ("0", "false")
-    return None
 
 
 # ---- filters -----------------------------------------------------------------------

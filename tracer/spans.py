@@ -14,7 +14,6 @@ The raw ktimes stay on the Span (req_*/resp_* fields) for the correlation stage.
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 from tracer.events import ConnRole
@@ -25,44 +24,6 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
-_getrandbits = random.getrandbits
-_HEX_DIGITS = "0123456789abcdef"
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
-
-
-def new_trace_id() -> str:
-    # random.getrandbits: ids need uniqueness, not secrecy, and os.urandom is a
-    # syscall per span. `or 1`: the all-zero id is invalid in W3C trace context.
-    return f"{_getrandbits(128) or 1:032x}"
-
-
-def new_span_id() -> str:
-    return f"{_getrandbits(64) or 1:016x}"
-
-
-_HEX_OR_DASH = _HEX_DIGITS + "-"
-
-
-def parse_traceparent(value: str) -> tuple[str, str] | None:
-    """(trace_id, parent_span_id) of a valid W3C traceparent, else None."""
-    v = value.strip()
-    n = len(v)
-    if n < 55 or v[2] != "-" or v[35] != "-" or v[52] != "-":
-        return None
-    version = v[:2]
-    if version == "ff" or (n > 55 and (version == "00" or v[55] != "-")):
-        return None
-    # lowercase hex everywhere else: strip() stops at the first other char, and
-    # the count rules out dashes inside the fields
-    head = v[:55]
-    if head.strip(_HEX_OR_DASH) or head.count("-") != 3:
-        return None
-    trace_id = v[3:35]
-    parent = v[36:52]
-    if trace_id == _ZERO_TRACE or parent == _ZERO_SPAN:
-        return None
-    return trace_id, parent
 
 
 class Span:

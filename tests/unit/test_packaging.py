@@ -1,5 +1,5 @@
-"""The wheel carries the compiled BPF objects: a target host needs libbpf.so.1,
-not clang."""
+"""The wheel carries the compiled BPF objects and the compiled core: a target
+host needs libbpf.so.1, not clang or a C compiler."""
 
 import shutil
 import subprocess
@@ -8,6 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tracer import core
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,3 +28,7 @@ def test_wheel_contains_bpf_objects(tmp_path):
     # the objects are stripped of DWARF but keep the BTF that CO-RE needs
     data = zipfile.ZipFile(wheel).read("tracer/bpf/build/sock.bpf.o")
     assert b".BTF" in data and b".debug_info" not in data
+    # and the compiled core: every hot module as an extension module
+    for name in core.HOT:
+        stem = name.replace(".", "/")
+        assert any(n.startswith(stem + ".cpython-") and n.endswith(".so") for n in names), name

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tracer import events, sampling
+from tracer import events, sampling, tracecontext
 from tracer.correlate import Correlator
 from tracer.loader import BPF_DIR
 from tracer.sampling import AdaptiveController, AdaptiveSpec, FilterSpec, ProcInfo, SpanPolicy
@@ -34,19 +34,19 @@ def test_sample_scale_matches_header():
     ("garbage", None),
 ])
 def test_traceparent_flag(value, flag):
-    assert sampling.header_sampled({"traceparent": value}) is flag
+    assert tracecontext.header_sampled({"traceparent": value}) is flag
 
 
 def test_b3_flags():
-    assert sampling.header_sampled({"b3": "a" * 32 + "-" + "b" * 16 + "-0"}) is False
-    assert sampling.header_sampled({"b3": "a" * 32 + "-" + "b" * 16 + "-1"}) is True
-    assert sampling.header_sampled({"b3": "a" * 32 + "-" + "b" * 16}) is None
-    assert sampling.header_sampled({"b3": "0"}) is False
-    assert sampling.header_sampled({"x-b3-sampled": "0"}) is False
-    assert sampling.header_sampled({"x-b3-sampled": "1"}) is True
-    assert sampling.header_sampled({}) is None
+    assert tracecontext.header_sampled({"b3": "a" * 32 + "-" + "b" * 16 + "-0"}) is False
+    assert tracecontext.header_sampled({"b3": "a" * 32 + "-" + "b" * 16 + "-1"}) is True
+    assert tracecontext.header_sampled({"b3": "a" * 32 + "-" + "b" * 16}) is None
+    assert tracecontext.header_sampled({"b3": "0"}) is False
+    assert tracecontext.header_sampled({"x-b3-sampled": "0"}) is False
+    assert tracecontext.header_sampled({"x-b3-sampled": "1"}) is True
+    assert tracecontext.header_sampled({}) is None
     # a malformed traceparent is ignored, as the correlator ignores it
-    assert sampling.header_sampled({"traceparent": "junk", "x-b3-sampled": "0"}) is False
+    assert tracecontext.header_sampled({"traceparent": "junk", "x-b3-sampled": "0"}) is False
 
 
 def test_ratio_is_deterministic_on_the_low_56_bits():

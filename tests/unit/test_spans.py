@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from tracer.spans import Span, _split_host, new_span_id, new_trace_id, parse_traceparent
+from tracer.spans import Span, _split_host
+from tracer.tracecontext import new_span_id, new_trace_id, parse_traceparent
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PID = "00f067aa0ba902b7"

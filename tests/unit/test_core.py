@@ -1,0 +1,81 @@
+"""The compiled core: what runs is reported, the pure path gives the same
+spans, and CI fails if the suite ran on the pure path by accident."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer import core
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRE = "TRACER_REQUIRE_COMPILED"
+
+
+def test_make_test_runs_on_the_compiled_core():
+    """`make test` sets TRACER_REQUIRE_COMPILED=1: every hot module must be an
+    extension module built from its current source."""
+    info = core.info()
+    if os.environ.get(REQUIRE) != "1":
+        pytest.skip(f"{REQUIRE} not set (make test sets it); core: {info['reason']}")
+    assert info["core"] == "compiled", info["reason"]
+    assert not info["stale"], info["reason"]
+    for name in core.HOT:
+        spec = sys.modules[name].__spec__
+        assert isinstance(spec.loader, importlib.machinery.ExtensionFileLoader), name
+
+
+def _run(code: str, **env) -> str:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, text=True,
+                          capture_output=True, env={**os.environ, **env}, timeout=120).stdout
+
+
+def test_pure_switch_imports_every_hot_module_from_source():
+    out = _run("import sys, tracer.core as c; i = c.info(); "
+               "print(i['core'], all(sys.modules[m].__file__.endswith('.py') for m in c.HOT)); "
+               "print(i['reason'])", TRACER_PURE="1")
+    first, reason = out.splitlines()
+    assert first == "pure True"
+    assert reason == "pure Python (TRACER_PURE=1)"
+
+
+SPANS = """
+import orjson
+from tests.bench.test_bench_parser import _conversations
+from tests.unit.h2synth import H2Pair, grpc_frame
+from tests.unit.synth import ROLE_SERVER, feed
+from tracer.conn import ConnectionTable
+from tracer.events import decode, encode
+from tracer.stats import Stats
+import random
+random.seed(7)
+out = []
+t = ConnectionTable(lambda s: out.append(s.to_dict()), Stats(), 1_700_000_000_000_000_000)
+for ev in _conversations(6, 5):
+    t.handle(decode(encode(ev)))
+p = H2Pair()
+for i in range(5):
+    sid = p.request("POST", "/pkg.S/M", body=grpc_frame(b"q" * i), grpc=True)
+    p.respond(sid, 200, body=grpc_frame(b"r"), trailers={"grpc-status": str(i % 3)})
+c = p.conversation(ROLE_SERVER, conn_id=99)
+feed(t, c.events)
+t.close_all()
+t.correlator.close()
+print(len(out))
+print(orjson.dumps(out, option=orjson.OPT_SORT_KEYS).decode())
+print(orjson.dumps(t.stats.as_dict(), option=orjson.OPT_SORT_KEYS).decode())
+"""
+
+
+def test_pure_and_compiled_cores_make_the_same_spans():
+    """The same synthetic HTTP/1 and gRPC traffic through both cores: the
+    same 35 spans, field for field, and the same counters."""
+    compiled = _run(SPANS)
+    pure = _run(SPANS, TRACER_PURE="1")
+    assert compiled.splitlines()[0] == "35"
+    assert compiled == pure

@@ -1,0 +1,104 @@
+"""Which per-event core runs: compiled (Cython) or pure Python.
+
+The modules in HOT are plain Python files that Cython compiles in its
+pure-Python mode (types come from the .pxd file beside each one). Both forms
+behave the same; the compiled one is what `make setup`, the wheel and the
+container image install. Without it the agent still works, and says so once.
+
+- TRACER_PURE=1 in the environment imports the .py sources even where the
+  compiled modules exist (tests run both; a user can rule out the compiled
+  core when chasing a bug).
+- A compiled module older than its source is stale: it is reported, and
+  `make setup` rebuilds it.
+
+This module imports nothing from the tracer: setup.py reads HOT from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+# The per-event path, in pipeline order. setup.py compiles exactly these.
+HOT = (
+    "tracer.stats",
+    "tracer.events",
+    "tracer.ring",
+    "tracer.conn",
+    "tracer.protocols.http1",
+    "tracer.protocols.http2",
+    "tracer.protocols.grpc",
+    "tracer.protocols.hpack_partial",
+    "tracer.tracecontext",
+    "tracer.spans",
+    "tracer.correlate",
+    "tracer.export.jsonl",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE_ENV = "TRACER_PURE"
+
+
+def source(name: str) -> Path:
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
+
+
+class _PureFinder(importlib.abc.MetaPathFinder):
+    """Imports the HOT modules from their .py files (TRACER_PURE=1)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in HOT:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source(fullname))
+
+
+def pure_requested() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def install() -> None:
+    """Called by tracer/__init__.py before anything else is imported."""
+    if pure_requested() and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PureFinder())
+
+
+def _compiled_path(mod) -> str | None:
+    loader = getattr(getattr(mod, "__spec__", None), "loader", None)
+    if isinstance(loader, importlib.machinery.ExtensionFileLoader):
+        return mod.__file__
+    return None
+
+
+def info() -> dict:
+    """{"core": "compiled"|"pure"|"mixed", "compiled": [...], "pure": [...],
+    "stale": [...], "reason": one line}."""
+    compiled, pure, stale = [], [], []
+    for name in HOT:
+        mod = importlib.import_module(name)
+        so = _compiled_path(mod)
+        if so is None:
+            pure.append(name)
+            continue
+        compiled.append(name)
+        src = source(name)
+        try:
+            if src.stat().st_mtime > os.stat(so).st_mtime:
+                stale.append(name)
+        except OSError:
+            pass  # an installed wheel has no .py beside its .so: never stale
+    core = "compiled" if not pure else ("pure" if not compiled else "mixed")
+    if core == "compiled":
+        reason = f"compiled ({len(compiled)} modules)"
+    elif pure_requested():
+        reason = f"pure Python ({PURE_ENV}=1)"
+    else:
+        reason = (f"pure Python for {len(pure)} of {len(HOT)} modules (not built: "
+                  "'make setup' compiles them; spans are the same, the CPU cost higher)")
+    if stale:
+        reason += f"; stale, older than their source: {', '.join(stale)} (run 'make setup')"
+    return {"core": core, "compiled": compiled, "pure": pure, "stale": stale, "reason": reason}
