@@ -143,8 +143,11 @@ class Tracer:
         self._adapt_at = self._adapt_cpu = 0.0
         self._adapt_drops = 0
         self.core = core.info()
-        if self.core["core"] != "compiled" or self.core["stale"]:
-            log.warning("per-event core: %s", self.core["reason"])
+        if self.core["stale"] or (self.core["core"] != "compiled"
+                                  and not core.pure_requested()):
+            log.warning("per-event core: %s", self.core["reason"])  # not built, or stale
+        elif self.core["core"] != "compiled":
+            log.info("per-event core: %s", self.core["reason"])  # asked for
 
     def _make_handler(self):
         decode = events.decode

@@ -3,7 +3,7 @@
 Each connection (keyed by the kernel's never-reused conn_id) has a protocol
 slot, `Conn.proto`, an object with on_data(ev) and on_close(eof). It starts as
 a sniffer that picks the protocol from the first request bytes:
-- HTTP/1 request line -> tracer.protocols.http1.Http1Session
+- HTTP/1 request line -> tracer.session_http1.Http1Session
 - HTTP/2 prior-knowledge preface in the request direction, or a SETTINGS
   frame first in the response direction (servers may speak first) ->
   tracer.protocols.http2.Http2Session (or the h2 factory given to the
@@ -34,8 +34,9 @@ from tracer.events import (
     DataEvent,
     OpenEvent,
 )
-from tracer.protocols.http1 import Http1Session, is_request_start
+from tracer.protocols.http1 import is_request_start
 from tracer.protocols.http2 import Http2Session, looks_like_frames
+from tracer.session_http1 import Http1Session
 from tracer.spans import Span
 from tracer.stats import Stats
 

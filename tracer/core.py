@@ -7,7 +7,8 @@ container image install. Without it the agent still works, and says so once.
 
 - TRACER_PURE=1 in the environment imports the .py sources even where the
   compiled modules exist (tests run both; a user can rule out the compiled
-  core when chasing a bug).
+  core when chasing a bug). A comma-separated list of module names makes
+  just those pure (bisecting a difference between the two).
 - A compiled module older than its source is stale: it is reported, and
   `make setup` rebuilds it.
 
@@ -31,6 +32,7 @@ HOT = (
     "tracer.ring",
     "tracer.conn",
     "tracer.protocols.http1",
+    "tracer.session_http1",
     "tracer.protocols.http2",
     "tracer.protocols.grpc",
     "tracer.protocols.hpack_partial",
@@ -49,22 +51,36 @@ def source(name: str) -> Path:
 
 
 class _PureFinder(importlib.abc.MetaPathFinder):
-    """Imports the HOT modules from their .py files (TRACER_PURE=1)."""
+    """Imports HOT modules from their .py files (TRACER_PURE)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in HOT:
+        if fullname not in self.names:
             return None
         return importlib.util.spec_from_file_location(fullname, source(fullname))
 
 
+def pure_modules() -> frozenset[str]:
+    """The HOT modules TRACER_PURE asks to run from source."""
+    raw = os.environ.get(PURE_ENV, "")
+    if raw in ("", "0"):
+        return frozenset()
+    if raw == "1":
+        return frozenset(HOT)
+    return frozenset(HOT) & {m.strip() for m in raw.split(",")}
+
+
 def pure_requested() -> bool:
-    return os.environ.get(PURE_ENV, "") not in ("", "0")
+    return bool(pure_modules())
 
 
 def install() -> None:
     """Called by tracer/__init__.py before anything else is imported."""
-    if pure_requested() and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PureFinder())
+    names = pure_modules()
+    if names and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PureFinder(names))
 
 
 def _compiled_path(mod) -> str | None:
@@ -95,7 +111,7 @@ def info() -> dict:
     if core == "compiled":
         reason = f"compiled ({len(compiled)} modules)"
     elif pure_requested():
-        reason = f"pure Python ({PURE_ENV}=1)"
+        reason = f"pure Python for {len(pure)} of {len(HOT)} modules ({PURE_ENV})"
     else:
         reason = (f"pure Python for {len(pure)} of {len(HOT)} modules (not built: "
                   "'make setup' compiles them; spans are the same, the CPU cost higher)")

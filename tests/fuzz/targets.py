@@ -29,6 +29,7 @@ from tracer.events import CloseEvent, DataEvent, DecodeError, OpenEvent
 from tracer.protocols import http1, http2
 from tracer.protocols.hpack_partial import UNKNOWN_TABLE_LIMIT, HpackTable
 from tracer.protocols.http2 import PREFACE, SELECT
+from tracer.session_http1 import Http1Session
 from tracer.spans import Span
 from tracer.stats import COUNTERS, Stats
 
@@ -99,7 +100,7 @@ def check_table(table: ConnectionTable) -> None:
     assert table.stats.connections_open == len(table.conns)
     for conn in table.conns.values():
         proto = conn.proto
-        if isinstance(proto, http1.Http1Session):
+        if isinstance(proto, Http1Session):
             for p in (proto.req, proto.resp):
                 assert len(p.buf) <= HTTP1_BUF_CAP, ("http1 buf", len(p.buf))
                 if p.state == http1.DEAD:
@@ -215,7 +216,7 @@ def fuzz_http1(data: bytes) -> None:
     table.handle(OpenEvent(1, 100, 101, 5, role, t[0], 1, 2, events.AF_INET, "10.0.0.1", 8080,
                            "10.0.0.2", 40000, "app"))
     conn = table.conns[1]
-    conn.proto = http1.Http1Session(conn, table)  # no sniffing: every byte reaches the parser
+    conn.proto = Http1Session(conn, table)  # no sniffing: every byte reaches the parser
     _drive(table, s, 1, role, capture, t)
     _finish(table, stats, spans)
 

@@ -41,7 +41,10 @@ def test_pure_switch_imports_every_hot_module_from_source():
                "print(i['reason'])", TRACER_PURE="1")
     first, reason = out.splitlines()
     assert first == "pure True"
-    assert reason == "pure Python (TRACER_PURE=1)"
+    one = _run("import sys, tracer.core as c; i = c.info(); print(i['core'], i['pure'])",
+               TRACER_PURE="tracer.conn, tracer.nothing")
+    assert one.strip() == "mixed ['tracer.conn']"
+    assert reason == f"pure Python for {len(core.HOT)} of {len(core.HOT)} modules (TRACER_PURE)"
 
 
 SPANS = """
