@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # systemd: systemd-analyze verifies deploy/systemd (tests/unit/test_deploy.py)
-APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd
+APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd nginx-light wrk
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt venv bpf core test unit kernel e2e bench bench-micro matrix matrix-deps lint fuzz clean
@@ -72,7 +72,9 @@ FUZZ_SECONDS ?= 600
 fuzz: setup
 	$(VPY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
+# nginx, wrk: tests/bench/test_bench_nginx.py (the real CLI on nginx)
 bench-micro: setup
+	@$(MAKE) -s apt APT_PKGS="nginx-light wrk gcc"
 	$(VENV)/bin/tox -e bench
 
 lint: setup

@@ -1,0 +1,259 @@
+"""Agent CPU per span with the real CLI on nginx (root): keep-alive HTTP/1 at
+fixed rates with only nginx traced, then nginx at saturation with and
+without the tracer.
+
+    python tests/bench/nginx_cost.py [--rates 1000,10000,0] [--seconds 5]
+                                     [--saturation-seconds 8] [--no-saturation]
+
+Per fixed-rate phase (rate 0: as fast as one connection goes):
+- agent CPU: all threads of the `tracer run` process, from
+  /proc/PID/task/*/schedstat (ns), over the phase;
+- BPF run time: run_time_ns of the agent's programs (kernel.bpf_stats_enabled
+  on for the run), read from /proc/PID/fdinfo of their fds;
+- spans: requests answered (only the server is traced: one span each); the
+  whole run's spans_emitted must equal the requests sent.
+Saturation: wrk -t2 -c16 against nginx (2 workers) untraced, then traced;
+the ratio of req/s, and the tracer's drops (exactly counted).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PORT = 18080
+STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+NGINX_CONF = """
+worker_processes 2;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {d}/body;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{ return 200 "hello from nginx\\n"; }}
+    }}
+}}
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def build_client(workdir: Path) -> Path:
+    src = HERE / "paced_client.c"
+    exe = workdir / f"paced_client-{hashlib.sha256(src.read_bytes()).hexdigest()[:10]}"
+    if not exe.exists():
+        if not shutil.which("gcc"):
+            raise BenchError("gcc not found: apt-get install gcc")
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def start_nginx(workdir: Path) -> subprocess.Popen:
+    if not shutil.which("nginx"):
+        raise BenchError("nginx not found: apt-get install nginx-light (make bench-micro does)")
+    with socket.socket() as probe:  # a leftover server would be measured instead
+        try:
+            probe.bind(("127.0.0.1", PORT))
+        except OSError as e:
+            raise BenchError(f"port {PORT} is taken ({e.strerror}): stop what listens there") from None
+    (workdir / "body").mkdir(exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=workdir, port=PORT))
+    # its own session: the workers are killed with the master at the end
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-e",
+                             str(workdir / "error.log")], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/"],
+                          check=False).returncode == 0:
+            return proc
+        time.sleep(0.05)
+    stop_nginx(proc)
+    raise BenchError(f"nginx did not answer on port {PORT}: {(workdir / 'error.log').read_text()}")
+
+
+def stop_nginx(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def start_tracer(pid: int, out: Path) -> subprocess.Popen:
+    tr = subprocess.Popen([sys.executable, "-m", "tracer", "run", "--pid", str(pid),
+                           "--output", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = tr.stderr.readline()
+        if not line:
+            break
+        if line.startswith("tracer: tracing"):
+            return tr
+    tr.kill()
+    raise BenchError(f"the tracer did not start: {tr.stderr.read()[-500:]}")
+
+
+def stop_tracer(tr: subprocess.Popen, out: Path) -> dict:
+    tr.send_signal(signal.SIGINT)
+    tr.wait(timeout=30)
+    tr.stderr.close()
+    return json.loads(Path(f"{out}.summary.json").read_text())
+
+
+def cpu_ns(pid: int) -> int:
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass  # a thread that ended
+    return total
+
+
+def bpf_ns(pid: int) -> int:
+    """run_time_ns summed over the BPF programs whose fds the process holds."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        if "prog_id:" in text:
+            m = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+            total += int(m.group(1)) if m else 0
+    return total
+
+
+def paced(client: Path, rate: int, seconds: float, conns: int = 1) -> dict:
+    p = subprocess.run([str(client), "127.0.0.1", str(PORT), "/", str(rate), str(seconds),
+                        str(conns)], capture_output=True, text=True, timeout=seconds + 30)
+    f = p.stdout.split()
+    if p.returncode != 0 or len(f) < 8:
+        raise BenchError(f"load client failed: {p.stdout} {p.stderr}")
+    return {"requests": int(f[1]), "errors": int(f[3]), "client_cpu_s": float(f[5]),
+            "seconds": float(f[7])}
+
+
+def wrk(seconds: float) -> float:
+    if not shutil.which("wrk"):
+        raise BenchError("wrk not found: apt-get install wrk (make bench-micro does)")
+    p = subprocess.run(["wrk", "-t2", "-c16", f"-d{int(seconds)}s", f"http://127.0.0.1:{PORT}/"],
+                       capture_output=True, text=True, timeout=seconds + 30, check=True)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", p.stdout)
+    if not m:
+        raise BenchError(f"no rate in wrk's output: {p.stdout[-300:]}")
+    return float(m.group(1))
+
+
+def run(rates: list[int], seconds: float, sat_seconds: float | None) -> dict:
+    if os.geteuid() != 0:
+        raise BenchError("needs root (BPF, bpf_stats)")
+    workdir = Path(tempfile.mkdtemp(prefix="httptrace-nginx-"))
+    old_stats = STATS.read_text().strip()
+    nginx = None
+    try:
+        client = build_client(workdir)
+        nginx = start_nginx(workdir)
+        STATS.write_text("1")
+        out = workdir / "spans.jsonl"
+        tr = start_tracer(nginx.pid, out)
+        phases = []
+        sent = 0
+        try:
+            paced(client, 200, 1.0)  # warm-up: connections, caches, TLS discovery settles
+            sent_warm = 0
+            for rate in rates:
+                c0, b0 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+                r = paced(client, rate, seconds)
+                time.sleep(0.3)  # the agent's batched wake-up and last spans
+                c1, b1 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+                sent += r["requests"]
+                spans = r["requests"]
+                rps = spans / r["seconds"]
+                agent_us = (c1 - c0) / 1e3 / spans
+                bpf_us = (b1 - b0) / 1e3 / spans
+                phases.append({
+                    "rate_asked": rate, "req_per_s": round(rps), "spans": spans,
+                    "errors": r["errors"],
+                    "agent_us_per_span": round(agent_us, 2),
+                    "bpf_us_per_span": round(bpf_us, 2),
+                    # share of one core at this rate, agent + BPF
+                    "all_in_pct_core": round((agent_us + bpf_us) * rps / 1e4, 3),
+                    "all_in_pct_core_at_1k": round((agent_us + bpf_us) * 1000 / 1e4, 3),
+                })
+        finally:
+            summary = stop_tracer(tr, out)
+        sent_warm = summary["spans_emitted"] - sent
+        result = {"phases": phases, "core": summary.get("core"),
+                  "spans_emitted": summary["spans_emitted"], "requests_sent": sent,
+                  "warmup_spans": sent_warm,
+                  "events_seen": summary["events_seen"],
+                  "events_delivered": summary["events_delivered"],
+                  "events_dropped": summary["events_dropped"],
+                  "tracer_rss_note": "see the run's summary for RSS"}
+        if sat_seconds:
+            STATS.write_text(old_stats)  # saturation: no stats overhead in either run
+            base = wrk(sat_seconds)
+            out2 = workdir / "sat.jsonl"
+            tr = start_tracer(nginx.pid, out2)
+            try:
+                traced = wrk(sat_seconds)
+            finally:
+                s2 = stop_tracer(tr, out2)
+            result["saturation"] = {
+                "untraced_req_per_s": round(base), "traced_req_per_s": round(traced),
+                "ratio": round(traced / base, 3), "spans_emitted": s2["spans_emitted"],
+                "events_seen": s2["events_seen"], "events_delivered": s2["events_delivered"],
+                "events_dropped": s2["events_dropped"],
+                "incomplete_requests": s2["incomplete_requests"]}
+        return result
+    finally:
+        STATS.write_text(old_stats)
+        if nginx is not None:
+            stop_nginx(nginx)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default="1000,10000,0")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--saturation-seconds", type=float, default=8.0)
+    ap.add_argument("--no-saturation", action="store_true")
+    a = ap.parse_args()
+    try:
+        r = run([int(x) for x in a.rates.split(",")], a.seconds,
+                None if a.no_saturation else a.saturation_seconds)
+    except BenchError as e:
+        print(f"nginx_cost: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
