@@ -80,7 +80,11 @@ def install() -> None:
     """Called by tracer/__init__.py before anything else is imported."""
     names = pure_modules()
     if names and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PureFinder(names))
+        # just ahead of the path finder that would find the extension
+        # modules, behind finders that wrap others (atheris's coverage hook)
+        at = next((i for i, f in enumerate(sys.meta_path)
+                   if f is importlib.machinery.PathFinder), 0)
+        sys.meta_path.insert(at, _PureFinder(names))
 
 
 def _compiled_path(mod) -> str | None:

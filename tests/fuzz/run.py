@@ -13,6 +13,11 @@ build/fuzz/<target>/crash-*; turn it into a regression test with
 `python -m tests.fuzz.run --keep build/fuzz/<target>/crash-... NAME`.
 One JSON line per target goes to stdout (and to build/fuzz/summary.jsonl):
 executions, exec/s, coverage (libFuzzer's cov/ft), corpus size, crashes.
+
+Coverage guidance needs Python bytecode, so the guided run imports the
+tracer's hot modules from source (TRACER_PURE=1, see tracer/core.py); then
+the whole corpus is replayed once against the compiled core, so both forms
+see every input found (`replayed_compiled`, crashes of either).
 """
 
 from __future__ import annotations
@@ -68,10 +73,16 @@ def run_one(name: str, seconds: int | None, runs: int | None, nice: int,
     cmd = [sys.executable, "-m", "tests.fuzz.run", "--child", name, "--", *args]
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "TRACER_PURE": "1"},
                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
     wall = time.monotonic() - t0
+    # the corpus once through the compiled core (-runs=0: each input once)
+    replay = subprocess.run([*cmd[:cmd.index("--") + 1], *args[:4], "-runs=0"], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "TRACER_PURE"})
     log = p.stdout + p.stderr
-    (work / "last.log").write_text(log)
+    (work / "last.log").write_text(log + replay.stdout + replay.stderr)
+    replayed = _STAT.findall(replay.stdout + replay.stderr)
     stats = {k: int(v) for k, v in _STAT.findall(log)}
     done = _DONE.findall(log)
     crashes = sorted({p.name for p in work.glob("crash-*")} - before)
@@ -86,10 +97,14 @@ def run_one(name: str, seconds: int | None, runs: int | None, nice: int,
         "ft": int(done[-1][2]) if done else None,
         "corpus": len(list(corpus.iterdir())),
         "crashes": [str(work / c) for c in crashes],
-        "rc": p.returncode,
+        "replayed_compiled": dict((k, int(v)) for k, v in replayed).get(
+            "number_of_executed_units", 0),
+        "rc": p.returncode or replay.returncode,
     }
     if p.returncode and not crashes:
         out["error"] = log[-2000:]
+    elif replay.returncode and not crashes:
+        out["error"] = (replay.stdout + replay.stderr)[-2000:]
     return out
 
 

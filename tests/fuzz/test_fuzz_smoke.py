@@ -57,3 +57,5 @@ def test_atheris_runner(tmp_path):
     assert res["target"] == "hpack" and res["executions"] >= 300
     assert res["crashes"] == [] and res["cov"] > 0
     assert (tmp_path / "hpack" / "corpus").is_dir()
+    # then every corpus input once through the compiled core
+    assert res["replayed_compiled"] >= res["corpus"] > 0  # libFuzzer adds an empty input
