@@ -150,20 +150,9 @@ class Tracer:
             log.info("per-event core: %s", self.core["reason"])  # asked for
 
     def _make_handler(self):
-        decode = events.decode
-        handle = self.table.handle
-        stats = self.stats
-        DecodeError = events.DecodeError
-
-        def on_record(buf, off, size):
-            try:
-                ev = decode(buf, off, size)
-            except DecodeError:
-                stats.decode_errors += 1
-                return
-            handle(ev)
-
-        return on_record
+        """What each decoded event goes to (RingBuffer.consume_events decodes
+        in place and counts decode errors in self.stats)."""
+        return self.table.handle
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -287,7 +276,7 @@ class Tracer:
             self._fill_max = fill
         if self.injector:
             self.injector.drain()  # injections precede the writes that carry them
-        n = rb.consume(self._handler, CONSUME_BATCH)
+        n = rb.consume_events(self._handler, self.stats, CONSUME_BATCH)
         self.stats.events_delivered += n
         self._polled()
         return n
@@ -377,7 +366,7 @@ class Tracer:
         if self.obj:
             self.obj.detach_all()
             # the kernel side is quiet now: everything submitted is in the ring
-            n = self.rb.consume(self._handler)
+            n = self.rb.consume_events(self._handler, self.stats)
             self.stats.events_delivered += n
             self.read_kernel_counters()
             if self.injector:

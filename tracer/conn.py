@@ -295,32 +295,36 @@ class ConnectionTable:
 
     def handle(self, ev: DataEvent | OpenEvent | CloseEvent) -> None:
         self.stats.events_handled += 1
-        if type(ev) is DataEvent:
-            conn = self.conns.get(ev.conn_id)
+        kind = type(ev)
+        if kind is DataEvent:
+            data: DataEvent = ev
+            conn: Conn = self.conns.get(data.conn_id)
             if conn is None:
-                if not ev.size:
+                if not data.size:
                     return
-                conn = self._add(ev.conn_id, ev.role)
-                conn.pid = ev.pid
-                conn.comm = ev.comm
-            conn.last_ts = ev.ts_exit
-            if ev.syscall >= _SYS_FIRST_TLS:
+                conn = self._add(data.conn_id, data.role)
+                conn.pid = data.pid
+                conn.comm = data.comm
+            conn.last_ts = data.ts_exit
+            if data.syscall >= _SYS_FIRST_TLS:
                 conn.tls = True
-            if ev.size:
+            if data.size:
                 conn.proto.on_data(ev)
-        elif type(ev) is OpenEvent:
-            conn = self.conns.get(ev.conn_id)
+        elif kind is OpenEvent:
+            opened: OpenEvent = ev
+            conn = self.conns.get(opened.conn_id)
             if conn is None:
-                conn = self._add(ev.conn_id, ev.role)
-            conn.set_open(ev)
-            conn.last_ts = ev.ts
-        elif type(ev) is CloseEvent:
-            conn = self.conns.pop(ev.conn_id, None)
+                conn = self._add(opened.conn_id, opened.role)
+            conn.set_open(opened)
+            conn.last_ts = opened.ts
+        elif kind is CloseEvent:
+            closed: CloseEvent = ev
+            conn = self.conns.pop(closed.conn_id, None)
             if conn is not None:
                 self.stats.connections_open -= 1
                 conn.proto.on_close(True)
 
-    def _add(self, conn_id: int, role: int) -> Conn:
+    def _add(self, conn_id, role) -> Conn:
         conn = Conn(self, conn_id, role)
         self.conns[conn_id] = conn
         stats = self.stats

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False, nonecheck=True
 """Trace context: ids chosen when a request starts, links made across processes
 and threads, spans held until their parent is known.
 
@@ -30,14 +31,17 @@ Sources of a parent, strongest first:
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from .spans import Span
-from .tracecontext import header_sampled, parse_b3, parse_traceparent, traceparent_sampled
+import cython
 
-_getrandbits = random.getrandbits
+from .tracecontext import header_sampled, new_span_id, new_trace_id, parse_b3, traceparent_ids
+
+if TYPE_CHECKING:
+    from .spans import Span
+
 HOLD_NS = 200_000_000  # longest a finished span waits for its pending parent
 
 
@@ -62,6 +66,8 @@ def conn_key(conn, server: bool) -> tuple | None:
     return key
 
 
+@cython.freelist(64)  # one per request
+@cython.cclass
 class Context:
     """The ids of one span, fixed at request start; the parent may be resolved
     a little later (pending) when the server side is seen before the client."""
@@ -71,6 +77,9 @@ class Context:
                  "key", "start_ts", "done_ts", "header", "flag", "sampled")
 
     def __init__(self, span_id: str, server: bool, pid: int, tid: int, start_ts: int) -> None:
+        self._init(span_id, server, pid, tid, start_ts)
+
+    def _init(self, span_id: str, server: bool, pid: int, tid: int, start_ts: int) -> None:
         self.trace_id = ""
         self.span_id = span_id
         self.parent_span_id: str | None = None
@@ -111,7 +120,7 @@ class Context:
 
     def blocked(self) -> bool:
         c = self
-        for _ in range(MAX_DEPTH):  # bounded: a chain never costs more than this
+        for _i in range(MAX_DEPTH):  # bounded: a chain never costs more than this
             if c is None:
                 return False
             if c.pending:
@@ -161,12 +170,16 @@ class Correlator:
         """A request head was seen. seq: the HTTP/2 stream id (the same at both
         ends); None for HTTP/1, matched in order with a time check. ts: ktime of
         the request's start (client: write entry; server: read exit)."""
-        ctx = Context(f"{_getrandbits(64) or 1:016x}", server, pid, tid, ts)
+        ctx = Context.__new__(Context)  # without the generic call of Context(...)
+        ctx._init(new_span_id(), server, pid, tid, ts)
         tp = headers.get("traceparent")
-        ids = parse_traceparent(tp) if tp is not None else None
-        if ids is not None:  # parsed once: its flag is read from the same string
-            ctx.flag = traceparent_sampled(tp)
-        elif "b3" in headers or "x-b3-traceid" in headers:
+        ids = None
+        if tp is not None:
+            tids = traceparent_ids(tp)  # parsed once: the flag comes with the ids
+            if tids is not None:
+                ids = (tids[0], tids[1])
+                ctx.flag = tids[2]
+        if ids is None and ("b3" in headers or "x-b3-traceid" in headers):
             ids = parse_b3(headers)
             if ids is not None:
                 ctx.flag = header_sampled(headers)
@@ -187,7 +200,7 @@ class Correlator:
                 ctx.pending = True
                 _push(self.pending, key, ctx)
             if ids is None and client is None:
-                ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
+                ctx.trace_id = new_trace_id()
             self._activate(ctx)
         else:
             inj = (self.injected(pid, tid, conn.lport, conn.rport, ts)
@@ -279,7 +292,7 @@ class Correlator:
         elif act:
             self.stats.correlation_ambiguous += 1
         if header is None:
-            ctx.trace_id = f"{_getrandbits(128) or 1:032x}"
+            ctx.trace_id = new_trace_id()
 
     def _link_injected(self, ctx: Context, inj) -> None:
         """The kernel wrote traceparent into this request: the span takes
@@ -379,7 +392,7 @@ class Correlator:
         if self.held:
             for ctx in self.held:
                 c = ctx
-                for _ in range(MAX_DEPTH):
+                for _i in range(MAX_DEPTH):
                     if c is None:
                         break
                     if c.pending and now_ktime - ctx.done_ts >= HOLD_NS:

@@ -16,7 +16,8 @@ import ctypes
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass
+
+import cython
 
 TASK_COMM_LEN = 16
 MAX_PAYLOAD = 4096
@@ -224,53 +225,120 @@ assert DATA.size == PAYLOAD_OFFSET
 assert OPEN.size == ctypes.sizeof(OpenEventC)
 
 
-@dataclass(slots=True)
+def _eq(a, b):
+    """The dataclasses' equality: same type, field by field."""
+    if type(b) is not type(a):
+        return NotImplemented
+    for name in a.__slots__:
+        if getattr(a, name) != getattr(b, name):
+            return False
+    return True
+
+
+def _repr(ev) -> str:
+    inner = ", ".join(f"{name}={getattr(ev, name)!r}" for name in ev.__slots__)
+    return f"{type(ev).__name__}({inner})"
+
+
+# The three event types keep the value semantics of the dataclasses they were:
+# positional or keyword construction, __eq__, __repr__, unhashable (mutable).
+# Compiled, one is made per record: freed ones are kept for reuse, and they
+# stay out of the garbage collector, which they need not be in (they hold
+# only numbers, bytes and str, so they cannot be part of a cycle).
+
+@cython.freelist(16)
+@cython.no_gc
+@cython.cclass
 class OpenEvent:
     """A socket entered the table: accept/connect returned, or first sight."""
 
-    conn_id: int
-    pid: int
-    tid: int
-    fd: int
-    role: int
-    ts: int  # ktime ns
-    cgroup_id: int
-    netns: int
-    family: int
-    laddr: str
-    lport: int
-    raddr: str
-    rport: int
-    comm: str
+    __slots__ = ("conn_id", "pid", "tid", "fd", "role", "ts", "cgroup_id", "netns", "family",
+                 "laddr", "lport", "raddr", "rport", "comm")
+
+    def __init__(self, conn_id: int, pid: int, tid: int, fd: int, role: int, ts: int,
+                 cgroup_id: int, netns: int, family: int, laddr: str, lport: int, raddr: str,
+                 rport: int, comm: str) -> None:
+        self.conn_id = conn_id
+        self.pid = pid
+        self.tid = tid
+        self.fd = fd
+        self.role = role
+        self.ts = ts  # ktime ns
+        self.cgroup_id = cgroup_id
+        self.netns = netns
+        self.family = family
+        self.laddr = laddr
+        self.lport = lport
+        self.raddr = raddr
+        self.rport = rport
+        self.comm = comm
+
+    def __eq__(self, other):
+        return _eq(self, other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
-@dataclass(slots=True)
+@cython.freelist(64)
+@cython.no_gc
+@cython.cclass
 class DataEvent:
     """One read- or write-family syscall that moved `size` bytes."""
 
-    conn_id: int
-    pid: int
-    tid: int
-    fd: int
-    role: int
-    direction: int  # DataDir
-    syscall: int
-    ts_enter: int
-    ts_exit: int
-    size: int  # bytes really moved (the syscall's return value)
-    payload: bytes  # the captured prefix (len <= size)
-    comm: str
-    stack: int = 0  # --span-stacks: 1 + user stack id at a request's first syscall; 0: none
+    __slots__ = ("conn_id", "pid", "tid", "fd", "role", "direction", "syscall", "ts_enter",
+                 "ts_exit", "size", "payload", "comm", "stack")
+
+    def __init__(self, conn_id: int, pid: int, tid: int, fd: int, role: int, direction: int,
+                 syscall: int, ts_enter: int, ts_exit: int, size: int, payload: bytes,
+                 comm: str, stack: int = 0) -> None:
+        self.conn_id = conn_id
+        self.pid = pid
+        self.tid = tid
+        self.fd = fd
+        self.role = role
+        self.direction = direction  # DataDir
+        self.syscall = syscall
+        self.ts_enter = ts_enter
+        self.ts_exit = ts_exit
+        self.size = size  # bytes really moved (the syscall's return value)
+        self.payload = payload  # the captured prefix (len <= size)
+        self.comm = comm
+        # --span-stacks: 1 + user stack id at a request's first syscall; 0: none
+        self.stack = stack
+
+    def __eq__(self, other):
+        return _eq(self, other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
-@dataclass(slots=True)
+@cython.freelist(16)
+@cython.no_gc
+@cython.cclass
 class CloseEvent:
-    conn_id: int
-    pid: int
-    tid: int
-    fd: int
-    role: int
-    ts: int
+    __slots__ = ("conn_id", "pid", "tid", "fd", "role", "ts")
+
+    def __init__(self, conn_id: int, pid: int, tid: int, fd: int, role: int, ts: int) -> None:
+        self.conn_id = conn_id
+        self.pid = pid
+        self.tid = tid
+        self.fd = fd
+        self.role = role
+        self.ts = ts
+
+    def __eq__(self, other):
+        return _eq(self, other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
 Event = OpenEvent | DataEvent | CloseEvent
@@ -280,26 +348,132 @@ class DecodeError(ValueError):
     """A ring-buffer record that does not match any event layout."""
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+# IPv6 peers repeat (and ipaddress is slow): their text, bounded
+_addr6: dict[bytes, str] = {}
+
+
+def _dotted(raw: bytes) -> str:
+    return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
+
+
 def _addr(family: int, raw: bytes) -> str:
+    """An address as ipaddress writes it; IPv4-mapped IPv6 as IPv4."""
     if family == AF_INET:
-        return str(ipaddress.IPv4Address(raw[:4]))
+        return _dotted(raw)
     if family == AF_INET6:
-        a = ipaddress.IPv6Address(raw)
-        return str(a.ipv4_mapped or a)
+        if raw[:12] == _V4_MAPPED:
+            return _dotted(raw[12:])
+        text = _addr6.get(raw)
+        if text is None:
+            if len(_addr6) >= 4096:
+                _addr6.clear()
+            text = _addr6[raw] = str(ipaddress.IPv6Address(raw))
+        return text
     return ""
+
+
+_unpack_data = DATA.unpack_from
+_unpack_open = OPEN.unpack_from
+_unpack_hdr = HEADER.unpack_from
+_HDR_SIZE = cython.declare(cython.Py_ssize_t, HEADER.size)
+_PAYLOAD_OFFSET = cython.declare(cython.Py_ssize_t, PAYLOAD_OFFSET)
+_OPEN_SIZE = cython.declare(cython.Py_ssize_t, OPEN.size)
+_EV_DATA = cython.declare(cython.int, int(EventType.EVENT_DATA))
+_EV_OPEN = cython.declare(cython.int, int(EventType.EVENT_OPEN))
+_EV_CLOSE = cython.declare(cython.int, int(EventType.EVENT_CLOSE))
+# field offsets in a record (the compiled decoder reads them in place)
+_O_DIR = cython.declare(cython.Py_ssize_t, EventHeader.dir.offset)
+_O_ROLE = cython.declare(cython.Py_ssize_t, EventHeader.role.offset)
+_O_SYSCALL = cython.declare(cython.Py_ssize_t, EventHeader.syscall.offset)
+_O_PID = cython.declare(cython.Py_ssize_t, EventHeader.pid.offset)
+_O_TID = cython.declare(cython.Py_ssize_t, EventHeader.tid.offset)
+_O_FD = cython.declare(cython.Py_ssize_t, EventHeader.fd.offset)
+_O_CONN_ID = cython.declare(cython.Py_ssize_t, EventHeader.conn_id.offset)
+_O_TS_ENTER = cython.declare(cython.Py_ssize_t, EventHeader.ts_enter.offset)
+_O_TS_EXIT = cython.declare(cython.Py_ssize_t, EventHeader.ts_exit.offset)
+_O_BYTES = cython.declare(cython.Py_ssize_t, DataEventC.bytes.offset)
+_O_CAPTURED = cython.declare(cython.Py_ssize_t, DataEventC.captured.offset)
+_O_STACK = cython.declare(cython.Py_ssize_t, DataEventC.stack.offset)
+_O_DCOMM = cython.declare(cython.Py_ssize_t, DataEventC.comm.offset)
+_COMM_LEN = cython.declare(cython.Py_ssize_t, TASK_COMM_LEN)
 
 
 def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-_unpack_data = DATA.unpack_from
-_unpack_open = OPEN.unpack_from
-_unpack_hdr = HEADER.unpack_from
-_HDR_SIZE = HEADER.size
-_EV_DATA = int(EventType.EVENT_DATA)
-_EV_OPEN = int(EventType.EVENT_OPEN)
-_EV_CLOSE = int(EventType.EVENT_CLOSE)
+# The compiled decoder reads fields in place through a pointer to the record,
+# whose size decode_at has checked against the layout first.
+
+def _le32(p) -> cython.uint:
+    return (cython.cast(cython.uint, p[0]) | cython.cast(cython.uint, p[1]) << 8
+            | cython.cast(cython.uint, p[2]) << 16 | cython.cast(cython.uint, p[3]) << 24)
+
+
+def _le64(p) -> cython.ulonglong:
+    return cython.cast(cython.ulonglong, _le32(p)) | cython.cast(cython.ulonglong, _le32(p + 4)) << 32
+
+
+# the last comm decoded: a process's events carry the same one, decoded once
+_comm_raw = b""
+_comm_str = ""
+
+
+# The last pid, tid and conn_id decoded, with their int objects: syscalls
+# come in runs per thread and per connection, so most records reuse them.
+_pid_c = cython.declare(cython.uint, 0)
+_pid_o = cython.declare(object, None)
+_tid_c = cython.declare(cython.uint, 0)
+_tid_o = cython.declare(object, None)
+_cid_c = cython.declare(cython.ulonglong, 0)
+_cid_o = cython.declare(object, None)
+
+
+def _pid_at(p):
+    global _pid_c, _pid_o
+    v: cython.uint = _le32(p)
+    if v != _pid_c or _pid_o is None:
+        _pid_c = v
+        _pid_o = v
+    return _pid_o
+
+
+def _tid_at(p):
+    global _tid_c, _tid_o
+    v: cython.uint = _le32(p)
+    if v != _tid_c or _tid_o is None:
+        _tid_c = v
+        _tid_o = v
+    return _tid_o
+
+
+def _cid_at(p):
+    global _cid_c, _cid_o
+    v: cython.ulonglong = _le64(p)
+    if v != _cid_c or _cid_o is None:
+        _cid_c = v
+        _cid_o = v
+    return _cid_o
+
+
+def _comm_at(p) -> str:
+    """_comm() of the TASK_COMM_LEN bytes at p, compiled."""
+    global _comm_raw, _comm_str
+    n: cython.Py_ssize_t = 0
+    while n < _COMM_LEN and p[n]:
+        n += 1
+    if n == len(_comm_raw):
+        q: cython.p_uchar = cython.cast(cython.p_uchar, cython.cast(cython.p_char, _comm_raw))
+        i: cython.Py_ssize_t = 0
+        while i < n and p[i] == q[i]:
+            i += 1
+        if i == n:
+            return _comm_str
+    raw: bytes = cython.cast(cython.p_char, p)[:n]
+    _comm_str = raw.decode("utf-8", "replace")
+    _comm_raw = raw
+    return _comm_str
 
 
 def decode(buf, offset: int = 0, size: int | None = None) -> Event:
@@ -307,30 +481,75 @@ def decode(buf, offset: int = 0, size: int | None = None) -> Event:
     is copied out, so the ring slot can be released afterwards."""
     if size is None:
         size = len(buf) - offset
+    return decode_at(buf, offset, size)
+
+
+def decode_at(view, offset: cython.Py_ssize_t, size: cython.Py_ssize_t):
+    """decode() of the record view[offset:offset + size], for the ring
+    consumer (a C call when compiled)."""
     if size < _HDR_SIZE:
         raise DecodeError(f"record of {size} bytes is shorter than the header")
-    etype = buf[offset]
+    if offset < 0 or offset + size > len(view):
+        raise DecodeError(f"record of {size} bytes at {offset} is outside its buffer")
+    etype: cython.int = view[offset]
+    d: cython.uint
+    nbytes: cython.uint
+    cap: cython.uint
+    ev: DataEvent
     if etype == _EV_DATA:
-        if size < PAYLOAD_OFFSET:
+        if size < _PAYLOAD_OFFSET:
             raise DecodeError(f"data record of {size} bytes is truncated")
-        (_, d, role, sysk, pid, tid, fd, cid, ts0, ts1, nbytes, cap, stack, _, comm) = \
-            _unpack_data(buf, offset)
-        if cap > size - PAYLOAD_OFFSET or cap > nbytes:
-            raise DecodeError(f"data record claims {cap} captured bytes, has {size - PAYLOAD_OFFSET}")
+        if cython.compiled:
+            p = cython.cast(cython.p_uchar, cython.address(view[offset]))
+            d = p[_O_DIR]
+            nbytes = _le32(p + _O_BYTES)
+            cap = _le32(p + _O_CAPTURED)
+        else:
+            (_, d, role, sysk, pid, tid, fd, cid, ts0, ts1, nbytes, cap, stack, _, comm) = \
+                _unpack_data(view, offset)
+        if cap > size - _PAYLOAD_OFFSET or cap > nbytes:
+            raise DecodeError(f"data record claims {cap} captured bytes, "
+                              f"has {size - _PAYLOAD_OFFSET}")
         if d > 1:  # parsers index per-direction state by it (found by fuzzing)
             raise DecodeError(f"data record has direction {d}")
-        start = offset + PAYLOAD_OFFSET
-        return DataEvent(cid, pid, tid, fd, role, d, sysk, ts0, ts1, nbytes,
-                         bytes(buf[start:start + cap]), _comm(comm), stack)
+        ev = DataEvent.__new__(DataEvent)
+        ev.direction = d
+        ev.size = nbytes
+        if cython.compiled:
+            ev.conn_id = _cid_at(p + _O_CONN_ID)
+            ev.pid = _pid_at(p + _O_PID)
+            ev.tid = _tid_at(p + _O_TID)
+            ev.fd = cython.cast(cython.int, _le32(p + _O_FD))
+            ev.role = p[_O_ROLE]
+            ev.syscall = p[_O_SYSCALL]
+            ev.ts_enter = _le64(p + _O_TS_ENTER)
+            ev.ts_exit = _le64(p + _O_TS_EXIT)
+            ev.stack = _le32(p + _O_STACK)
+            ev.payload = cython.cast(cython.p_char, p)[_PAYLOAD_OFFSET:_PAYLOAD_OFFSET + cap]
+            ev.comm = _comm_at(p + _O_DCOMM)
+        else:
+            ev.conn_id = cid
+            ev.pid = pid
+            ev.tid = tid
+            ev.fd = fd
+            ev.role = role
+            ev.syscall = sysk
+            ev.ts_enter = ts0
+            ev.ts_exit = ts1
+            ev.stack = stack
+            start = offset + _PAYLOAD_OFFSET
+            ev.payload = bytes(view[start:start + cap])
+            ev.comm = _comm(comm)
+        return ev
     if etype == _EV_OPEN:
-        if size < OPEN.size:
+        if size < _OPEN_SIZE:
             raise DecodeError(f"open record of {size} bytes is truncated")
         (_, _, role, _, pid, tid, fd, cid, _, ts1, cg, netns, fam, lport, rport, _pad,
-         laddr, raddr, comm) = _unpack_open(buf, offset)
+         laddr, raddr, comm) = _unpack_open(view, offset)
         return OpenEvent(cid, pid, tid, fd, role, ts1, cg, netns, fam, _addr(fam, laddr), lport,
                          _addr(fam, raddr), rport, _comm(comm))
     if etype == _EV_CLOSE:
-        (_, _, role, _, pid, tid, fd, cid, _, ts1) = _unpack_hdr(buf, offset)
+        (_, _, role, _, pid, tid, fd, cid, _, ts1) = _unpack_hdr(view, offset)
         return CloseEvent(cid, pid, tid, fd, role, ts1)
     raise DecodeError(f"unknown event type {etype}")
 

@@ -1,5 +1,10 @@
 """The consumer side of a BPF ring buffer, read through mmap: no libbpf call
 and no syscall per record. On the per-event path (compiled, see tracer/core.py).
+
+consume_events() is the agent's ingest loop: each record is decoded in place
+(tracer.events.decode_at) and the event handed to one callable, with no
+Python-level call in between when compiled. consume() hands the raw records
+to a callback instead, for the other rings (TLS execs, funcs, inject).
 """
 
 from __future__ import annotations
@@ -9,10 +14,53 @@ import select
 import struct
 from collections.abc import Callable
 
+import cython
+
+from tracer.events import DecodeError, decode_at
+
 # from the kernel uapi (stable ABI)
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
+
+_BUSY = cython.declare(cython.uint, BPF_RINGBUF_BUSY_BIT)
+_DISCARD = cython.declare(cython.uint, BPF_RINGBUF_DISCARD_BIT)
+_HDR = cython.declare(cython.Py_ssize_t, BPF_RINGBUF_HDR_SZ)
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+# Positions and record headers are shared with the producer: compiled, they
+# are read with acquire and written with release semantics, as libbpf does
+# (plain loads and stores on x86). `p` is the start of a mapped area: a
+# pointer when compiled, the buffer object itself when pure.
+
+def _load64(p, off: cython.Py_ssize_t) -> cython.ulonglong:
+    if cython.compiled:
+        return _ring_load64_acquire(p + off)  # noqa: F821 (C, in ring.pxd)
+    else:
+        return _U64.unpack_from(p, off)[0]
+
+
+def _load32(p, off: cython.Py_ssize_t) -> cython.uint:
+    if cython.compiled:
+        return _ring_load32_acquire(p + off)  # noqa: F821 (C, in ring.pxd)
+    else:
+        return _U32.unpack_from(p, off)[0]
+
+
+def _store64(p, off: cython.Py_ssize_t, v: cython.ulonglong) -> None:
+    if cython.compiled:
+        _ring_store64_release(p + off, v)  # noqa: F821 (C, in ring.pxd)
+    else:
+        _U64.pack_into(p, off, v)
+
+
+def _copy(p, off: cython.Py_ssize_t, n: cython.Py_ssize_t) -> bytes:
+    if cython.compiled:
+        return cython.cast(cython.p_char, p)[off:off + n]
+    else:
+        return bytes(p[off:off + n])
 
 
 class RingBuffer:
@@ -26,17 +74,48 @@ class RingBuffer:
     """
 
     def __init__(self, fd: int, size: int):
-        self.fd = fd
-        self.size = size
-        self.mask = size - 1
         page = mmap.PAGESIZE
-        self._page = page
         # OSError on failure: the loader turns it into a MapError
-        self._cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._prod = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self.data = memoryview(self._prod)  # records at page + (pos & mask)
+        cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            prod = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except OSError:
+            cons.close()
+            raise
+        self._attach(fd, size, page, cons, prod, True)
         self._epoll = select.epoll()
         self._epoll.register(fd, select.EPOLLIN)
+
+    @classmethod
+    def over(cls, consumer, producer, size: int, page: int = mmap.PAGESIZE) -> RingBuffer:
+        """A reader of memory laid out as the kernel maps it, owned by the
+        caller (tests build rings in bytearrays): `consumer` is writable and
+        holds consumer_pos at 0; `producer` holds producer_pos at 0 and the
+        data area (`size` bytes, a power of two) from `page` on."""
+        if size <= 0 or size & (size - 1) or len(producer) < page + size or len(consumer) < 8:
+            raise ValueError("a ring needs a power-of-two data area and both positions")
+        rb = cls.__new__(cls)
+        rb._attach(-1, size, page, consumer, producer, False)
+        return rb
+
+    def _attach(self, fd: int, size: int, page: int, cons, prod, owned: bool) -> None:
+        self.fd = fd
+        self._owned = owned  # mappings of our own, closed with the reader
+        self._epoll = None
+        self.size = size
+        self.mask = size - 1
+        self._page = page
+        self._cons = cons
+        self._prod = prod
+        self.data = memoryview(prod)  # records at page + (pos & mask)
+        self._cv = cons
+        self._pv = prod
+        if cython.compiled:
+            self._cp = cython.address(self._cv[0])
+            self._pp = cython.address(self._pv[0])
+        else:
+            self._cp = cons
+            self._pp = prod
         self.records = 0
         self.bytes = 0
         self.wrapped = 0  # records copied because they wrapped around the end
@@ -45,61 +124,98 @@ class RingBuffer:
         """Wait until data is available or the timeout passes (no consumption)."""
         if self.available():
             return True
+        if self._epoll is None:
+            return False
         try:
             return bool(self._epoll.poll(timeout_ms / 1000.0))
         except InterruptedError:
             return False
 
     def available(self) -> int:
-        cons = struct.unpack_from("<Q", self._cons, 0)[0]
-        prod = struct.unpack_from("<Q", self._prod, 0)[0]
-        return prod - cons
+        if self._pv is None:
+            raise ValueError("ring buffer closed")
+        return _load64(self._pp, 0) - _load64(self._cp, 0)
 
     def consume(self, handler: Callable[[memoryview, int, int], None], limit: int = 0) -> int:
         """Call handler(buf, offset, size) for each committed record, in order;
         the record memory is valid only during the call. Returns the count."""
-        unpack = struct.unpack_from
-        cons_mm, prod_mm, data = self._cons, self._prod, self.data
-        base, mask, ring = self._page, self.mask, self.size
-        cons = unpack("<Q", cons_mm, 0)[0]
-        n = 0
-        nbytes = 0
-        busy = False
-        while not busy:
-            prod = unpack("<Q", prod_mm, 0)[0]
-            if cons >= prod:
-                break
-            while cons < prod:
-                off = base + (cons & mask)
-                length = unpack("<I", data, off)[0]
-                if length & BPF_RINGBUF_BUSY_BIT:
-                    busy = True  # not committed yet: resume from here next time
+        return self._drain(handler, None, limit, False)
+
+    def consume_events(self, handle: Callable[[object], None], stats, limit: int = 0) -> int:
+        """Decode each committed record (tracer.events) and call handle(event),
+        in order; a record that matches no layout counts in stats.decode_errors.
+        Returns the count of records, as consume() does."""
+        return self._drain(handle, stats, limit, True)
+
+    def _drain(self, fn, stats, limit: cython.Py_ssize_t, decoded: cython.bint) -> cython.Py_ssize_t:
+        if self._pv is None:
+            raise ValueError("ring buffer closed")
+        pp = self._pp
+        cp = self._cp
+        base: cython.Py_ssize_t = self._page
+        mask: cython.ulonglong = self.mask
+        ring: cython.Py_ssize_t = self.size
+        cons: cython.ulonglong = _load64(cp, 0)
+        n: cython.Py_ssize_t = 0
+        nbytes: cython.Py_ssize_t = 0
+        busy: cython.bint = False
+        try:
+            while not busy:
+                prod: cython.ulonglong = _load64(pp, 0)
+                if cons >= prod:
                     break
-                size = length & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
-                if not length & BPF_RINGBUF_DISCARD_BIT:
-                    # the 8-byte header never wraps (8-aligned, ring a page multiple)
-                    start = (cons + BPF_RINGBUF_HDR_SZ) & mask
-                    if start + size <= ring:
-                        handler(data, base + start, size)
-                    else:
-                        head = ring - start
-                        handler(bytes(data[base + start:base + ring])
-                                + bytes(data[base:base + size - head]), 0, size)
-                        self.wrapped += 1
-                    n += 1
-                    nbytes += size
-                cons += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7
-                # release the slot to the producer (x86 stores are ordered)
-                struct.pack_into("<Q", cons_mm, 0, cons)
-                if limit and n >= limit:
-                    busy = True
-                    break
-        self.records += n
-        self.bytes += nbytes
+                while cons < prod:
+                    length: cython.uint = _load32(pp, base + (cons & mask))
+                    if length & _BUSY:
+                        busy = True  # not committed yet: resume from here next time
+                        break
+                    size: cython.Py_ssize_t = length & ~(_BUSY | _DISCARD)
+                    if not length & _DISCARD:
+                        # the 8-byte header never wraps (8-aligned, ring a page multiple)
+                        start: cython.Py_ssize_t = (cons + _HDR) & mask
+                        whole: cython.bint = start + size <= ring
+                        if not whole:
+                            head = ring - start
+                            rec = _copy(pp, base + start, head) + _copy(pp, base, size - head)
+                            self.wrapped += 1
+                        if not decoded:
+                            if whole:
+                                fn(self.data, base + start, size)
+                            else:
+                                fn(rec, 0, size)
+                        else:
+                            try:
+                                if whole:
+                                    ev = decode_at(self._pv, base + start, size)
+                                else:
+                                    ev = decode_at(rec, 0, size)
+                            except DecodeError:
+                                stats.decode_errors += 1
+                            else:
+                                fn(ev)
+                        n += 1
+                        nbytes += size
+                    cons += (size + _HDR + 7) & ~7
+                    _store64(cp, 0, cons)  # release the slot to the producer
+                    if limit and n >= limit:
+                        busy = True
+                        break
+        finally:
+            self.records += n
+            self.bytes += nbytes
         return n
 
     def close(self) -> None:
+        if cython.compiled:
+            self._cp = cython.NULL
+            self._pp = cython.NULL
+        else:
+            self._cp = self._pp = None
+        self._cv = None
+        self._pv = None
         self.data.release()
-        self._epoll.close()
-        self._prod.close()
-        self._cons.close()
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._owned:
+            self._prod.close()
+            self._cons.close()

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The owner of an HTTP/1 connection's two parsers: pairs requests with
 responses, starts and finishes their trace context, and builds the spans.
 The parsers (tracer/protocols/http1.py) know none of this: bytes in, messages
@@ -10,7 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from tracer.events import ConnRole, DataDir, DataEvent
-from tracer.protocols.http1 import MAX_PIPELINED, Http1Parser, Message
+from tracer.protocols.http1 import LOST, MAX_PIPELINED, Http1Parser, Message
 from tracer.spans import http1_span
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ class Http1Session:
         # side's message whose end we lost (a request is over once its response
         # starts; a response once the next request starts)
         if parser is self.req:
-            self.resp.finish_lost()
+            resp = self.resp
+            if resp.state == LOST:  # else finish_lost has nothing to do: skip the call
+                resp.finish_lost()
             if len(self.pending) >= MAX_PIPELINED:
                 self.stats.requests_overflow += 1
                 self._give_up()
@@ -82,7 +85,9 @@ class Http1Session:
                 self.conn, self.server, ev.pid, ev.tid, msg.headers, None,
                 ev.ts_exit if self.server else ev.ts_enter)
         else:
-            self.req.finish_lost()
+            req = self.req
+            if req.state == LOST:
+                req.finish_lost()
 
     def on_end(self, parser: Http1Parser, msg: Message) -> None:
         if parser is self.req:

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The span model (contract 1 of ARCHITECTURE.md), ids, trace context and the
 HTTP/1 request/response -> span step with the latency rules.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import cython
+
 from tracer.events import ConnRole
 
 if TYPE_CHECKING:
@@ -26,8 +29,15 @@ SCHEMA = 1
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
 
 
+# A span refers to no context or other span (no cycle to collect), and one
+# is made per request: compiled, it is not GC-tracked and reuses freed memory.
+@cython.no_gc
+@cython.freelist(64)
+@cython.cclass
 class Span:
-    """One request/response exchange seen from one process."""
+    """One request/response exchange seen from one process.
+
+    Compiled, a cdef class (spans.pxd): the attributes below are its fields."""
 
     __slots__ = (
         "trace_id", "span_id", "parent_span_id", "kind", "protocol",
@@ -91,27 +101,39 @@ class Span:
 
     def attributes(self) -> dict:
         server = self.kind == "server"
-        host = self.request_headers.get("host", "")
-        host_name, host_port = _split_host(host)
+        hdrs = self.request_headers
+        host = hdrs.get("host")
+        if host:
+            hp = _HOSTS.get(host)
+            if hp is None:
+                if len(_HOSTS) >= _HOSTS_MAX:
+                    _HOSTS.clear()
+                hp = _HOSTS[host] = _split_host(host)
+            host_name, host_port = hp
+        else:
+            host_name, host_port = "", 0
         a = {"http.request.method": self.method, "url.path": self.path}
         if self.query:
             a["url.query"] = self.query
         a["http.response.status_code"] = self.status
-        conn_addr = self.local_addr if server else self.peer_addr
-        conn_port = self.local_port if server else self.peer_port
-        srv_addr = host_name or conn_addr
+        if server:
+            srv_addr = host_name or self.local_addr
+            srv_port = self.local_port or host_port
+            client = self.peer_addr
+        else:
+            srv_addr = host_name or self.peer_addr
+            srv_port = self.peer_port or host_port
+            client = self.local_addr
         if srv_addr:
             a["server.address"] = srv_addr
-        srv_port = conn_port or host_port
         if srv_port:
             a["server.port"] = srv_port
-        client = self.peer_addr if server else self.local_addr
         if client:
             a["client.address"] = client
-        ua = self.request_headers.get("user-agent")
+        ua = hdrs.get("user-agent")
         if ua:
             a["user_agent.original"] = ua
-        rid = self.request_headers.get("x-request-id")
+        rid = hdrs.get("x-request-id")
         if rid:
             a["http.request.header.x-request-id"] = rid
         if self.version:
@@ -122,6 +144,7 @@ class Span:
 
     def to_dict(self) -> dict:
         """Exactly the contract schema (version 1); `stack` only with --span-stacks."""
+        dur = self.end_ktime - self.start_ktime  # as the properties, without their lookup
         d = {
             "schema": SCHEMA,
             "trace_id": self.trace_id,
@@ -132,8 +155,8 @@ class Span:
             "method": self.method,
             "path": self.path,
             "status": self.status,
-            "start_time_unix_nano": self.start_time_unix_nano,
-            "duration_ns": self.duration_ns,
+            "start_time_unix_nano": self.start_ktime + self.clock_offset_ns,
+            "duration_ns": dur if dur > 0 else 0,
             "pid": self.pid,
             "tid": self.tid,
             "comm": self.comm,
@@ -159,6 +182,11 @@ class Span:
                 f"{self.duration_ns} ns, pid={self.pid} conn={self.conn_id})")
 
 
+# Host header -> _split_host(): few distinct values, one per span
+_HOSTS: dict[str, tuple[str, int]] = {}
+_HOSTS_MAX = 1024
+
+
 def _split_host(host: str) -> tuple[str, int]:
     """'example.com:8080' -> ('example.com', 8080); '[::1]:80' -> ('::1', 80)."""
     if not host:
@@ -174,12 +202,9 @@ def _split_host(host: str) -> tuple[str, int]:
     return name, int(port) if port.isdigit() and len(port) <= 5 else 0
 
 
-_new = object.__new__
-
-
 def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) -> Span:
     """Pair one HTTP/1 request with its response (hot path: no keyword init)."""
-    s = _new(Span)
+    s = Span.__new__(Span)
     first = req.first_ev
     last = resp.last_ev
     rfirst = resp.first_ev

@@ -7,7 +7,8 @@ here locks, because the whole pipeline runs on one thread.
 
 from __future__ import annotations
 
-# Adding a counter: append its name here; as_dict() and the summary follow.
+# Adding a counter: append its name here and in stats.pxd (the compiled
+# class); as_dict() and the summary follow.
 COUNTERS = (
     # loader / decode
     "events_seen",  # events the kernel side tried to submit (CTR_EVENTS)

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Trace context carried in request headers: W3C traceparent and B3 (single
 and multi-header). A leaf: plain strings in, ids and flags out; parsers,
 the correlator and head sampling all read headers through it.
@@ -8,44 +9,78 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
+import cython
+
 _getrandbits = random.getrandbits
 _HEX_DIGITS = "0123456789abcdef"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
+# random.getrandbits: ids need uniqueness, not secrecy, and os.urandom is a
+# syscall per span. The all-zero id is invalid in W3C trace context.
 def new_trace_id() -> str:
-    # random.getrandbits: ids need uniqueness, not secrecy, and os.urandom is a
-    # syscall per span. `or 1`: the all-zero id is invalid in W3C trace context.
-    return f"{_getrandbits(128) or 1:032x}"
+    if cython.compiled:
+        # getrandbits(128) draws its 32-bit words low word first: two 64-bit
+        # draws are the same bits, formatted in C without a 128-bit int
+        lo = _getrandbits(64)
+        hi = _getrandbits(64)
+        if lo == 0 and hi == 0:
+            lo = 1
+        return f"{hi:016x}{lo:016x}"
+    else:
+        return (_getrandbits(128) or 1).to_bytes(16, "big").hex()
 
 
 def new_span_id() -> str:
-    return f"{_getrandbits(64) or 1:016x}"
+    if cython.compiled:
+        n = _getrandbits(64)
+        if n == 0:
+            n = 1
+        return f"{n:016x}"
+    else:
+        return (_getrandbits(64) or 1).to_bytes(8, "big").hex()
 
 
 _HEX_OR_DASH = _HEX_DIGITS + "-"
 
 
-def parse_traceparent(value: str) -> tuple[str, str] | None:
-    """(trace_id, parent_span_id) of a valid W3C traceparent, else None."""
+def traceparent_ids(value: str) -> tuple[str, str, bool] | None:
+    """(trace_id, parent_span_id, sampled flag) of a valid W3C traceparent,
+    else None: the correlator's one pass over the header."""
     v = value.strip()
     n = len(v)
     if n < 55 or v[2] != "-" or v[35] != "-" or v[52] != "-":
         return None
-    version = v[:2]
-    if version == "ff" or (n > 55 and (version == "00" or v[55] != "-")):
+    if v[0] == "f" and v[1] == "f":
         return None
-    # lowercase hex everywhere else: strip() stops at the first other char, and
-    # the count rules out dashes inside the fields
-    head = v[:55]
-    if head.strip(_HEX_OR_DASH) or head.count("-") != 3:
+    if n > 55 and ((v[0] == "0" and v[1] == "0") or v[55] != "-"):
         return None
+    # lowercase hex everywhere else
+    if cython.compiled:
+        for i in range(55):
+            c = v[i]
+            if not ("0" <= c <= "9" or "a" <= c <= "f") and i != 2 and i != 35 and i != 52:
+                return None
+    else:
+        # strip() stops at the first other char, and the count rules out
+        # dashes inside the fields
+        head = v[:55]
+        if head.strip(_HEX_OR_DASH) or head.count("-") != 3:
+            return None
     trace_id = v[3:35]
     parent = v[36:52]
     if trace_id == _ZERO_TRACE or parent == _ZERO_SPAN:
         return None
-    return trace_id, parent
+    # flags bit 0 is bit 0 of the last hex digit
+    c = v[54]
+    return trace_id, parent, ((ord(c) - 48 if c <= "9" else ord(c) - 87) & 1) == 1
+
+
+def parse_traceparent(value: str) -> tuple[str, str] | None:
+    """(trace_id, parent_span_id) of a valid W3C traceparent, else None."""
+    ids = traceparent_ids(value)
+    return None if ids is None else (ids[0], ids[1])
 
 
 def traceparent_sampled(tp: str) -> bool:
@@ -59,8 +94,10 @@ def header_sampled(headers: Mapping[str, str]) -> bool | None:
     header's third field or X-B3-Sampled; None when the request carries none
     (or only a malformed one)."""
     tp = headers.get("traceparent")
-    if tp is not None and parse_traceparent(tp) is not None:
-        return traceparent_sampled(tp)
+    if tp is not None:
+        ids = traceparent_ids(tp)
+        if ids is not None:
+            return ids[2]
     b3 = headers.get("b3")
     if b3 is not None:
         parts = b3.split("-")

@@ -10,6 +10,7 @@ from tracer.protocols.http1 import (
     DEAD,
     HEAD,
     LOST,
+    MAX_LENGTH,
     Http1Parser,
     is_request_start,
     is_response_start,
@@ -225,6 +226,7 @@ def test_malformed_start_line():
     b"GET /x HTTP/2.0\r\n\r\n",
     b"GET /x\r\n\r\n",
     b"get /x HTTP/1.1\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",  # a digit to str.isdigit(), not to int()
 ])
 def test_malformed_requests(raw):
     p, rec, stats, conv = make()
@@ -236,6 +238,13 @@ def test_duplicate_equal_content_length_is_fine():
     p, rec, _, conv = make()
     push(p, conv, b"POST /x HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabcGET /y HTTP/1.1\r\n\r\n")
     assert [m.path for m in rec.ends] == ["/x", "/y"]
+
+
+def test_huge_content_length_is_capped():
+    p, rec, stats, conv = make()
+    push(p, conv, b"POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\nabc")
+    assert p.state == BODY and p.remaining == MAX_LENGTH - 3 and not rec.ends
+    assert stats.malformed_messages == 0
 
 
 def test_bad_chunk_size_is_malformed():

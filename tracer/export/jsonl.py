@@ -1,7 +1,10 @@
+# cython: annotation_typing=False
 """JSON lines: one span object per line (contract 1, schema 1), the default output.
 
 orjson encodes a span in ~0.4 µs against ~4 µs for the standard library: this
-runs once per span on the agent's only thread.
+runs once per span on the agent's only thread. The lines are gathered in one
+fixed buffer, reused for the whole run, and written a batch at a time: no
+write call per span, and no memory taken and given back per batch.
 """
 
 from __future__ import annotations
@@ -9,15 +12,19 @@ from __future__ import annotations
 import sys
 from typing import BinaryIO
 
+import cython
 import orjson
 
 _dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE  # the line's "\n" without a copy of the line
+BATCH_BYTES = 1 << 18  # a write per this much; flush() writes what is left
 
 
 class JsonlWriter:
-    """Writes spans to a file or stdout ('-'), buffered; flush() makes them visible."""
+    """Writes spans to a file or stdout ('-'), batched; flush() makes them visible
+    (the run loop calls it each housekeeping tick, close() at exit)."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, batch_bytes: int = BATCH_BYTES):
         self.target = target
         if target == "-":
             self._f: BinaryIO = sys.stdout.buffer
@@ -25,16 +32,46 @@ class JsonlWriter:
         else:
             self._f = open(target, "wb", buffering=1 << 16)  # noqa: SIM115
             self._own = True
+        self._buf = bytearray(max(batch_bytes, 1))
+        self._pos = 0
         self.written = 0
 
+    @cython.locals(line=bytes, n=cython.Py_ssize_t, pos=cython.Py_ssize_t)
     def __call__(self, span) -> None:
-        self._f.write(_dumps(span.to_dict()) + b"\n")
+        line = _dumps(span.to_dict(), option=_NEWLINE)
+        n = len(line)
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._drain()
+            pos = 0
+            if n > len(self._buf):  # a span larger than a batch goes alone
+                self._f.write(line)
+                self.written += 1
+                return
+        self._buf[pos:pos + n] = line
+        self._pos = pos + n
         self.written += 1
 
+    def _drain(self) -> None:
+        pos = self._pos
+        if pos:
+            self._pos = 0  # a failed write loses this batch, never repeats it
+            with memoryview(self._buf) as view:
+                self._f.write(view[:pos])
+
     def flush(self) -> None:
+        self._drain()
         self._f.flush()
 
     def close(self) -> None:
         self.flush()
         if self._own:
             self._f.close()
+
+    def __del__(self) -> None:
+        # a writer dropped without close() (the run loop always closes it):
+        # its batch is still written, as a buffered file's would be
+        try:
+            self._drain()
+        except (OSError, ValueError):
+            pass

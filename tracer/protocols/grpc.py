@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """gRPC over HTTP/2: message framing in DATA frames and span attributes.
 
 A gRPC message on the wire is a 5-byte prefix (compressed flag, big-endian
@@ -52,7 +53,8 @@ class MessageCounter:
                 self.prefix = pre
                 return
             self.prefix = b""
-            length = int.from_bytes(pre[1:5], "big")
+            length = pre[1]  # shifted in its own (64-bit) type
+            length = length << 24 | pre[2] << 16 | pre[3] << 8 | pre[4]
             self.count += 1
             self.total += length
             self.need = length
@@ -62,10 +64,11 @@ def split_path(path: str) -> tuple[str, str]:
     """'/pkg.Service/Method' -> ('pkg.Service', 'Method'); ('', '') if not that shape."""
     if path[:1] != "/":
         return "", ""
-    service, sep, method = path[1:].partition("/")
-    if not sep or not service or not method or "/" in method:
+    i = path.find("/", 1)
+    # no second slash, an empty service or method, or a third slash
+    if i <= 1 or i == len(path) - 1 or path.find("/", i + 1) >= 0:
         return "", ""
-    return service, method
+    return path[1:i], path[i + 1:]
 
 
 def attributes(path: str, grpc_status: str | None, grpc_message: str | None,
@@ -76,7 +79,7 @@ def attributes(path: str, grpc_status: str | None, grpc_message: str | None,
     if service:
         a["rpc.service"] = service
         a["rpc.method"] = method
-    if grpc_status is not None and grpc_status.isdigit():
+    if grpc_status is not None and grpc_status.isascii() and grpc_status.isdigit():
         a["rpc.grpc.status_code"] = int(grpc_status)
     if grpc_message:
         a["rpc.grpc.status_message"] = grpc_message

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """HPACK decoding that stays exact when the dynamic table state is unknown.
 
 One HpackTable per connection direction (RFC 7541: each direction has its own
@@ -24,7 +25,6 @@ never evict an entry the encoder could still reference.
 from __future__ import annotations
 
 from hpack.exceptions import HPACKDecodingError
-from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
@@ -32,22 +32,60 @@ _STATIC = HeaderTable.STATIC_TABLE  # index i (1..61) -> _STATIC[i - 1]
 _NSTATIC = len(_STATIC)
 DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE initial value (RFC 9113 6.5.2)
 UNKNOWN_TABLE_LIMIT = 65536  # memory bound while the real maximum is unknown
+# Continuation octets of an integer past which it is a decoding error: as
+# hpack's decoder (its VARINT_MAX_LENGTH), so values stay within 64 bits.
+_INT_MAX_EXTRA = 5
+_LIMIT = UNKNOWN_TABLE_LIMIT  # a C constant in the compiled module
 
 
 class Truncated(Exception):
     """The block ended inside a representation (cut by the capture)."""
 
 
-def _int(data: bytes, pos: int, mask: int) -> tuple[int, int]:
-    """An HPACK integer with a `mask`-bit prefix at pos -> (value, next pos)."""
+def _int(data: bytes, pos: int, bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 5.1) with a `bits`-bit prefix at pos ->
+    (value, next pos)."""
+    mask = (1 << bits) - 1
     v = data[pos] & mask
+    pos += 1
     if v < mask:
-        return v, pos + 1
-    try:
-        v, used = decode_integer(data[pos:pos + 12], mask.bit_length())
-    except HPACKDecodingError as e:
-        raise Truncated from e
-    return v, pos + used
+        return v, pos
+    end = len(data)
+    shift = 0
+    for _ in range(_INT_MAX_EXTRA):
+        if pos >= end:
+            raise Truncated
+        b = data[pos]
+        pos += 1
+        v += (b & 0x7F) << shift
+        if b < 0x80:
+            return v, pos
+        shift += 7
+    raise Truncated  # longer than any integer an encoder needs
+
+
+def _string(block: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
+    """A string literal at pos -> (bytes or None if not wanted, next pos)."""
+    if pos >= len(block):
+        raise Truncated
+    huff = block[pos] & 0x80
+    length, pos = _int(block, pos, 7)
+    end = pos + length
+    if end > len(block):
+        raise Truncated
+    if not want:
+        return None, end
+    raw = block[pos:end]
+    if huff:
+        try:
+            raw = decode_huffman(raw)
+        except HPACKDecodingError as e:
+            raise Truncated from e
+    return raw, end
+
+
+def _entry_size(name: bytes | None, value: bytes | None) -> int:
+    return 32 + (len(name) if name is not None else 0) + (len(value) if value is not None else 0)
 
 
 class HpackTable:
@@ -71,9 +109,8 @@ class HpackTable:
         self.known = False
 
     def _insert(self, name: bytes | None, value: bytes | None) -> None:
-        entries = self.entries
-        entries.append((name, value))
-        self.size += 32 + (len(name) if name else 0) + (len(value) if value else 0)
+        self.entries.append((name, value))
+        self.size += _entry_size(name, value)
         if self.size > self.max_size:
             self._trim()
 
@@ -85,7 +122,7 @@ class HpackTable:
         j = idx - _NSTATIC - 1
         entries = self.entries
         if j < len(entries):
-            return entries[-1 - j]
+            return entries[len(entries) - 1 - j]
         return None, None
 
     def decode(self, block: bytes, select: dict[bytes, str], out: dict[str, str],
@@ -101,7 +138,7 @@ class HpackTable:
             while pos < n:
                 b = block[pos]
                 if b & 0x80:  # indexed field
-                    idx, pos = _int(block, pos, 0x7F)
+                    idx, pos = _int(block, pos, 7)
                     name, value = self._lookup(idx)
                     if name is None or value is None:
                         lost = True
@@ -111,13 +148,13 @@ class HpackTable:
                         out[key] = value.decode("latin-1")
                     continue
                 if b & 0x40:  # literal with incremental indexing
-                    mask = 0x3F
+                    bits = 6
                     index = True
                 elif b & 0x20:  # dynamic table size update
-                    size, pos = _int(block, pos, 0x1F)
+                    size, pos = _int(block, pos, 5)
                     # capped: beyond it only memory is at stake (an entry we
                     # evicted reads as unknown, never wrong); found by fuzzing
-                    self.max_size = min(size, UNKNOWN_TABLE_LIMIT)
+                    self.max_size = size if size < _LIMIT else _LIMIT
                     if not size:
                         self.entries = []
                         self.size = 0
@@ -125,27 +162,26 @@ class HpackTable:
                         self._trim()
                     continue
                 else:  # literal without indexing / never indexed
-                    mask = 0x0F
+                    bits = 4
                     index = False
-                idx, pos = _int(block, pos, mask)
+                idx, pos = _int(block, pos, bits)
                 if idx:
                     name = self._lookup(idx)[0]
                 else:
-                    name, pos = self._string(block, pos, True)
+                    name, pos = _string(block, pos, True)
                 key = select.get(name) if name is not None else None
                 if index:
-                    value, pos = self._string(block, pos, True)
+                    value, pos = _string(block, pos, True)
                     self._insert(name, value)
                 else:  # nobody refers to it later: decode only what we keep
-                    value, pos = self._string(block, pos, key is not None)
+                    value, pos = _string(block, pos, key is not None)
                 if name is None:
                     lost = True
                 elif key is not None:
                     out[key] = value.decode("latin-1")
         except Truncated:
-            lost = True
             self.reset()
-            return lost
+            return True
         if not complete:
             lost = True
             self.reset()
@@ -158,27 +194,7 @@ class HpackTable:
         drop = 0
         while size > self.max_size and drop < len(entries):
             n, v = entries[drop]
-            size -= 32 + (len(n) if n else 0) + (len(v) if v else 0)
+            size -= _entry_size(n, v)
             drop += 1
         del entries[:drop]
         self.size = size
-
-    @staticmethod
-    def _string(block: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
-        """A string literal at pos -> (bytes or None if not wanted, next pos)."""
-        if pos >= len(block):
-            raise Truncated
-        huff = block[pos] & 0x80
-        length, pos = _int(block, pos, 0x7F)
-        end = pos + length
-        if end > len(block):
-            raise Truncated
-        if not want:
-            return None, end
-        raw = block[pos:end]
-        if huff:
-            try:
-                raw = decode_huffman(raw)
-            except HPACKDecodingError as e:
-                raise Truncated from e
-        return raw, end

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """HTTP/2 (h2c, and gRPC over it) from captured syscall byte streams.
 
 Per connection: two FrameReaders (one per direction, each with its own HPACK
@@ -22,7 +23,6 @@ handled inline, since their bodies are usually only partly captured.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -46,6 +46,8 @@ from tracer.protocols import grpc
 from tracer.protocols.hpack_partial import HpackTable
 from tracer.spans import Span
 
+_new_span = Span.__new__  # a Span without __init__ (works for a compiled Span too)
+
 if TYPE_CHECKING:
     from tracer.conn import Conn, ConnectionTable
 
@@ -68,11 +70,8 @@ _END_HEADERS = 0x04
 _PADDED = 0x08
 _PRIORITY_FLAG = 0x20
 
-# flags each core frame type may carry, from hyperframe's definitions
-_VALID_FLAGS = {t: sum(bit for _, bit in cls.defined_flags)
-                for t, cls in FRAMES.items() if t <= _CONT}
-_STREAM0 = {_SETTINGS, _PING, _GOAWAY}  # connection-level frames only
-_FIXED_LEN = {_PRIORITY: 5, _RST: 4, _PING: 8, _WINDOW: 4}
+# flags each core frame type may carry (by type), from hyperframe's definitions
+_VALID_FLAGS = tuple(sum(bit for _, bit in FRAMES[t].defined_flags) for t in range(_CONT + 1))
 # Open streams tracked per connection (peers usually allow 100 concurrent):
 # past this, new streams are counted in requests_overflow, not traced, so a
 # peer that never answers cannot grow the table without bound.
@@ -85,8 +84,8 @@ RESYNC_LIMIT = 64  # syscalls without a frame-aligned start before giving up
 # decoding; past it the rest counts as cut by the capture (a memory bound
 # against CONTINUATION floods and huge frames; found by the fuzz invariant).
 MAX_HELD = 64 * 1024
-
-_FRAME_HDR = struct.Struct(">BHBBI")  # length high byte, length low 16, type, flags, stream
+_MAX_HELD = MAX_HELD  # C constants in the compiled module
+_SHAPE_MAX_LEN = SHAPE_MAX_LEN
 
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
 _ROLE_CLIENT = int(ConnRole.ROLE_CLIENT)
@@ -109,10 +108,12 @@ def frame_ok(ftype: int, flags: int, sid: int, length: int) -> bool:
     """Is this 9-byte header shaped like a valid frame of a core type?
     (Unknown types are allowed by RFC 9113 and accepted by the parser; the
     shape check is for recognising frames, so it sticks to core types.)"""
-    valid = _VALID_FLAGS.get(ftype)
-    if valid is None or flags & ~valid & 0xFF or sid & 0x80000000:
+    if ftype < 0 or ftype > _CONT:
         return False
-    if ftype in _STREAM0:
+    valid = _VALID_FLAGS[ftype]
+    if flags & ~valid & 0xFF or sid >> 31 & 1:  # the reserved bit
+        return False
+    if ftype == _SETTINGS or ftype == _PING or ftype == _GOAWAY:  # connection-level only
         if sid:
             return False
         if ftype == _SETTINGS:
@@ -121,8 +122,13 @@ def frame_ok(ftype: int, flags: int, sid: int, length: int) -> bool:
             return length >= 8
     elif not sid and ftype != _WINDOW:
         return False
-    fixed = _FIXED_LEN.get(ftype)
-    return fixed is None or length == fixed
+    if ftype == _PRIORITY:
+        return length == 5
+    if ftype == _RST or ftype == _WINDOW:
+        return length == 4
+    if ftype == _PING:
+        return length == 8
+    return True
 
 
 def looks_like_frames(data: bytes, size: int, first_type: int = -1) -> bool:
@@ -133,11 +139,13 @@ def looks_like_frames(data: bytes, size: int, first_type: int = -1) -> bool:
     cap = len(data)
     pos = 0
     n = 0
-    unpack = _FRAME_HDR.unpack_from
     while pos + 9 <= cap:
-        hi, lo, ftype, flags, sid = unpack(data, pos)
-        length = hi << 16 | lo
-        if length > SHAPE_MAX_LEN or not frame_ok(ftype, flags, sid, length):
+        length = data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2]
+        ftype = data[pos + 3]
+        flags = data[pos + 4]
+        sid = data[pos + 5]  # shifted in its own (64-bit) type
+        sid = sid << 24 | data[pos + 6] << 16 | data[pos + 7] << 8 | data[pos + 8]
+        if length > _SHAPE_MAX_LEN or not frame_ok(ftype, flags, sid, length):
             return False
         if not n and first_type >= 0 and ftype != first_type:
             return False
@@ -241,7 +249,6 @@ class FrameReader:
                     self.buf = data  # the preface itself split across syscalls
                     return
             self.preface = False
-        unpack = _FRAME_HDR.unpack_from
         while pos < size:
             rem = self.remaining
             if rem:
@@ -253,8 +260,8 @@ class FrameReader:
                     if end > cap:
                         end = cap
                         self.short = True
-                    if end - pos > MAX_HELD - self.held:
-                        end = pos + MAX_HELD - self.held
+                    if end - pos > _MAX_HELD - self.held:
+                        end = pos + _MAX_HELD - self.held
                         self.short = True
                     if end > pos:
                         body.append(data[pos:end])
@@ -277,9 +284,12 @@ class FrameReader:
                     return
                 self._lose(size - pos)
                 return
-            hi, lo, ftype, flags, sid = unpack(data, pos)
-            length = hi << 16 | lo
-            sid &= 0x7FFFFFFF
+            length = data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2]
+            ftype = data[pos + 3]
+            flags = data[pos + 4]
+            # the reserved bit is ignored
+            sid = (data[pos + 5] & 0x7F) << 24 | data[pos + 6] << 16 | data[pos + 7] << 8 \
+                | data[pos + 8]
             pos += 9
             first = self.buf_ev or ev
             self.buf_ev = None
@@ -473,13 +483,18 @@ class Http2Session:
         self.dead = False
 
     def on_data(self, ev: DataEvent) -> None:
-        self.readers[ev.direction].feed(ev)
+        reader = self.readers[ev.direction]
+        reader.feed(ev)
 
     def on_close(self, eof: bool) -> None:
         if self.dead:
             return
         self.dead = True
-        self.stats.incomplete_requests += sum(1 for s in self.streams.values() if not s.orphan)
+        n = 0
+        for st in self.streams.values():
+            if not st.orphan:
+                n += 1
+        self.stats.incomplete_requests += n
         self.streams.clear()
 
     def give_up(self) -> None:
@@ -515,7 +530,8 @@ class Http2Session:
                 authority = fields.get(":authority")
                 if authority is not None:
                     fields["host"] = authority
-                st.grpc = fields.get("content-type", "").startswith("application/grpc")
+                ctype = fields.get("content-type", "")
+                st.grpc = ctype.startswith("application/grpc")
                 if st.grpc:
                     st.req_msgs = grpc.MessageCounter()
                     st.resp_msgs = grpc.MessageCounter()
@@ -550,7 +566,8 @@ class Http2Session:
             if status[:1] == "1" and not end_stream:
                 return  # interim (1xx): the final response follows
             st.resp_hdrs = fields
-            st.status = int(status) if status.isdigit() else 0
+            # isascii: str.isdigit() admits digits that int() refuses ("²")
+            st.status = int(status) if status.isascii() and status.isdigit() else 0
             st.resp_first = first
         else:
             st.trailers = fields
@@ -644,37 +661,45 @@ def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
             extra["tracer.h2.headers_lost"] = True
         if reset_code >= 0:
             extra["http2.rst_stream.error_code"] = reset_code
-    return Span(
-        kind="server" if server else "client",
-        protocol="grpc" if st.grpc else "http2",
-        method=req.get(":method", ""),
-        path=path,
-        query=query,
-        status=st.status,
-        version="2",
-        start_ktime=first.ts_exit if server else first.ts_enter,
-        end_ktime=last.ts_exit,
-        clock_offset_ns=clock_offset_ns,
-        pid=first.pid,
-        tid=first.tid,
-        comm=first.comm,
-        netns=conn.netns,
-        cgroup_id=conn.cgroup_id,
-        local_addr=conn.laddr,
-        local_port=conn.lport,
-        peer_addr=conn.raddr,
-        peer_port=conn.rport,
-        conn_id=conn.conn_id,
-        tls=conn.tls,
-        request_headers=req,
-        response_headers=st.resp_hdrs,
-        req_first_enter=first.ts_enter,
-        req_first_exit=first.ts_exit,
-        req_last_exit=st.req_last.ts_exit,
-        resp_first_enter=rfirst.ts_enter,
-        resp_first_exit=rfirst.ts_exit,
-        resp_last_enter=last.ts_enter,
-        resp_last_exit=last.ts_exit,
-        resp_tid=last.tid,
-        attributes_extra=extra,
-    )
+    # every field set here, without Span(**fields)'s generic loop (as spans.http1_span)
+    s = _new_span(Span)
+    s.trace_id = ""
+    s.span_id = ""
+    s.parent_span_id = None
+    s.correlation_source = "none"
+    s.correlation_confidence = 0.0
+    s.kind = "server" if server else "client"
+    s.protocol = "grpc" if st.grpc else "http2"
+    s.method = req.get(":method", "")
+    s.path = path
+    s.query = query
+    s.status = st.status
+    s.version = "2"
+    s.start_ktime = first.ts_exit if server else first.ts_enter
+    s.end_ktime = last.ts_exit
+    s.clock_offset_ns = clock_offset_ns
+    s.pid = first.pid
+    s.tid = first.tid
+    s.comm = first.comm
+    s.netns = conn.netns
+    s.cgroup_id = conn.cgroup_id
+    s.local_addr = conn.laddr
+    s.local_port = conn.lport
+    s.peer_addr = conn.raddr
+    s.peer_port = conn.rport
+    s.conn_id = conn.conn_id
+    s.tls = conn.tls
+    s.request_headers = req
+    s.response_headers = st.resp_hdrs
+    s.req_first_enter = first.ts_enter
+    s.req_first_exit = first.ts_exit
+    s.req_last_exit = st.req_last.ts_exit
+    s.resp_first_enter = rfirst.ts_enter
+    s.resp_first_exit = rfirst.ts_exit
+    s.resp_last_enter = last.ts_enter
+    s.resp_last_exit = last.ts_exit
+    s.resp_tid = last.tid
+    s.attributes_extra = extra
+    s.stack_id = 0
+    s.stack = None
+    return s

@@ -1,0 +1,110 @@
+"""The output half of the per-event path: ids, the traceparent fast path, the
+batched JSON lines writer. The same checks run on the compiled core and on
+the pure one (TRACER_PURE=1)."""
+
+from __future__ import annotations
+
+import gc
+import random
+
+import orjson
+import pytest
+
+from tests.unit.export_spans import make_span
+from tracer.export.jsonl import JsonlWriter
+from tracer.tracecontext import (
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    traceparent_ids,
+    traceparent_sampled,
+)
+
+TID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PID = "00f067aa0ba902b7"
+
+
+def test_ids_are_the_formatted_random_bits():
+    """Exactly what f"{getrandbits(n) or 1:0{n//4}x}" gave, draw for draw."""
+    random.seed(11)
+    got = [(new_trace_id(), new_span_id()) for _ in range(500)]
+    random.seed(11)
+    want = [(f"{random.getrandbits(128) or 1:032x}", f"{random.getrandbits(64) or 1:016x}")
+            for _ in range(500)]
+    assert got == want
+
+
+def test_zero_draws_become_one(monkeypatch):
+    import tracer.tracecontext as tc
+
+    monkeypatch.setattr(tc, "_getrandbits", lambda n: 0)
+    assert tc.new_span_id() == "0" * 15 + "1"
+    assert tc.new_trace_id() == "0" * 31 + "1"
+    monkeypatch.setattr(tc, "_getrandbits", lambda n: (1 << n) - 1)
+    assert tc.new_span_id() == "f" * 16
+    assert tc.new_trace_id() == "f" * 32
+
+
+def _old_parse(value):
+    """The former parse_traceparent (strip and count), the reference."""
+    v = value.strip()
+    n = len(v)
+    if n < 55 or v[2] != "-" or v[35] != "-" or v[52] != "-":
+        return None
+    version = v[:2]
+    if version == "ff" or (n > 55 and (version == "00" or v[55] != "-")):
+        return None
+    head = v[:55]
+    if head.strip("0123456789abcdef-") or head.count("-") != 3:
+        return None
+    if v[3:35] == "0" * 32 or v[36:52] == "0" * 16:
+        return None
+    return v[3:35], v[36:52]
+
+
+def test_traceparent_ids_agree_with_the_reference():
+    rnd = random.Random(3)
+    base = f"00-{TID}-{PID}-01"
+    alphabet = "0123456789abcdefABCDEF-g _\t"
+    values = [base, f" {base} ", f"01-{TID}-{PID}-0f-x", f"ff-{TID}-{PID}-01", base[:54]]
+    for _ in range(3000):
+        v = list(base + rnd.choice(["", "-zz", "x"]))
+        for _ in range(rnd.randint(0, 3)):
+            v[rnd.randrange(len(v))] = rnd.choice(alphabet)
+        values.append("".join(v))
+    for flags in range(256):
+        values.append(f"00-{TID}-{PID}-{flags:02x}")
+    for v in values:
+        ref = _old_parse(v)
+        got = traceparent_ids(v)
+        assert parse_traceparent(v) == ref, v
+        if ref is None:
+            assert got is None, v
+        else:
+            assert got == (*ref, traceparent_sampled(v)), v
+
+
+@pytest.mark.parametrize("batch", [1, 300, 1 << 18])
+def test_writer_lines_are_orjson_of_to_dict_and_flush_writes_all(tmp_path, batch):
+    out = tmp_path / "s.jsonl"
+    w = JsonlWriter(str(out), batch_bytes=batch)
+    spans = [make_span(path="/" + "x" * (i * 7), attributes_extra={"k": i}) for i in range(50)]
+    for s in spans:
+        w(s)
+    assert w.written == 50
+    w.flush()
+    want = b"".join(orjson.dumps(s.to_dict()) + b"\n" for s in spans)
+    assert out.read_bytes() == want
+    w(spans[0])
+    w.close()  # close writes what flush has not
+    assert out.read_bytes() == want + orjson.dumps(spans[0].to_dict()) + b"\n"
+
+
+def test_writer_dropped_without_close_still_writes_its_batch(tmp_path):
+    out = tmp_path / "s.jsonl"
+    w = JsonlWriter(str(out))
+    s = make_span()
+    w(s)
+    del w
+    gc.collect()
+    assert out.read_bytes() == orjson.dumps(s.to_dict()) + b"\n"

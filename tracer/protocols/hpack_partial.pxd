@@ -1,0 +1,35 @@
+# Compiled form of tracer/protocols/hpack_partial.py (Cython pure-Python mode).
+cimport cython
+
+cdef tuple _STATIC
+cdef Py_ssize_t _NSTATIC, _LIMIT, _INT_MAX_EXTRA
+
+@cython.locals(mask=Py_ssize_t, v=Py_ssize_t, end=Py_ssize_t, shift=cython.int,
+               b=cython.uchar, _=Py_ssize_t)
+cdef (Py_ssize_t, Py_ssize_t) _int(bytes data, Py_ssize_t pos, int bits)
+
+@cython.locals(huff=cython.bint, length=Py_ssize_t, end=Py_ssize_t, raw=bytes)
+cdef tuple _string(bytes block, Py_ssize_t pos, bint want)
+
+cdef Py_ssize_t _entry_size(object name, object value)
+
+
+cdef class HpackTable:
+    cdef public list entries
+    cdef public Py_ssize_t size
+    cdef public Py_ssize_t max_size
+    cdef public bint known
+
+    cpdef reset(self)
+    cdef _insert(self, object name, object value)
+
+    @cython.locals(j=Py_ssize_t)
+    cdef tuple _lookup(self, Py_ssize_t idx)
+
+    @cython.locals(lost=cython.bint, pos=Py_ssize_t, n=Py_ssize_t, b=cython.uchar,
+                   idx=Py_ssize_t, bits=cython.int, index=cython.bint, size=Py_ssize_t,
+                   value=bytes)
+    cpdef bint decode(self, bytes block, dict select, dict out, bint complete=*)
+
+    @cython.locals(entries=list, size=Py_ssize_t, drop=Py_ssize_t)
+    cdef _trim(self)

@@ -1,0 +1,16 @@
+# Types for the compiled trace context (Cython pure-Python mode, see tracer/core.py).
+
+cimport cython
+
+cdef str _HEX_DIGITS, _ZERO_TRACE, _ZERO_SPAN, _HEX_OR_DASH
+
+@cython.locals(lo=cython.ulonglong, hi=cython.ulonglong)
+cpdef str new_trace_id()
+@cython.locals(n=cython.ulonglong)
+cpdef str new_span_id()
+@cython.locals(v=str, n=Py_ssize_t, i=Py_ssize_t, head=str, trace_id=str, parent=str, c=Py_UCS4)
+cpdef tuple traceparent_ids(value)
+@cython.locals(ids=tuple)
+cpdef tuple parse_traceparent(value)
+@cython.locals(ids=tuple)
+cpdef object header_sampled(headers)
