@@ -23,7 +23,7 @@ apt:
 $(STAMP): pyproject.toml build_bpf.py setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel Cython==3.3.0
-	$(VPY) -m pip install -q --no-build-isolation -e '.[export,harness,test]' tox==4.67.15
+	HTTPTRACE_CORE_INPLACE=1 $(VPY) -m pip install -q --no-build-isolation -e '.[export,harness,test]' tox==4.67.15
 	touch $@
 
 venv: apt $(STAMP)

@@ -3,6 +3,7 @@
 rest of the metadata is in pyproject.toml."""
 
 import ast
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -19,7 +20,12 @@ def hot_modules() -> list[str]:
     raise SystemExit("tracer/core.py has no HOT tuple")
 
 
-setup(ext_modules=cythonize(
+# `make setup` installs the project editable with HTTPTRACE_CORE_INPLACE=1 and
+# builds the core in place right after (`make core`): an editable build's
+# own copy would only be thrown away.
+SKIP = os.environ.get("HTTPTRACE_CORE_INPLACE") == "1"
+
+setup(ext_modules=[] if SKIP else cythonize(
     [str(Path(*m.split(".")).with_suffix(".py")) for m in hot_modules()],
     language_level=3, nthreads=2, quiet=True,
     # bounds and negative-index checks stay on: these modules parse bytes

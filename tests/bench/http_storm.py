@@ -26,10 +26,12 @@ def main() -> None:
         while recv(4096):
             send(RESP)
 
+    sys.stdin.readline()  # go
+    # connect (and so accept and the server's first recv) only now: a recv
+    # already blocked when the tracer attached has no sys_enter to be seen
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     c = socket.create_connection(srv.getsockname())
-    sys.stdin.readline()  # go
     send, recv = c.send, c.recv
     t0 = time.perf_counter()
     for _ in range(n):

@@ -4,6 +4,7 @@ without the tracer.
 
     python tests/bench/nginx_cost.py [--rates 1000,10000,0] [--seconds 5]
                                      [--saturation-seconds 8] [--no-saturation]
+                                     [--cores compiled,pure]
 
 Per fixed-rate phase (rate 0: as fast as one connection goes):
 - agent CPU: all threads of the `tracer run` process, from
@@ -14,6 +15,9 @@ Per fixed-rate phase (rate 0: as fast as one connection goes):
   whole run's spans_emitted must equal the requests sent.
 Saturation: wrk -t2 -c16 against nginx (2 workers) untraced, then traced;
 the ratio of req/s, and the tracer's drops (exactly counted).
+Each core (compiled, and pure Python with TRACER_PURE=1) is measured in the
+same run against the same nginx: the before/after of compiling the hot path.
+Also per core: launch to the ready line, SIGINT to exit, peak RSS.
 Prints one JSON object.
 """
 
@@ -102,9 +106,13 @@ def stop_nginx(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def start_tracer(pid: int, out: Path) -> subprocess.Popen:
+def start_tracer(pid: int, out: Path, core: str = "compiled") -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TRACER_PURE"}
+    if core == "pure":
+        env["TRACER_PURE"] = "1"
     tr = subprocess.Popen([sys.executable, "-m", "tracer", "run", "--pid", str(pid),
-                           "--output", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                           "--output", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                          env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = tr.stderr.readline()
@@ -169,7 +177,74 @@ def wrk(seconds: float) -> float:
     return float(m.group(1))
 
 
-def run(rates: list[int], seconds: float, sat_seconds: float | None) -> dict:
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _fixed_rates(client: Path, nginx_pid: int, workdir: Path, core: str, rates: list[int],
+                 seconds: float) -> dict:
+    out = workdir / f"spans-{core}.jsonl"
+    t0 = time.monotonic()
+    tr = start_tracer(nginx_pid, out, core)
+    ready_s = time.monotonic() - t0
+    phases = []
+    sent = 0
+    try:
+        paced(client, 200, 1.0)  # warm-up: connections, caches, TLS discovery settles
+        sent = 0
+        for rate in rates:
+            c0, b0 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+            r = paced(client, rate, seconds)
+            time.sleep(0.3)  # the agent's batched wake-up and last spans
+            c1, b1 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+            sent += r["requests"]
+            spans = r["requests"]
+            rps = spans / r["seconds"]
+            agent_us = (c1 - c0) / 1e3 / spans
+            bpf_us = (b1 - b0) / 1e3 / spans
+            phases.append({
+                "rate_asked": rate, "req_per_s": round(rps), "spans": spans,
+                "errors": r["errors"],
+                "agent_us_per_span": round(agent_us, 2),
+                "bpf_us_per_span": round(bpf_us, 2),
+                # share of one core at this rate, agent + BPF
+                "all_in_pct_core": round((agent_us + bpf_us) * rps / 1e4, 3),
+            })
+        rss = _vm_hwm_mb(tr.pid)
+    finally:
+        t1 = time.monotonic()
+        summary = stop_tracer(tr, out)
+        stop_s = time.monotonic() - t1
+    return {"phases": phases, "core": summary.get("core"), "ready_s": round(ready_s, 3),
+            "stop_s": round(stop_s, 3), "rss_peak_mb": rss,
+            "spans_emitted": summary["spans_emitted"], "requests_sent": sent,
+            "warmup_spans": summary["spans_emitted"] - sent,
+            "events_seen": summary["events_seen"],
+            "events_delivered": summary["events_delivered"],
+            "events_dropped": summary["events_dropped"]}
+
+
+def _saturation(nginx_pid: int, workdir: Path, core: str, seconds: float) -> dict:
+    out = workdir / f"sat-{core}.jsonl"
+    tr = start_tracer(nginx_pid, out, core)
+    try:
+        traced = wrk(seconds)
+    finally:
+        s = stop_tracer(tr, out)
+    return {"traced_req_per_s": round(traced), "spans_emitted": s["spans_emitted"],
+            "events_seen": s["events_seen"], "events_delivered": s["events_delivered"],
+            "events_dropped": s["events_dropped"],
+            "incomplete_requests": s["incomplete_requests"]}
+
+
+def run(rates: list[int], seconds: float, sat_seconds: float | None,
+        cores: tuple[str, ...] = ("compiled",)) -> dict:
+    """Per core ("compiled", or "pure": TRACER_PURE=1), in one run against
+    one nginx: the fixed-rate phases, then saturation (untraced measured
+    before and after the traced runs, averaged)."""
     if os.geteuid() != 0:
         raise BenchError("needs root (BPF, bpf_stats)")
     workdir = Path(tempfile.mkdtemp(prefix="httptrace-nginx-"))
@@ -179,57 +254,20 @@ def run(rates: list[int], seconds: float, sat_seconds: float | None) -> dict:
         client = build_client(workdir)
         nginx = start_nginx(workdir)
         STATS.write_text("1")
-        out = workdir / "spans.jsonl"
-        tr = start_tracer(nginx.pid, out)
-        phases = []
-        sent = 0
-        try:
-            paced(client, 200, 1.0)  # warm-up: connections, caches, TLS discovery settles
-            sent_warm = 0
-            for rate in rates:
-                c0, b0 = cpu_ns(tr.pid), bpf_ns(tr.pid)
-                r = paced(client, rate, seconds)
-                time.sleep(0.3)  # the agent's batched wake-up and last spans
-                c1, b1 = cpu_ns(tr.pid), bpf_ns(tr.pid)
-                sent += r["requests"]
-                spans = r["requests"]
-                rps = spans / r["seconds"]
-                agent_us = (c1 - c0) / 1e3 / spans
-                bpf_us = (b1 - b0) / 1e3 / spans
-                phases.append({
-                    "rate_asked": rate, "req_per_s": round(rps), "spans": spans,
-                    "errors": r["errors"],
-                    "agent_us_per_span": round(agent_us, 2),
-                    "bpf_us_per_span": round(bpf_us, 2),
-                    # share of one core at this rate, agent + BPF
-                    "all_in_pct_core": round((agent_us + bpf_us) * rps / 1e4, 3),
-                    "all_in_pct_core_at_1k": round((agent_us + bpf_us) * 1000 / 1e4, 3),
-                })
-        finally:
-            summary = stop_tracer(tr, out)
-        sent_warm = summary["spans_emitted"] - sent
-        result = {"phases": phases, "core": summary.get("core"),
-                  "spans_emitted": summary["spans_emitted"], "requests_sent": sent,
-                  "warmup_spans": sent_warm,
-                  "events_seen": summary["events_seen"],
-                  "events_delivered": summary["events_delivered"],
-                  "events_dropped": summary["events_dropped"],
-                  "tracer_rss_note": "see the run's summary for RSS"}
+        result = {"cores": {c: _fixed_rates(client, nginx.pid, workdir, c, rates, seconds)
+                            for c in cores}}
         if sat_seconds:
-            STATS.write_text(old_stats)  # saturation: no stats overhead in either run
-            base = wrk(sat_seconds)
-            out2 = workdir / "sat.jsonl"
-            tr = start_tracer(nginx.pid, out2)
-            try:
-                traced = wrk(sat_seconds)
-            finally:
-                s2 = stop_tracer(tr, out2)
-            result["saturation"] = {
-                "untraced_req_per_s": round(base), "traced_req_per_s": round(traced),
-                "ratio": round(traced / base, 3), "spans_emitted": s2["spans_emitted"],
-                "events_seen": s2["events_seen"], "events_delivered": s2["events_delivered"],
-                "events_dropped": s2["events_dropped"],
-                "incomplete_requests": s2["incomplete_requests"]}
+            STATS.write_text(old_stats)  # saturation: no stats overhead in any run
+            base = [wrk(sat_seconds)]
+            for c in cores:
+                sat = _saturation(nginx.pid, workdir, c, sat_seconds)
+                result["cores"][c]["saturation"] = sat
+            base.append(wrk(sat_seconds))
+            untraced = sum(base) / len(base)
+            result["untraced_req_per_s"] = [round(b) for b in base]
+            for c in cores:
+                sat = result["cores"][c]["saturation"]
+                sat["ratio"] = round(sat["traced_req_per_s"] / untraced, 3)
         return result
     finally:
         STATS.write_text(old_stats)
@@ -244,10 +282,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--saturation-seconds", type=float, default=8.0)
     ap.add_argument("--no-saturation", action="store_true")
+    ap.add_argument("--cores", default="compiled,pure",
+                    help="compiled and/or pure (TRACER_PURE=1), measured in the same run")
     a = ap.parse_args()
     try:
         r = run([int(x) for x in a.rates.split(",")], a.seconds,
-                None if a.no_saturation else a.saturation_seconds)
+                None if a.no_saturation else a.saturation_seconds,
+                tuple(a.cores.split(",")))
     except BenchError as e:
         print(f"nginx_cost: {e}", file=sys.stderr)
         return 2

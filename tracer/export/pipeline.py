@@ -42,7 +42,7 @@ class RetryableError(ExportError):
 
 
 class ExportPipeline:
-    def __init__(self, exporter, *, name: str = "", queue_size: int = 2048,
+    def __init__(self, exporter, *, name: str = "", queue_size: int = 8192,
                  batch_size: int = 512, interval_s: float = 1.0, max_retry_s: float = 30.0,
                  backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
