@@ -24,11 +24,5 @@ cdef str _comm_str
 
 cdef unsigned int _le32(const unsigned char *p) noexcept
 cdef unsigned long long _le64(const unsigned char *p) noexcept
-cdef unsigned int _pid_c, _tid_c
-cdef unsigned long long _cid_c
-cdef object _pid_o, _tid_o, _cid_o
-cdef object _pid_at(const unsigned char *p)
-cdef object _tid_at(const unsigned char *p)
-cdef object _cid_at(const unsigned char *p)
 cdef str _comm_at(const unsigned char *p)
 cpdef object decode_at(const unsigned char[::1] view, Py_ssize_t offset, Py_ssize_t size)

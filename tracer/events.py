@@ -420,43 +420,6 @@ _comm_raw = b""
 _comm_str = ""
 
 
-# The last pid, tid and conn_id decoded, with their int objects: syscalls
-# come in runs per thread and per connection, so most records reuse them.
-_pid_c = cython.declare(cython.uint, 0)
-_pid_o = cython.declare(object, None)
-_tid_c = cython.declare(cython.uint, 0)
-_tid_o = cython.declare(object, None)
-_cid_c = cython.declare(cython.ulonglong, 0)
-_cid_o = cython.declare(object, None)
-
-
-def _pid_at(p):
-    global _pid_c, _pid_o
-    v: cython.uint = _le32(p)
-    if v != _pid_c or _pid_o is None:
-        _pid_c = v
-        _pid_o = v
-    return _pid_o
-
-
-def _tid_at(p):
-    global _tid_c, _tid_o
-    v: cython.uint = _le32(p)
-    if v != _tid_c or _tid_o is None:
-        _tid_c = v
-        _tid_o = v
-    return _tid_o
-
-
-def _cid_at(p):
-    global _cid_c, _cid_o
-    v: cython.ulonglong = _le64(p)
-    if v != _cid_c or _cid_o is None:
-        _cid_c = v
-        _cid_o = v
-    return _cid_o
-
-
 def _comm_at(p) -> str:
     """_comm() of the TASK_COMM_LEN bytes at p, compiled."""
     global _comm_raw, _comm_str
@@ -516,9 +479,9 @@ def decode_at(view, offset: cython.Py_ssize_t, size: cython.Py_ssize_t):
         ev.direction = d
         ev.size = nbytes
         if cython.compiled:
-            ev.conn_id = _cid_at(p + _O_CONN_ID)
-            ev.pid = _pid_at(p + _O_PID)
-            ev.tid = _tid_at(p + _O_TID)
+            ev.conn_id = _le64(p + _O_CONN_ID)
+            ev.pid = _le32(p + _O_PID)
+            ev.tid = _le32(p + _O_TID)
             ev.fd = cython.cast(cython.int, _le32(p + _O_FD))
             ev.role = p[_O_ROLE]
             ev.syscall = p[_O_SYSCALL]

@@ -36,5 +36,8 @@ cdef class Span:
 @cython.locals(end=Py_ssize_t, name=str, rest=str, port=str)
 cpdef tuple _split_host(str host)
 
-@cython.locals(s=Span, server=bint)
+@cython.locals(s=Span)
+cpdef Span exchange_span(conn, bint server, first, req_last, rfirst, last, clock_offset_ns)
+
+@cython.locals(s=Span)
 cpdef Span http1_span(conn, req, resp, clock_offset_ns)

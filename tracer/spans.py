@@ -202,23 +202,22 @@ def _split_host(host: str) -> tuple[str, int]:
     return name, int(port) if port.isdigit() and len(port) <= 5 else 0
 
 
-def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) -> Span:
-    """Pair one HTTP/1 request with its response (hot path: no keyword init)."""
+def exchange_span(conn: Conn, server: bool, first, req_last, rfirst, last,
+                  clock_offset_ns: int) -> Span:
+    """A span of one exchange with what every protocol fills the same way:
+    the latency rules (module doc), the process and the connection. The
+    syscall events: the request's first and last, the response's first and
+    last. The caller sets the protocol's fields (hot path: no keyword init)."""
     s = Span.__new__(Span)
-    first = req.first_ev
-    last = resp.last_ev
-    rfirst = resp.first_ev
-    server = conn.role == _ROLE_SERVER
+    s.trace_id = ""
+    s.span_id = ""
+    s.parent_span_id = None
+    s.correlation_source = "none"
+    s.correlation_confidence = 0.0
     s.kind = "server" if server else "client"
     s.start_ktime = first.ts_exit if server else first.ts_enter
     s.end_ktime = last.ts_exit
     s.clock_offset_ns = clock_offset_ns
-    s.protocol = "http1"
-    s.method = req.method
-    s.path = req.path
-    s.query = req.query
-    s.status = resp.status
-    s.version = req.version or resp.version
     s.pid = first.pid
     s.tid = first.tid
     s.comm = first.comm
@@ -230,18 +229,32 @@ def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) ->
     s.peer_port = conn.rport
     s.tls = conn.tls
     s.conn_id = conn.conn_id
-    hdrs = req.headers
-    s.request_headers = hdrs
-    s.response_headers = resp.headers
     s.req_first_enter = first.ts_enter
     s.req_first_exit = first.ts_exit
-    s.req_last_exit = req.last_ev.ts_exit
+    s.req_last_exit = req_last.ts_exit
     s.resp_first_enter = rfirst.ts_enter
     s.resp_first_exit = rfirst.ts_exit
     s.resp_last_enter = last.ts_enter
     s.resp_last_exit = last.ts_exit
     s.resp_tid = last.tid
     s.attributes_extra = None
-    s.stack_id = first.stack
+    s.stack_id = 0
     s.stack = None
+    return s
+
+
+def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) -> Span:
+    """Pair one HTTP/1 request with its response."""
+    first = req.first_ev
+    s = exchange_span(conn, conn.role == _ROLE_SERVER, first, req.last_ev, resp.first_ev,
+                      resp.last_ev, clock_offset_ns)
+    s.protocol = "http1"
+    s.method = req.method
+    s.path = req.path
+    s.query = req.query
+    s.status = resp.status
+    s.version = req.version or resp.version
+    s.request_headers = req.headers
+    s.response_headers = resp.headers
+    s.stack_id = first.stack
     return s

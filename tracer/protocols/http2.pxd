@@ -8,7 +8,6 @@ cdef int _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WI
 cdef int _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY_FLAG
 cdef tuple _VALID_FLAGS
 cdef Py_ssize_t _MAX_HELD, _SHAPE_MAX_LEN
-cdef object _new_span
 cdef int _ROLE_SERVER, _ROLE_CLIENT, _ROLE_UNKNOWN, _INGRESS, _EGRESS
 
 @cython.locals(valid=int)

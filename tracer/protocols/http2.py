@@ -44,9 +44,7 @@ from hyperframe.frame import (
 from tracer.events import ConnRole, DataDir, DataEvent
 from tracer.protocols import grpc
 from tracer.protocols.hpack_partial import HpackTable
-from tracer.spans import Span
-
-_new_span = Span.__new__  # a Span without __init__ (works for a compiled Span too)
+from tracer.spans import Span, exchange_span
 
 if TYPE_CHECKING:
     from tracer.conn import Conn, ConnectionTable
@@ -661,45 +659,14 @@ def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
             extra["tracer.h2.headers_lost"] = True
         if reset_code >= 0:
             extra["http2.rst_stream.error_code"] = reset_code
-    # every field set here, without Span(**fields)'s generic loop (as spans.http1_span)
-    s = _new_span(Span)
-    s.trace_id = ""
-    s.span_id = ""
-    s.parent_span_id = None
-    s.correlation_source = "none"
-    s.correlation_confidence = 0.0
-    s.kind = "server" if server else "client"
+    s = exchange_span(conn, server, first, st.req_last, rfirst, last, clock_offset_ns)
     s.protocol = "grpc" if st.grpc else "http2"
     s.method = req.get(":method", "")
     s.path = path
     s.query = query
     s.status = st.status
     s.version = "2"
-    s.start_ktime = first.ts_exit if server else first.ts_enter
-    s.end_ktime = last.ts_exit
-    s.clock_offset_ns = clock_offset_ns
-    s.pid = first.pid
-    s.tid = first.tid
-    s.comm = first.comm
-    s.netns = conn.netns
-    s.cgroup_id = conn.cgroup_id
-    s.local_addr = conn.laddr
-    s.local_port = conn.lport
-    s.peer_addr = conn.raddr
-    s.peer_port = conn.rport
-    s.conn_id = conn.conn_id
-    s.tls = conn.tls
     s.request_headers = req
     s.response_headers = st.resp_hdrs
-    s.req_first_enter = first.ts_enter
-    s.req_first_exit = first.ts_exit
-    s.req_last_exit = st.req_last.ts_exit
-    s.resp_first_enter = rfirst.ts_enter
-    s.resp_first_exit = rfirst.ts_exit
-    s.resp_last_enter = last.ts_enter
-    s.resp_last_exit = last.ts_exit
-    s.resp_tid = last.tid
     s.attributes_extra = extra
-    s.stack_id = 0
-    s.stack = None
     return s
