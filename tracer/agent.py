@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import core, events, inject, loader, tls
+from . import core, events, inject, loader, probe, tls
 from .conn import ConnectionTable, kernel_capture_hook
 from .sampling import AdaptiveController
 from .stats import Stats
@@ -86,6 +86,22 @@ def descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+EXIT_PROGRAMS = ("io_exit", "io_exit_bounded")  # sock.bpf.c: with bpf_loop, without
+
+
+def load_sock(obj: loader.BPFObject, exit_prog: str | None = None) -> str:
+    """Load an opened sock.bpf.o: the exit program this kernel verifies
+    cheapest (or `exit_prog`), put where the sys_exit stubs tail-call it.
+    Returns its name."""
+    if exit_prog is None:
+        exit_prog = EXIT_PROGRAMS[0] if probe.bpf_loop() else EXIT_PROGRAMS[1]
+    for prog in EXIT_PROGRAMS:
+        obj.set_autoload(prog, prog == exit_prog)
+    obj.load()
+    obj.map("exit_tail").update(0, obj.prog_fd(exit_prog))
+    return exit_prog
 
 
 class Tracer:
@@ -165,11 +181,13 @@ class Tracer:
                 obj.set_rodata(span_stacks=1)
             else:  # off: no stack map memory either
                 obj.set_max_entries("user_stacks", 1)
-            obj.load()
+            self.exit_program = load_sock(obj)
             if self.span_stacks:
                 self.span_stacks.attach(obj.map("user_stacks"))
             self._apply_filters(obj)
             for prog in obj.programs:
+                if not obj.attachable(prog):
+                    continue
                 try:
                     obj.attach(prog)
                 except loader.AttachError as e:
@@ -350,6 +368,7 @@ class Tracer:
             "conns_sampled_out": m.percpu_sum(C.CTR_CONNS_SAMPLED),
             "requests_sampled_out": m.percpu_sum(C.CTR_REQS_SAMPLED),
             "span_stack_failed": m.percpu_sum(C.CTR_STACK_FAILED),
+            "exit_unreached": m.percpu_sum(C.CTR_EXIT_UNREACHED),
         }
         self._kernel = k
         self.stats.events_seen = k["events"]
@@ -397,6 +416,7 @@ class Tracer:
             "max_poll_gap_ms": round(self.max_poll_gap * 1000, 1),
             "read_faults": self._kernel.get("read_faults", 0),
             "conn_table_full": self._kernel.get("conn_table_full", 0),
+            "exit_unreached": self._kernel.get("exit_unreached", 0),
             "capture_bytes": self.capture_bytes,
             "core": self.core["core"],
             "clock_offset_ns": self.clock_offset_ns,

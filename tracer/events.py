@@ -55,7 +55,8 @@ class Counter(enum.IntEnum):
     CTR_CONNS_SAMPLED = 8
     CTR_REQS_SAMPLED = 9
     CTR_STACK_FAILED = 10
-    CTR_MAX = 11
+    CTR_EXIT_UNREACHED = 11
+    CTR_MAX = 12
 
 
 class SysKind(enum.IntEnum):

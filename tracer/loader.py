@@ -355,6 +355,11 @@ class BPFObject:
     def section(self, prog: str) -> str:
         return self._lib.bpf_program__section_name(self.programs[prog]).decode()
 
+    def attachable(self, prog: str) -> bool:
+        """False for a program with no attach target (SEC("tracepoint")): it is
+        only reached by tail calls from the others."""
+        return self.section(prog) not in ("tp", "tracepoint")
+
     def maps(self) -> list[str]:
         out = []
         m = None
@@ -535,7 +540,7 @@ class BPFObject:
 
     def attach_all(self) -> list[str]:
         """Attach every program that was loaded; returns their names."""
-        names = [p for p in self.programs if self.autoload(p)]
+        names = [p for p in self.programs if self.autoload(p) and self.attachable(p)]
         for p in names:
             self.attach(p)
         return names

@@ -25,6 +25,7 @@ BPF_PROG_TYPE_SK_MSG = 16
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_SOCKHASH = 18
 BPF_STATS_RUN_TIME = 0
+BPF_FUNC_loop = 181
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -134,6 +135,12 @@ def _probe_type(kind: str, value: int, *extra) -> Feature:
     return Feature(kind, False, f"probe failed: {loader._errno_msg(-ret)}")
 
 
+def bpf_loop() -> bool:
+    """bpf_loop (5.17+): sock.bpf.o's exit program verifies its iovec loop
+    once with it, and falls back to a bounded loop without it."""
+    return _probe_type("helper", BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop).available
+
+
 def _bpf_stats() -> Feature:
     lib = loader.libbpf()
     fd = lib.bpf_enable_stats(BPF_STATS_RUN_TIME)
@@ -172,6 +179,7 @@ def probe() -> ProbeResult:
     # not an unknown helper, so load a real caller instead.
     put("probe_write_user", _try_program("probe_write_user", lambda o: None))
     put("bpf_stats", _bpf_stats())
+    put("bpf_loop", _probe_type("helper", BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop))
     res.lockdown = lockdown_mode()
     from . import lockdown
 

@@ -49,7 +49,6 @@ SYSTEM_LIBS = (
 )
 RESCAN_AFTER_S = (0.5, 3.0)  # after an exec: the loader, then lazy dlopen()s
 MAX_RESCANS = 4096  # an exec storm: later rescans are dropped (counted in `rescans_dropped`)
-_MARKER = b"SSL_do_handshake\0"  # cheap pre-check before parsing an ELF
 _EXEC_SIZE = ctypes.sizeof(events.ExecEventC)
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
@@ -124,29 +123,6 @@ def _file_offset(loads: list[tuple[int, int, int]], vaddr: int) -> int | None:
         if p_vaddr <= vaddr < p_vaddr + p_memsz:
             return vaddr - p_vaddr + p_offset
     return None
-
-
-def _has_marker(path: str, chunk: int = 1 << 20) -> bool:
-    """Whether the file holds the OpenSSL API names. Read through one small
-    buffer: mapping a 100 MB binary would count its pages in our RSS."""
-    keep = len(_MARKER) - 1
-    buf = bytearray(chunk + keep)
-    view = memoryview(buf)
-    have = 0
-    try:
-        with open(path, "rb", buffering=0) as f:
-            while True:
-                n = f.readinto(view[have:have + chunk])
-                if not n:
-                    return False
-                have += n
-                if buf.find(_MARKER, 0, have) >= 0:
-                    return True
-                tail = min(have, keep)  # a name across the boundary
-                buf[:tail] = buf[have - tail:have]
-                have = tail
-    except OSError:  # gone or unreadable
-        return False
 
 
 def exec_mappings(pid: int) -> list[tuple[str, int, int]]:
@@ -244,11 +220,13 @@ class TlsProbes:
         if key in self.seen:
             return False
         self.seen.add(key)
-        if not _has_marker(path):
-            return False
+        # Only the headers and the symbol string tables are read: a file
+        # without the names costs a few small reads, not a scan of its bytes.
         try:
             offsets = symbol_offsets(path)
-        except (OSError, struct.error) as e:  # unreadable or truncated: skip that file
+        except OSError:  # gone or unreadable: as if it had no OpenSSL
+            return False
+        except struct.error as e:  # truncated ELF
             self.failed[path] = f"unreadable ELF: {e}"
             return False
         if not all(n in offsets for n in REQUIRED):

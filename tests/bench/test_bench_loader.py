@@ -15,6 +15,7 @@ import pytest
 
 from tests.kernel.conftest import require
 from tracer import events, loader
+from tracer.agent import load_sock
 
 N_WRITES = 300_000
 
@@ -23,7 +24,7 @@ def _storm_run(capture_bytes: int, decode: bool):
     obj = loader.BPFObject.open(loader.object_path("sock"))
     try:
         obj.set_rodata(self_tgid=os.getpid(), capture_bytes=capture_bytes)
-        obj.load()
+        load_sock(obj)
         storm = subprocess.Popen([sys.executable, str(Path(__file__).with_name("storm.py")),
                                   str(N_WRITES), "64"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)

@@ -7,6 +7,7 @@ import socket
 
 from tests.kernel.test_loader import _drain
 from tracer import events
+from tracer.agent import load_sock
 from tracer.conn import kernel_capture_hook
 from tracer.protocols.http2 import PREFACE
 
@@ -46,7 +47,7 @@ def _writes(evs, pid):
 
 
 def _run(sock_obj, listener, first: bytes, total: int):
-    sock_obj.load()
+    load_sock(sock_obj)
     sock_obj.attach_all()
     rb = sock_obj.ring_buffer("events")
     pid = _client(listener.getsockname()[1], first)
@@ -73,7 +74,7 @@ def test_http1_keeps_the_normal_capture(sock_obj, listener):
 
 
 def test_user_space_raises_a_midstream_connection(sock_obj, listener):
-    sock_obj.load()
+    load_sock(sock_obj)
     sock_obj.attach_all()
     rb = sock_obj.ring_buffer("events")
     go_r, go_w = os.pipe()

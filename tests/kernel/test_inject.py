@@ -18,6 +18,7 @@ import pytest
 
 from tests.kernel.conftest import require
 from tracer import events, inject, loader
+from tracer.agent import load_sock
 
 CLIENT = r"""
 import socket, sys, time
@@ -40,7 +41,7 @@ def injector():
     require("btf", "ringbuf", "tracepoint_syscalls", "sockops", "sk_msg")
     sock = loader.BPFObject.open(loader.object_path("sock"))
     try:
-        sock.load()
+        load_sock(sock)
         inj = inject.Injector.load(sock, self_tgid=os.getpid())
         inj.start()
         # only the pids the test adds: nothing else on the machine is touched

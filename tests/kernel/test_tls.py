@@ -13,6 +13,7 @@ import pytest
 
 from tests.kernel.conftest import require
 from tracer import events, loader, tls
+from tracer.agent import load_sock
 
 # A TLS server and client in one process, over loopback: the client sends a
 # request in one record; the server reads it 7 bytes at a time, so all but the
@@ -58,7 +59,7 @@ def traced():
     probes = None
     try:
         sock.set_rodata(self_tgid=os.getpid())
-        sock.load()
+        load_sock(sock)
         for prog in sock.programs:
             try:
                 sock.attach(prog)

@@ -482,8 +482,56 @@ static __always_inline __u32 request_stack(void *ctx, __u64 pid_tgid, struct act
 	return (__u32)id + 1;
 }
 
-static __always_inline int io_exit(void *ctx, long ret)
+/* The iovec prefix copy, one iovec per step; the state lives on the stack
+ * of the exit program so that bpf_loop's callback can reach it. */
+_Static_assert((MAX_IOV & (MAX_IOV - 1)) == 0, "MAX_IOV is a power of two");
+
+struct iov_copy {
+	struct scratch *s;
+	__u64 want;
+	__u64 off;
+	__u32 cnt;
+};
+
+/* Returns 1 to stop: past the iovecs, the wanted prefix is in, a short
+ * iovec, or a fault. The spill area after the payload keeps payload + off + n
+ * inside the map value. */
+static __always_inline long copy_one_iov(__u32 i, struct iov_copy *c)
 {
+	struct iovec *iov;
+	__u64 n, off;
+
+	if (i >= c->cnt || c->off >= c->want)
+		return 1;
+	/* cnt <= MAX_IOV, so the mask changes nothing; the barrier keeps clang
+	 * from dropping it, and the verifier needs it to bound the index. */
+	asm volatile("" : "+r"(i));
+	iov = &c->s->iov[i & (MAX_IOV - 1)];
+	n = bound_payload(min((__u64)iov->iov_len, c->want - c->off));
+	off = bound_payload(c->off);
+	if (off >= MAX_PAYLOAD)
+		return 1;
+	if (bpf_probe_read_user(c->s->ev.payload + off, n, iov->iov_base)) {
+		count(CTR_READ_FAULT);
+		return 1;
+	}
+	c->off = off + n;
+	return n < iov->iov_len;
+}
+
+static long copy_iov_cb(__u32 i, void *c)
+{
+	return copy_one_iov(i, c);
+}
+
+/* The exit path is one program, reached by a tail call from each sys_exit
+ * stub: the verifier walks it once instead of once per syscall, and
+ * bpf_stats still charge each syscall's stub for the whole run. With
+ * bpf_loop (5.17+) the iovec loop body is verified once too; the bounded
+ * variant is for older kernels. The agent puts one of them in exit_tail. */
+static __always_inline int exit_body(struct trace_event_raw_sys_exit *ctx, bool use_loop)
+{
+	long ret = ctx->ret;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct active_io *io = bpf_map_lookup_elem(&active, &tid);
@@ -531,32 +579,23 @@ static __always_inline int io_exit(void *ctx, long ret)
 		}
 		off = n;
 	} else {
-		/* Copy a contiguous prefix from the first iovecs. The spill area
-		 * after the payload keeps payload + off + n inside the map value.
-		 * The iovec array is read with one call: h2 stacks write many
-		 * small slices, and a helper call per iovec doubles the cost. */
-		__u32 cnt = io->iovcnt < MAX_IOV ? io->iovcnt : MAX_IOV;
+		/* Copy a contiguous prefix from the first iovecs. The iovec
+		 * array is read with one call: h2 stacks write many small
+		 * slices, and a helper call per iovec doubles the cost. */
+		struct iov_copy c = { .s = s, .want = want, .off = 0 };
 
-		if (bpf_probe_read_user(s->iov, bound_iov_bytes((__u64)cnt * sizeof(struct iovec)),
+		c.cnt = io->iovcnt < MAX_IOV ? io->iovcnt : MAX_IOV;
+		if (bpf_probe_read_user(s->iov, bound_iov_bytes((__u64)c.cnt * sizeof(struct iovec)),
 					(void *)io->buf))
-			cnt = 0;
-		for (int i = 0; i < MAX_IOV; i++) {
-			struct iovec *iov = &s->iov[i];
-
-			if (i >= cnt || off >= want)
-				break;
-			n = bound_payload(min((__u64)iov->iov_len, want - off));
-			off = bound_payload(off);
-			if (off >= MAX_PAYLOAD)
-				break;
-			if (bpf_probe_read_user(ev->payload + off, n, iov->iov_base)) {
-				count(CTR_READ_FAULT);
-				break;
-			}
-			off += n;
-			if (n < iov->iov_len)
-				break;
+			c.cnt = 0;
+		if (use_loop) {
+			bpf_loop(MAX_IOV, copy_iov_cb, &c, 0);
+		} else {
+			for (__u32 i = 0; i < MAX_IOV; i++)
+				if (copy_one_iov(i, &c))
+					break;
 		}
+		off = c.off;
 	}
 	if (off > want)
 		off = want;
@@ -572,6 +611,28 @@ static __always_inline int io_exit(void *ctx, long ret)
 	submit(s, ev, offsetof(struct data_event, payload) + n);
 out:
 	bpf_map_delete_elem(&active, &tid);
+	return 0;
+}
+
+SEC("tracepoint")
+int io_exit(struct trace_event_raw_sys_exit *ctx) { return exit_body(ctx, true); }
+
+SEC("tracepoint")
+int io_exit_bounded(struct trace_event_raw_sys_exit *ctx) { return exit_body(ctx, false); }
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, int(void *));
+} exit_tail SEC(".maps");
+
+static __always_inline int exit_io(void *ctx)
+{
+	bpf_tail_call(ctx, &exit_tail, 0);
+	/* Reached only while exit_tail is empty (before the agent fills it):
+	 * the entry stays in `active` and the LRU reclaims it. */
+	count(CTR_EXIT_UNREACHED);
 	return 0;
 }
 
@@ -593,13 +654,13 @@ SEC("tracepoint/syscalls/sys_enter_read")
 int tp_enter_read(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_READ); }
 SEC("tracepoint/syscalls/sys_exit_read")
-int tp_exit_read(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
 int tp_enter_readv(struct trace_event_raw_sys_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_INGRESS, SYS_READV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int tp_exit_readv(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
@@ -610,7 +671,7 @@ int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 	return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_RECVFROM);
 }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
@@ -620,31 +681,31 @@ int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 	return msg_enter(ARG(0), ARG(1), DIR_INGRESS, SYS_RECVMSG);
 }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int tp_exit_write(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_EGRESS, SYS_WRITEV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int tp_exit_writev(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_SENDTO); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 { return msg_enter(ARG(0), ARG(1), DIR_EGRESS, SYS_SENDMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return io_exit(ctx, ctx->ret); }
+int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
 
 /* ---- close ------------------------------------------------------------- */
 

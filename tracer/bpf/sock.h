@@ -52,7 +52,8 @@ enum counter {
 	CTR_CONNS_SAMPLED = 8, /* adaptive sampling: new connections not traced */
 	CTR_REQS_SAMPLED = 9,  /* requests on those: request-direction turns (see conn_info.turn) */
 	CTR_STACK_FAILED = 10, /* --span-stacks: bpf_get_stackid failed (bucket taken, no user stack) */
-	CTR_MAX = 11,
+	CTR_EXIT_UNREACHED = 11, /* sys_exit stub's tail call failed: that syscall's event is lost */
+	CTR_MAX = 12,
 };
 
 /* Adaptive sampling (array map "sampling", one __u32): how many new
