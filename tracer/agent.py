@@ -125,6 +125,9 @@ class Tracer:
             self.sink = self.span_stacks.wrap(self.sink)
         self.capture_bytes = capture_bytes
         self.ring_bytes = ring_bytes
+        # the BPF side wakes the agent only when this much is unread (and at
+        # twice it); below that the poll timeout drains the ring
+        self.wakeup_bytes = ring_bytes // 4
         self.stats = stats or Stats()
         self.clock_offset_ns = clock_offset_ns()
         self.table = ConnectionTable(self.sink, self.stats, clock_offset_ns=self.clock_offset_ns,
@@ -175,7 +178,8 @@ class Tracer:
         loader.ensure_tracefs()
         obj = loader.BPFObject.open(loader.object_path("sock"))
         try:
-            obj.set_rodata(capture_bytes=self.capture_bytes, self_tgid=os.getpid())
+            obj.set_rodata(capture_bytes=self.capture_bytes, self_tgid=os.getpid(),
+                           wakeup_bytes=self.wakeup_bytes)
             obj.set_max_entries("events", self.ring_bytes)
             if self.span_stacks:
                 obj.set_rodata(span_stacks=1)
@@ -223,6 +227,7 @@ class Tracer:
         one line and trace the rest; ciphertext is then parsed like any bytes."""
         try:
             self.tls = tls.TlsProbes.load(obj, capture_bytes=self.capture_bytes,
+                                          wakeup_bytes=self.wakeup_bytes,
                                           self_tgid=os.getpid())
             self.tls.start()
         except loader.LoaderError as e:

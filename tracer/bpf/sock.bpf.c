@@ -16,7 +16,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set before load by the loader (rodata). */
 const volatile __u32 capture_bytes = 512; /* payload prefix copied per syscall */
 const volatile __u32 self_tgid = 0;       /* the agent itself is never traced */
-const volatile __u32 wakeup_batch = 64;   /* force a consumer wake-up every N events */
+const volatile __u64 wakeup_bytes = 1 << 20; /* unread ring data that wakes the agent */
 /* HTTP/2 connections get a larger capture: HEADERS frames often sit behind
  * DATA frames in one write, past capture_bytes. */
 const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
@@ -123,7 +123,6 @@ struct scratch {
 	struct data_event ev;
 	__u8 spill[MAX_PAYLOAD]; /* lets an iovec copy start anywhere below MAX_PAYLOAD */
 	struct iovec iov[MAX_IOV]; /* the iovec array, read in one go */
-	__u64 submitted;         /* per-CPU event count, for wake-up batching */
 	__u64 next_id;           /* per-CPU connection id sequence */
 };
 
@@ -202,7 +201,7 @@ static __always_inline void fill_header(struct event_header *h, __u8 type, __u64
 
 static __always_inline void submit(struct scratch *s, void *ev, __u64 size)
 {
-	submit_event(ev, size, &s->submitted, wakeup_batch);
+	submit_event(ev, size, wakeup_bytes);
 }
 
 static __always_inline struct scratch *get_scratch(void)

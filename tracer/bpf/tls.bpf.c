@@ -27,7 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set before load by the loader (rodata), as in sock.bpf.c. */
 const volatile __u32 capture_bytes = 512;
 const volatile __u32 self_tgid = 0;
-const volatile __u32 wakeup_batch = 64;
+const volatile __u64 wakeup_bytes = 1 << 20; /* as in sock.bpf.c */
 const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
 
 /* Processes that exec'd, for library discovery; drained by the agent on its
@@ -39,7 +39,6 @@ struct {
 
 struct tls_scratch {
 	struct data_event ev;
-	__u64 submitted;
 };
 
 struct {
@@ -164,8 +163,7 @@ static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 by
 	}
 	ev->captured = n;
 	count(CTR_TLS_EVENTS);
-	submit_event(ev, offsetof(struct data_event, payload) + bound_payload(n), &s->submitted,
-		     wakeup_batch);
+	submit_event(ev, offsetof(struct data_event, payload) + bound_payload(n), wakeup_bytes);
 }
 
 /* ret: the function's return value; ex: the _ex form (1 = success, the byte
