@@ -125,6 +125,16 @@ def _file_offset(loads: list[tuple[int, int, int]], vaddr: int) -> int | None:
     return None
 
 
+def _comm_key(pid: int) -> bytes:
+    """/proc/<pid>/comm as a filter_comms key (NUL-padded), b"" if gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().rstrip(b"\n")
+    except OSError:
+        return b""
+    return name[:events.TASK_COMM_LEN - 1].ljust(events.TASK_COMM_LEN, b"\0")
+
+
 def exec_mappings(pid: int) -> list[tuple[str, int, int]]:
     """(path usable from here, dev, inode) of each file pid maps executable,
     and of its executable. The inode in the maps line decides: a path that
@@ -199,9 +209,24 @@ class TlsProbes:
             except OSError:
                 continue
             self.consider(path, st.st_dev, st.st_ino, strict=not self.libraries)
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid():
-                self.scan_pid(int(entry))
+        for pid in self.candidates():
+            if pid != os.getpid():
+                self.scan_pid(pid)
+
+    def candidates(self) -> list[int]:
+        """The processes the filters let through (process_wanted in
+        filters.h): with --pid only those and their children, with --comm
+        only those names. The rest are never traced: scanning them is waste."""
+        raw = self.obj.map("filter_cfg").lookup(0)
+        cfg = events.FilterConfigC.from_buffer_copy(raw) if raw else events.FilterConfigC()
+        if cfg.by_pid:
+            pids = [int.from_bytes(k, "little") for k in self.obj.map("filter_pids").keys()]
+        else:
+            pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+        if cfg.by_comm:
+            names = {bytes(k) for k in self.obj.map("filter_comms").keys()}
+            pids = [p for p in pids if _comm_key(p) in names]
+        return sorted(pids)
 
     def scan_pid(self, pid: int) -> None:
         try:

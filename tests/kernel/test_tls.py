@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -154,3 +155,26 @@ def test_discovery_counts_processes_it_may_not_inspect():
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "{}"]
+
+
+def test_discovery_looks_only_at_processes_the_filters_let_through(traced):
+    """With a pid filter (the fixture's: this process, followed on fork) the
+    start-up scan and the exec watch see only traced processes: an
+    untraced one is never scanned."""
+    sock, probes = traced
+    probes.obj.attach("tp_exec")
+    probes.execs.consume(lambda buf, off, size: None)  # what came before
+    traced_child = subprocess.Popen(["sleep", "5"])  # forked by a traced pid: followed
+    sock.map("filter_pids").delete(os.getpid())
+    other = subprocess.Popen(["sleep", "5"])  # forked while untraced: not followed
+    try:
+        time.sleep(0.2)
+        assert probes.candidates() == [traced_child.pid]
+        seen = []
+        probes.execs.consume(lambda buf, off, size: seen.append(
+            int.from_bytes(buf[off:off + 4], "little")))
+        assert seen == [traced_child.pid]
+    finally:
+        for p in (traced_child, other):
+            p.kill()
+            p.wait()

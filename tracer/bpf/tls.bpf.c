@@ -252,7 +252,8 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	struct exec_event ev = { .pid = bpf_get_current_pid_tgid() >> 32 };
 
-	if (ev.pid != self_tgid)
+	/* a process the filters exclude is never traced: no scan for it */
+	if (process_wanted(ev.pid, filters(), self_tgid))
 		bpf_ringbuf_output(&tls_execs, &ev, sizeof(ev), BPF_RB_NO_WAKEUP);
 	return 0;
 }
