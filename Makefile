@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd nginx-light wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: setup apt venv bpf core test unit kernel e2e bench bench-micro matrix matrix-deps lint fuzz clean
+.PHONY: setup apt venv bpf core test unit kernel e2e bench bench-micro matrix matrix-deps peer-deps saturation lint fuzz clean
 
 setup: apt venv bpf core
 
@@ -40,7 +40,7 @@ core: venv
 # qemu (about 50 s), and tests must not skip on CI.
 # TRACER_REQUIRE_COMPILED: tests/unit/test_core.py fails if the suite would
 # run on the pure-Python path by accident.
-test: setup matrix-deps
+test: setup matrix-deps peer-deps
 	TRACER_REQUIRE_COMPILED=1 $(VENV)/bin/tox -e py311,lint
 
 unit: setup
@@ -53,8 +53,18 @@ e2e: setup
 	$(VPY) -m pytest tests/e2e -q
 
 # The main job: the default benchmark scenario, short, report under reports/.
-bench: setup
+bench: setup peer-deps
 	$(VPY) -m harness bench --out reports
+
+# The bcc reference peer (harness/peers): Debian's bcc and the nearest kernel
+# headers (6.1), installed by the setup module itself. Where it cannot be
+# set up, the benches say why in one line and run without the peer.
+peer-deps: venv
+	@$(VPY) -c 'import sys; from harness.peers.setup import main; sys.exit(main())' || echo "bcc peer: unavailable (reason above); benches run without it"
+
+# nginx at saturation: untraced, traced, and each peer (harness/saturation.py)
+saturation: setup peer-deps
+	$(VPY) -m harness.saturation --out reports/saturation
 
 # Kernel matrix (issue 9): host + Debian 6.1 guests under virtme-ng/qemu (TCG).
 # qemu and busybox (virtme-ng's initramfs) only for this target.
