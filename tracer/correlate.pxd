@@ -35,7 +35,8 @@ cdef class Context:
 @cython.final
 cdef class Correlator:
     cdef public object sink, stats
-    cdef public dict clients, pending, active
+    cdef public dict clients, pending, active, active_pid
+    cdef public set fanout
     cdef public list held
     cdef public set client_addrs
     cdef public object injected, policy
@@ -48,12 +49,14 @@ cdef class Correlator:
     cpdef Context start(self, conn, bint server, pid, tid, headers, seq=*, ts=*)
     @cython.locals(q=object, other=Context, ts=object)
     cdef Context _take(self, dict table, tuple key, Context ctx)
-    @cython.locals(act=list)
+    @cython.locals(act=list, inflight=set)
     cdef int _activate(self, Context ctx) except -1
-    @cython.locals(key=tuple, act=list)
+    @cython.locals(key=tuple, act=list, inflight=set)
     cdef int _deactivate(self, Context ctx) except -1
     @cython.locals(act=list, header=tuple, parent=Context)
     cdef void _link_client(self, Context ctx, pid, tid)
+    @cython.locals(inflight=set, ts=object, found=Context, cand=Context, up=Context)
+    cdef Context _io_parent(self, Context ctx, pid)
     @cython.locals(act=list, parent=Context, c=Context)
     cdef void _link_injected(self, Context ctx, inj)
     @cython.locals(header=tuple, c=Context)

@@ -26,7 +26,10 @@ Sources of a parent, strongest first:
 - "thread":     for a client request, the server request that the same thread
   is handling now (thread-per-request servers). With several requests in flight
   on the thread (an event loop), the link is ambiguous and not made: a wrong
-  parent is worse than none.
+  parent is worse than none. A call written by a thread that handles no
+  request (grpcio writes from its event-engine thread when the call's own
+  thread finds the channel busy or not yet connected) takes the one request of
+  the process that is waiting for its first call (confidence 0.6).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ HOLD_NS = 200_000_000  # longest a finished span waits for its pending parent
 _LOOPBACK_PREFIXES = ("127.", "::1")
 MAX_QUEUE = 64  # unmatched requests remembered per connection and side
 MAX_DEPTH = 64  # ancestors looked at for a pending one (real call chains are short)
+MAX_FANOUT_PIDS = 65536  # processes remembered as making several calls per request
 
 
 def conn_key(conn, server: bool) -> tuple | None:
@@ -143,6 +147,13 @@ class Correlator:
         self.pending: dict[tuple, deque[Context]] = {}
         # server requests in progress per (pid, tid): in-process parent candidates
         self.active: dict[tuple[int, int], list[Context]] = {}
+        # the same per process, for calls written by an I/O thread (a set:
+        # an event loop may hold thousands)
+        self.active_pid: dict[int, set[Context]] = {}
+        # processes seen making several calls for one request: there, a request
+        # that already made a call may be making the next one, so the I/O-thread
+        # link ("the one request without a call yet") is not made
+        self.fanout: set[int] = set()
         self.held: list[Context] = []  # finished but blocked by a pending context
         # local addresses of traced client sockets: a server request from one of
         # them may have a client span coming, so it is worth waiting for
@@ -263,6 +274,11 @@ class Correlator:
             self.active[(ctx.pid, ctx.tid)] = [ctx]
         else:
             act.append(ctx)
+        inflight = self.active_pid.get(ctx.pid)
+        if inflight is None:
+            self.active_pid[ctx.pid] = {ctx}
+        else:
+            inflight.add(ctx)
 
     def _deactivate(self, ctx: Context) -> None:
         key = (ctx.pid, ctx.tid)
@@ -271,28 +287,74 @@ class Correlator:
             act.remove(ctx)
             if not act:
                 del self.active[key]
+        inflight = self.active_pid.get(ctx.pid)
+        if inflight is not None:
+            inflight.discard(ctx)
+            if not inflight:
+                del self.active_pid[ctx.pid]
 
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
-        this thread is handling. Several: no link (a wrong parent is worse
-        than none), counted as ambiguous. A call written by a thread that
-        handles no request (an I/O thread) is left a root: guessing "the
-        process's only request in flight" was measured to link a process's
-        own client calls to the request it had just answered (events of two
-        threads arrive slightly out of order)."""
+        this thread is handling (0.9). Several: no link (a wrong parent is
+        worse than none), counted as ambiguous. None (an I/O thread writes the
+        call, e.g. grpcio's event engine): the one request of the process
+        waiting for its first call (0.6, see _io_parent)."""
         act = self.active.get((pid, tid))
         header = ctx.header
-        if act and len(act) == 1:
-            parent = act[0]
-            if header is None or header[0] == parent.trace_id:
-                ctx.adopt(parent, "thread", 0.9)
-                if header is not None:
-                    ctx.source, ctx.confidence = "header", 1.0
-                return
-        elif act:
-            self.stats.correlation_ambiguous += 1
+        parent = None
+        confidence = 0.9
+        if act:
+            if len(act) == 1:
+                parent = act[0]
+            else:
+                self.stats.correlation_ambiguous += 1
+        else:
+            parent = self._io_parent(ctx, pid)
+            confidence = 0.6
+        if parent is not None and (header is None or header[0] == parent.trace_id):
+            if parent.children is not None and pid not in self.fanout:
+                if len(self.fanout) >= MAX_FANOUT_PIDS:
+                    self.fanout.clear()
+                self.fanout.add(pid)  # a second call for one request
+            ctx.adopt(parent, "thread", confidence)
+            if header is not None:
+                ctx.source, ctx.confidence = "header", 1.0
+            return
         if header is None:
             ctx.trace_id = new_trace_id()
+
+    def _io_parent(self, ctx: Context, pid: int) -> Context | None:
+        """The parent of a call written by a thread that handles no request.
+
+        The thread that made the call is blocked in it and writes nothing, so
+        the call is matched by state: the request of the same process that
+        started before the call was written and has made no call yet. Several
+        such requests: ambiguous (counted), no link. "The process's only
+        request in flight" is not enough: a request whose response write is
+        not seen yet (another thread's event, a little late) would be taken;
+        a request that made its call is not waiting for one, unless requests
+        of this process make several calls (`fanout`: then no guess at all).
+        A request this same process sent (a call to itself) is never taken:
+        that would chain the process's own calls.
+        """
+        if pid in self.fanout:
+            return None
+        inflight = self.active_pid.get(pid)
+        if not inflight:
+            return None
+        ts = ctx.start_ts
+        found = None
+        for cand in inflight:
+            if cand.children is not None or (ts and cand.start_ts > ts):
+                continue
+            up = cand.parent
+            if up is not None and up.pid == pid:
+                continue
+            if found is not None:
+                self.stats.correlation_ambiguous += 1
+                return None
+            found = cand
+        return found
 
     def _link_injected(self, ctx: Context, inj) -> None:
         """The kernel wrote traceparent into this request: the span takes

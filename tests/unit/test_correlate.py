@@ -278,13 +278,21 @@ def _io_thread_case(in_flight: int):
     return {s.path: s for s in spans}, stats
 
 
-def test_io_thread_call_is_left_a_root_not_guessed():
-    """A call written by a thread that handles no request: even with a single
-    request in flight in the process, no parent is guessed."""
-    for in_flight in (1, 2):
-        p, stats = _io_thread_case(in_flight)
-        assert p["/down"].parent_span_id is None
-        assert p["/down"].correlation_source == "none"
+def test_io_thread_call_links_to_the_one_request_waiting_for_a_call():
+    """A call written by a thread that handles no request: the one request of
+    the process that has made no call yet is its parent (0.6)."""
+    p, stats = _io_thread_case(1)
+    assert p["/down"].parent_span_id == p["/in0"].span_id
+    assert p["/down"].trace_id == p["/in0"].trace_id
+    assert (p["/down"].correlation_source, p["/down"].correlation_confidence) == ("thread", 0.6)
+    assert stats.correlation_ambiguous == 0
+
+
+def test_io_thread_call_with_two_requests_waiting_is_left_a_root():
+    p, stats = _io_thread_case(2)
+    assert p["/down"].parent_span_id is None
+    assert p["/down"].correlation_source == "none"
+    assert stats.correlation_ambiguous == 1
 
 
 def test_ancestor_walk_is_bounded_even_on_a_cycle():
