@@ -6,7 +6,7 @@ a sniffer that picks the protocol from the first request bytes:
 - HTTP/1 request line -> tracer.session_http1.Http1Session
 - HTTP/2 prior-knowledge preface in the request direction, or a SETTINGS
   frame first in the response direction (servers may speak first) ->
-  tracer.protocols.http2.Http2Session (or the h2 factory given to the
+  tracer.session_http2.Http2Session (or the h2 factory given to the
   table), counted in h2_connections
 - anything else -> given up, counted as unparsed.
 For ROLE_UNKNOWN connections (open before the tracer started, possibly no
@@ -35,8 +35,9 @@ from tracer.events import (
     OpenEvent,
 )
 from tracer.protocols.http1 import is_request_start
-from tracer.protocols.http2 import Http2Session, looks_like_frames
+from tracer.protocols.http2 import looks_like_frames
 from tracer.session_http1 import Http1Session
+from tracer.session_http2 import Http2Session
 from tracer.spans import Span
 from tracer.stats import Stats
 
@@ -284,7 +285,7 @@ class ConnectionTable:
         self.stats = stats
         self.clock_offset_ns = clock_offset_ns
         self.capture_bytes = capture_bytes
-        self.h2_factory = h2_factory  # None: tracer.protocols.http2.Http2Session
+        self.h2_factory = h2_factory  # None: tracer.session_http2.Http2Session
         self.h2_capture = h2_capture
         self.conns: dict[int, Conn] = {}
         # every protocol goes through the correlator: ids at request start, links

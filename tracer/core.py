@@ -34,6 +34,7 @@ HOT = (
     "tracer.protocols.http1",
     "tracer.session_http1",
     "tracer.protocols.http2",
+    "tracer.session_http2",
     "tracer.protocols.grpc",
     "tracer.protocols.hpack_partial",
     "tracer.tracecontext",

@@ -23,10 +23,10 @@ from collections.abc import Callable
 import hpack
 from hpack.exceptions import HPACKError
 
-from tracer import events
+from tracer import events, session_http2
 from tracer.conn import ConnectionTable
 from tracer.events import CloseEvent, DataEvent, DecodeError, OpenEvent
-from tracer.protocols import http1, http2
+from tracer.protocols import http1
 from tracer.protocols.hpack_partial import UNKNOWN_TABLE_LIMIT, HpackTable
 from tracer.protocols.http2 import PREFACE, SELECT
 from tracer.session_http1 import Http1Session
@@ -105,7 +105,7 @@ def check_table(table: ConnectionTable) -> None:
                 assert len(p.buf) <= HTTP1_BUF_CAP, ("http1 buf", len(p.buf))
                 if p.state == http1.DEAD:
                     assert proto.dead
-        elif isinstance(proto, http2.Http2Session):
+        elif isinstance(proto, session_http2.Http2Session):
             for r in proto.readers:
                 assert len(r.buf) <= H2_BUF_CAP, ("h2 buf", len(r.buf))
                 body = sum(map(len, r.body)) if r.body else 0
@@ -269,7 +269,7 @@ def fuzz_http2(data: bytes) -> None:
     else:
         table._add(1, role)
     conn = table.conns[1]
-    conn.proto = http2.Http2Session(conn, table, known)
+    conn.proto = session_http2.Http2Session(conn, table, known)
     table.stats.h2_connections += 1
     _drive(table, s, 1, role, capture, t)
     _finish(table, stats, spans)

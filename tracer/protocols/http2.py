@@ -1,9 +1,17 @@
 # cython: annotation_typing=False
-"""HTTP/2 (h2c, and gRPC over it) from captured syscall byte streams.
+"""HTTP/2 (h2c, and gRPC over it) frames from captured syscall byte streams.
 
-Per connection: two FrameReaders (one per direction, each with its own HPACK
-table) feed an Http2Session, which pairs requests and responses by stream id
-and finishes spans through the correlator.
+Sans-IO: a FrameReader takes one direction's data events and reports what it
+found to its owner (tracer/session_http2.py's Http2Session, or any object
+with the same methods): decoded header blocks, DATA ends, RST_STREAM and
+GOAWAY. It knows nothing of streams' pairing, spans or the correlator; each
+direction has its own HPACK table.
+
+The owner provides: `stats` (counters), `give_up()`, `msg_counter(reader,
+sid)` (a gRPC message counter for a stream's DATA, or None),
+`on_headers(reader, sid, fields, lost, end_stream, first, last)`,
+`on_data_end(reader, sid, end_stream, ev)`, `on_rst(reader, sid, code, ev)`
+and `on_goaway(reader, last_sid, ev)`.
 
 Capture gaps (a syscall moved `size` bytes, only a prefix was copied) do not
 break framing: frame lengths come from the 9-byte frame headers, and bytes
@@ -23,9 +31,6 @@ handled inline, since their bodies are usually only partly captured.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-from urllib.parse import unquote
-
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import (
     FRAMES,
@@ -41,13 +46,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tracer.events import ConnRole, DataDir, DataEvent
-from tracer.protocols import grpc
+from tracer.events import DataEvent
 from tracer.protocols.hpack_partial import HpackTable
-from tracer.spans import Span, exchange_span
-
-if TYPE_CHECKING:
-    from tracer.conn import Conn, ConnectionTable
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _PREFACE_LEN = len(PREFACE)
@@ -84,12 +84,6 @@ RESYNC_LIMIT = 64  # syscalls without a frame-aligned start before giving up
 MAX_HELD = 64 * 1024
 _MAX_HELD = MAX_HELD  # C constants in the compiled module
 _SHAPE_MAX_LEN = SHAPE_MAX_LEN
-
-_ROLE_SERVER = int(ConnRole.ROLE_SERVER)
-_ROLE_CLIENT = int(ConnRole.ROLE_CLIENT)
-_ROLE_UNKNOWN = int(ConnRole.ROLE_UNKNOWN)
-_INGRESS = int(DataDir.DIR_INGRESS)
-_EGRESS = int(DataDir.DIR_EGRESS)
 
 # Header fields kept (wire name -> key). Every field still goes through the
 # HPACK table; these are the ones spans and correlation use.
@@ -158,31 +152,6 @@ def looks_like_frames(data: bytes, size: int, first_type: int = -1) -> bool:
     return n >= 2
 
 
-class _Stream:
-    """One HTTP/2 stream (one request/response exchange)."""
-
-    __slots__ = ("sid", "req", "resp_hdrs", "status", "trailers", "ctx", "lost", "orphan",
-                 "req_first", "req_last", "resp_first", "resp_last", "grpc", "req_msgs",
-                 "resp_msgs")
-
-    def __init__(self, sid: int) -> None:
-        self.sid = sid
-        self.req: dict[str, str] = {}
-        self.resp_hdrs: dict[str, str] | None = None
-        self.status = 0
-        self.trailers: dict[str, str] | None = None
-        self.ctx = None
-        self.lost = False  # some header field could not be decoded
-        self.orphan = False  # request not seen (joined late): not a span
-        self.req_first: DataEvent | None = None
-        self.req_last: DataEvent | None = None
-        self.resp_first: DataEvent | None = None
-        self.resp_last: DataEvent | None = None
-        self.grpc = False
-        self.req_msgs: grpc.MessageCounter | None = None
-        self.resp_msgs: grpc.MessageCounter | None = None
-
-
 class FrameReader:
     """Frames of one direction of one connection, reassembled across syscalls."""
 
@@ -190,8 +159,7 @@ class FrameReader:
                  "ftype", "flags", "sid", "flen", "frame_ev", "body", "short", "msgs",
                  "dpre", "dcontent", "block", "lost", "lost_events", "held")
 
-    def __init__(self, session: Http2Session, direction: int, known: bool,
-                 preface: bool) -> None:
+    def __init__(self, session, direction: int, known: bool, preface: bool) -> None:
         self.session = session
         self.direction = direction
         self.hpack = HpackTable(known)
@@ -207,7 +175,7 @@ class FrameReader:
         self.body: list[bytes] | None = None  # captured body parts, for frames we decode
         self.short = False  # part of that body fell in a gap
         self.held = 0  # bytes in body (and, for CONTINUATIONs, in the open block)
-        self.msgs: grpc.MessageCounter | None = None  # DATA of a gRPC stream
+        self.msgs = None  # DATA of a gRPC stream: the owner's message counter
         self.dpre = 0  # DATA: pad-length byte still to come
         self.dcontent = 0  # DATA: content bytes still to come (-1: unknown)
         # an open header block: [sid, parts, flags of the HEADERS frame, first ev, short,
@@ -451,222 +419,3 @@ class FrameReader:
         self.buf = b""
         self.buf_ev = None
         self.hpack.reset()  # the skipped bytes may have held header blocks
-
-
-class Http2Session:
-    """HTTP/2 on one connection: streams paired by id, spans through the correlator.
-
-    known: the connection was seen from its start (HPACK tables known).
-    The request direction is the conn's role; for ROLE_UNKNOWN (joined late)
-    it is learnt from the first decodable HEADERS (:method/:path in requests,
-    :status in responses)."""
-
-    __slots__ = ("conn", "table", "stats", "streams", "readers", "req_dir", "dead")
-
-    def __init__(self, conn: Conn, table: ConnectionTable, known: bool = True) -> None:
-        self.conn = conn
-        self.table = table
-        self.stats = table.stats
-        self.streams: dict[int, _Stream] = {}
-        role = conn.role
-        if role == _ROLE_SERVER:
-            self.req_dir = _INGRESS
-        elif role == _ROLE_CLIENT:
-            self.req_dir = _EGRESS
-        else:
-            self.req_dir = -1
-        # index = direction; the client preface can only lead the request direction
-        self.readers = (FrameReader(self, _EGRESS, known, known and self.req_dir != _INGRESS),
-                        FrameReader(self, _INGRESS, known, known and self.req_dir != _EGRESS))
-        self.dead = False
-
-    def on_data(self, ev: DataEvent) -> None:
-        reader = self.readers[ev.direction]
-        reader.feed(ev)
-
-    def on_close(self, eof: bool) -> None:
-        if self.dead:
-            return
-        self.dead = True
-        n = 0
-        for st in self.streams.values():
-            if not st.orphan:
-                n += 1
-        self.stats.incomplete_requests += n
-        self.streams.clear()
-
-    def give_up(self) -> None:
-        """Framing never came back: stop parsing this connection (counted)."""
-        self.on_close(False)
-        self.conn.give_up(counted=True)
-
-    # ---- from the frame readers ----
-
-    def msg_counter(self, reader: FrameReader, sid: int) -> grpc.MessageCounter | None:
-        st = self.streams.get(sid)
-        if st is None or not st.grpc:
-            return None
-        return st.req_msgs if reader.direction == self.req_dir else st.resp_msgs
-
-    def on_headers(self, reader: FrameReader, sid: int, fields: dict[str, str], lost: bool,
-                   end_stream: int, first: DataEvent, last: DataEvent) -> None:
-        if self.req_dir < 0 and not self._learn_role(reader.direction, fields):
-            self.stats.h2_headers_lost += 1  # neither a request nor a response we can tell
-            return
-        streams = self.streams
-        st = streams.get(sid)
-        if reader.direction == self.req_dir:
-            if st is None:
-                if len(streams) >= MAX_STREAMS:
-                    self.stats.requests_overflow += 1
-                    return
-                st = _Stream(sid)
-                streams[sid] = st
-                st.req = fields
-                st.lost = lost
-                st.req_first = first
-                authority = fields.get(":authority")
-                if authority is not None:
-                    fields["host"] = authority
-                ctype = fields.get("content-type", "")
-                st.grpc = ctype.startswith("application/grpc")
-                if st.grpc:
-                    st.req_msgs = grpc.MessageCounter()
-                    st.resp_msgs = grpc.MessageCounter()
-                server = self.req_dir == _INGRESS
-                # the start time, as for HTTP/1: flush() ages waiting contexts by it
-                st.ctx = self.table.correlator.start(
-                    self.conn, server, first.pid, first.tid, fields, sid,
-                    first.ts_exit if server else first.ts_enter)
-            else:
-                st.lost = st.lost or lost  # request trailers
-            st.req_last = last
-            return
-        # response direction
-        if st is None:
-            if sid & 1:  # a stream whose request we never saw (joined late)
-                if len(streams) >= MAX_STREAMS:
-                    self.stats.unpaired_responses += 1
-                    return
-                st = _Stream(sid)
-                st.orphan = True
-                streams[sid] = st
-                self.stats.unpaired_responses += 1
-            else:
-                return  # a pushed stream's response: not traced
-        if st.orphan:
-            if end_stream:
-                del streams[sid]
-            return
-        st.lost = st.lost or lost
-        if st.resp_hdrs is None:
-            status = fields.get(":status", "")
-            if status[:1] == "1" and not end_stream:
-                return  # interim (1xx): the final response follows
-            st.resp_hdrs = fields
-            # isascii: str.isdigit() admits digits that int() refuses ("²")
-            st.status = int(status) if status.isascii() and status.isdigit() else 0
-            st.resp_first = first
-        else:
-            st.trailers = fields
-        st.resp_last = last
-        if end_stream:
-            del streams[sid]
-            self._finish(st)
-
-    def on_data_end(self, reader: FrameReader, sid: int, end_stream: int,
-                    ev: DataEvent) -> None:
-        st = self.streams.get(sid)
-        if st is None:
-            return
-        if reader.direction == self.req_dir:
-            st.req_last = ev
-            return
-        if st.resp_hdrs is None:
-            return  # DATA before response HEADERS: malformed or lost with the headers
-        st.resp_last = ev
-        if end_stream:
-            del self.streams[sid]
-            if not st.orphan:
-                self._finish(st)
-
-    def on_rst(self, reader: FrameReader, sid: int, code: int, ev: DataEvent) -> None:
-        st = self.streams.pop(sid, None)
-        if st is None or st.orphan:
-            return
-        self.stats.h2_streams_reset += 1
-        if st.resp_hdrs is None:
-            self.stats.incomplete_requests += 1
-            return
-        # reset after the response started: the span ends here, marked
-        if reader.direction != self.req_dir:
-            st.resp_last = ev
-        self._finish(st, code)
-
-    def on_goaway(self, reader: FrameReader, last_sid: int, ev: DataEvent) -> None:
-        # streams above last_sid were never processed by the GOAWAY's sender
-        streams = self.streams
-        dropped = [sid for sid in streams if sid > last_sid]
-        for sid in dropped:
-            if not streams.pop(sid).orphan:
-                self.stats.incomplete_requests += 1
-
-    # ---- helpers ----
-
-    def _learn_role(self, direction: int, fields: dict[str, str]) -> bool:
-        if ":method" in fields or ":path" in fields:
-            req_dir = direction
-        elif ":status" in fields:
-            req_dir = _EGRESS if direction == _INGRESS else _INGRESS
-        else:
-            return False
-        self.req_dir = req_dir
-        conn = self.conn
-        if conn.role == _ROLE_UNKNOWN:
-            conn.role = _ROLE_SERVER if req_dir == _INGRESS else _ROLE_CLIENT
-        return True
-
-    def _finish(self, st: _Stream, reset_code: int = -1) -> None:
-        table = self.table
-        span = h2_span(self.conn, st, table.clock_offset_ns, self.req_dir == _INGRESS,
-                       reset_code)
-        if st.lost:
-            self.stats.h2_headers_lost += 1
-        if (st.req_msgs is not None and st.req_msgs.lost) or \
-                (st.resp_msgs is not None and st.resp_msgs.lost):
-            self.stats.grpc_framing_lost += 1
-        table.correlator.finish(st.ctx, span)
-
-
-def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
-            reset_code: int = -1) -> Span:
-    """One finished stream -> Span (latency rules as for HTTP/1, see spans.py)."""
-    first = st.req_first
-    last = st.resp_last
-    rfirst = st.resp_first
-    req = st.req
-    target = req.get(":path", "")
-    path, _, query = target.partition("?")
-    extra = None
-    if st.grpc:
-        trailers = st.trailers or st.resp_hdrs  # trailers-only responses carry it in HEADERS
-        gmsg = trailers.get("grpc-message")
-        extra = grpc.attributes(path, trailers.get("grpc-status"),
-                                unquote(gmsg) if gmsg else None, st.req_msgs, st.resp_msgs)
-    if st.lost or reset_code >= 0:
-        extra = extra if extra is not None else {}
-        if st.lost:
-            extra["tracer.h2.headers_lost"] = True
-        if reset_code >= 0:
-            extra["http2.rst_stream.error_code"] = reset_code
-    s = exchange_span(conn, server, first, st.req_last, rfirst, last, clock_offset_ns)
-    s.protocol = "grpc" if st.grpc else "http2"
-    s.method = req.get(":method", "")
-    s.path = path
-    s.query = query
-    s.status = st.status
-    s.version = "2"
-    s.request_headers = req
-    s.response_headers = st.resp_hdrs
-    s.attributes_extra = extra
-    return s
