@@ -17,7 +17,9 @@ Per traced variant:
 - cpu_us_per_request: the traced process's CPU from its ready line to its
   exit (schedstat at ready, wait4 rusage at exit: both ns-based), per
   request wrk completed; the drain after SIGINT counts, start-up does not;
-- rss_mb: peak RSS (ru_maxrss); ready_s: launch to the ready line;
+- rss_mb: peak RSS of the process's own memory (VmHWM, read until it
+  exits; not ru_maxrss, which counts the harness's RSS at fork: see
+  _wait4); ready_s: launch to the ready line;
 - recall: server spans (tracer) or request lines received (peer) / requests
   wrk completed. wrk does not count the up to 16 requests in flight when it
   stops, so recall can exceed 1 by 16/requests;
@@ -188,17 +190,42 @@ def _cpu_ns(pid: int) -> int:
     return total
 
 
-def _wait4(proc: subprocess.Popen, timeout: float) -> tuple[float, float] | None:
-    """Reap with wait4: (user+sys seconds, peak RSS MiB), None on timeout."""
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak RSS (MiB) of pid's current address space; None once it is gone
+    (a zombie has no memory left to report)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _wait4(proc: subprocess.Popen, timeout: float,
+           poll_s: float = 0.02) -> tuple[float, float] | None:
+    """Reap with wait4: (user+sys seconds, peak RSS MiB), None on timeout.
+
+    Peak RSS is VmHWM, read before each wait4 until the process is gone:
+    ru_maxrss cannot serve, because exec records the RSS of the address space
+    it replaces, and a child forked (or vforked) from this harness starts in
+    the harness's own, with numpy and scipy in it. VmHWM is a high-water mark:
+    a read misses only what grows after it, in the last poll_s before exit.
+    """
     deadline = time.monotonic() + timeout
+    peak = 0.0
     while True:
+        hwm = vm_hwm_mb(proc.pid)
+        if hwm is not None and hwm > peak:
+            peak = hwm
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+            return ru.ru_utime + ru.ru_stime, peak
         if time.monotonic() >= deadline:
             return None
-        time.sleep(0.02)
+        time.sleep(poll_s)
 
 
 @dataclass

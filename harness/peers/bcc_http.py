@@ -80,6 +80,16 @@ def parse_pids(values: list[str]) -> set[int]:
     return pids
 
 
+def _vm_hwm_mb() -> float | None:
+    """Own peak RSS. Not ru_maxrss: exec records the replaced address space,
+    so a child of a big harness reports the harness's memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--pid", action="append", default=[], metavar="PID[,PID...]")
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile_s": round(compile_s, 3), "ready_s": round(ready_s, 3),
         "duration_s": round(time.time() - started, 3),
         "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
-        "rss_peak_mb": round(ru.ru_maxrss / 1024, 1),
+        "rss_peak_mb": _vm_hwm_mb(),
     }
     if out:
         out.close()

@@ -1,9 +1,14 @@
 """Pure parts of the saturation scenario: wrk's report, the paired ratio CI,
-the alternating order, and the run rows -> result figures."""
+the alternating order, and the run rows -> result figures; and the peak RSS
+of a child, which must be its own (no root)."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +93,36 @@ def test_summarize_pairs_only_within_a_group():
             _row(1, "bcc", 90.0, 10, **traced)]
     p = summarize(runs, {})["peers"]["bcc"]
     assert (p["rps"], p["ratio"], p["runs"], p["ratio_ci"]) == (40, 0.4, 1, None)
+
+
+# A parent holding BALLAST_MB reaps two `sleep` children: one with a bare
+# wait4 (ru_maxrss), one with the harness's _wait4.
+_CHILD_OF_A_BIG_PARENT = """
+import json, os, subprocess, sys
+from harness.saturation import _wait4, vm_hwm_mb
+ballast = b"x" * ({mb} << 20)  # written, so resident
+p = subprocess.Popen(["sleep", "0.2"])
+_, _, ru = os.wait4(p.pid, 0)
+q = subprocess.Popen(["sleep", "0.2"])
+_, peak = _wait4(q, 10.0)
+z = subprocess.Popen(["true"])
+while open(f"/proc/{{z.pid}}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    pass
+zombie = vm_hwm_mb(z.pid)
+z.wait()
+print(json.dumps({{"ru_maxrss_mb": ru.ru_maxrss / 1024, "peak_mb": peak, "zombie": zombie}}))
+"""
+BALLAST_MB = 256
+
+
+def test_peak_rss_is_the_childs_own_not_the_harness():
+    # exec records the RSS of the address space it replaces, which a child of
+    # the harness starts in: ru_maxrss showed the harness (112 MB), not the tracer (35)
+    out = subprocess.run([sys.executable, "-c", _CHILD_OF_A_BIG_PARENT.format(mb=BALLAST_MB)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    r = json.loads(out)
+    assert r["ru_maxrss_mb"] >= BALLAST_MB  # the trap is there
+    # sleep maps a few pages of its own: far below the parent's ballast
+    assert 0 < r["peak_mb"] < BALLAST_MB / 8
+    assert r["zombie"] is None  # its memory is gone: no figure rather than 0
