@@ -1,14 +1,18 @@
 """From the table of runs to per-scenario figures: medians with 95% CIs,
-traced/baseline ratios, Mann-Whitney tests, the overhead figures the budgets
-judge, and the A/A noise floor for each of them."""
+traced/baseline ratios, Mann-Whitney tests, the cost figures the budgets
+judge (means with 95% CIs), and the noise floor of each of them. Pure
+functions over plain data and pandas frames."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from harness.fmt import number
 
 # Figures compared baseline vs traced in summary.csv.
 COMPARED = [
@@ -17,7 +21,8 @@ COMPARED = [
 ]
 # Figures that exist for traced runs only.
 TRACED_ONLY = [
-    "tracer_cpu_cores", "tracer_rss_peak_mb", "tracer_rss_steady_mb", "events_per_s",
+    "agent_cpu_us_per_request", "agent_cpu_us_per_span", "bpf_ns_per_request",
+    "bpf_ns_per_syscall", "tracer_cpu_cores", "tracer_rss_peak_mb", "tracer_rss_steady_mb", "events_per_s",
     "delivered_per_s", "dropped_per_s", "drop_rate", "precision", "recall", "field_accuracy",
     "latency_error_p50_us", "latency_error_p99_us", "correlation",
 ]
@@ -53,7 +58,7 @@ def mann_whitney(a, b) -> float:
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    return df[name] if name in df else pd.Series(dtype=float)
+    return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(dtype=float)
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,99 +99,238 @@ def _pairs(df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
 
 
 def _get(row: pd.Series, key: str) -> float:
-    v = row.get(key, math.nan)
-    try:
-        return float(v)
-    except (TypeError, ValueError):
+    return number(row.get(key, math.nan))
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean with a t-interval; (mean, NaN, NaN) with fewer than 2 values."""
+    x = np.asarray([v for v in values if not math.isnan(number(v))], float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    sem = float(x.std(ddof=1)) / math.sqrt(len(x))
+    if sem == 0:
+        return m, m, m
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=m, scale=sem)
+    return m, float(lo), float(hi)
+
+
+def _halfwidth(m: float, lo: float, hi: float) -> float:
+    return max(m - lo, hi - m) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
+
+
+def _aa_couples(df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """Two untraced runs each: the A/A pair, then consecutive baselines of
+    the pairs (run order)."""
+    def ordered(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+        return frame.sort_values(key) if key in frame else frame
+
+    aa = ordered(df[df["label"] == "aa"], "position")
+    base = ordered(df[(df["label"] == "pair") & (df["variant"] == "baseline")], "run")
+    couples = [(aa.iloc[0], aa.iloc[1])] if len(aa) == 2 else []
+    couples += [(base.iloc[i], base.iloc[i + 1]) for i in range(len(base) - 1)]
+    return couples
+
+
+def aa_bound(df: pd.DataFrame, fn) -> float:
+    """The largest effect an A/A comparison is compatible with: the same
+    difference computed between untraced runs, bound of its 95% CI (one
+    couple: its absolute difference). NaN without any couple."""
+    diffs = [fn(b) - fn(a) for a, b in _aa_couples(df)]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if not diffs:
         return math.nan
+    m, lo, hi = mean_ci(diffs)
+    return abs(m) if math.isnan(lo) else max(abs(lo), abs(hi))
 
 
-def _cpu_overhead(base: pd.Series, traced: pd.Series) -> float:
-    """% of one core per 1k req/s: the tracer's own CPU plus what the workload
-    spent extra (syscall hooks run in the workload's context)."""
-    tracer = _get(traced, "tracer_cpu_cores")
-    tracer = 0.0 if math.isnan(tracer) else tracer
-    growth = _get(traced, "workload_cpu_cores") - _get(base, "workload_cpu_cores")
-    krps = _get(traced, "achieved_rps") / 1000.0
-    return (tracer + growth) * 100.0 / krps if krps > 0 else math.nan
+def syscall_of(prog_name: str) -> dict:
+    """{"syscall", "phase"} of a syscall tracepoint program named like
+    tp_enter_read / tp_exit_read; empty strings for other programs."""
+    m = _SYSCALL_PROG.search(prog_name or "")
+    return {"syscall": m.group(2), "phase": m.group(1)} if m else {"syscall": "", "phase": ""}
+
+
+_SYSCALL_PROG = re.compile(r"(?:^|_)(enter|exit)_([a-z0-9_]+)$")
+
+
+def load_deltas(load: list[dict], idle: list[dict] | None, load_s: float,
+                idle_s: float) -> list[dict]:
+    """Per program, the load window's run count and time (bpf_delta rows)
+    with the background an idle window just before predicts for the same
+    length taken out: the programs run for every process on the machine,
+    and what the neighbours do is not the load's cost. Adds bg_run_cnt,
+    bg_run_time_ns, load_run_cnt, load_run_time_ns (may be < 0 per program)."""
+    by = {d["prog_id"]: d for d in idle or []}
+    k = load_s / idle_s if idle and idle_s > 0 else 0.0
+    out = []
+    for d in load:
+        b = by.get(d["prog_id"], {})
+        bg_cnt, bg_ns = b.get("run_cnt", 0) * k, b.get("run_time_ns", 0) * k
+        out.append({**d, "bg_run_cnt": bg_cnt, "bg_run_time_ns": bg_ns,
+                    "load_run_cnt": d["run_cnt"] - bg_cnt,
+                    "load_run_time_ns": d["run_time_ns"] - bg_ns})
+    return out
+
+
+def bpf_figures(deltas: list[dict], requests, spans) -> dict:
+    """One run's BPF run time (bpf_stats deltas per program, background
+    taken out when load_deltas() added it): per request, per span, per
+    program run and per traced syscall (the syscall programs' time over the
+    syscalls they saw: one enter and one exit per syscall). Also the
+    machine-wide time in the load window, background included (_all)."""
+    def cnt(d):
+        return d.get("load_run_cnt", d["run_cnt"])
+
+    def ns(d):
+        return d.get("load_run_time_ns", d["run_time_ns"])
+
+    total_ns = max(sum(ns(d) for d in deltas), 0.0)
+    total_cnt = max(sum(cnt(d) for d in deltas), 0.0)
+    per: dict[str, dict[str, float]] = {}
+    for d in deltas:
+        sc = syscall_of(d["name"])
+        if sc["syscall"]:
+            e = per.setdefault(sc["syscall"], {"ns": 0.0, "enter": 0.0, "exit": 0.0})
+            e["ns"] += ns(d)
+            e[sc["phase"]] += cnt(d)
+    sys_ns = max(sum(e["ns"] for e in per.values()), 0.0)
+    sys_cnt = max(sum(max(e["enter"], e["exit"]) for e in per.values()), 0.0)
+    all_ns = sum(d["run_time_ns"] for d in deltas)
+    n, k = number(requests), number(spans)
+    return {
+        "bpf_ns_total": float(total_ns), "bpf_runs_total": float(total_cnt),
+        "bpf_ns_per_request": total_ns / n if n > 0 else math.nan,
+        "bpf_ns_per_span": total_ns / k if k > 0 else math.nan,
+        "bpf_runs_per_request": total_cnt / n if n > 0 else math.nan,
+        "bpf_ns_per_run": total_ns / total_cnt if total_cnt else math.nan,
+        "bpf_syscalls_per_request": sys_cnt / n if n > 0 else math.nan,
+        "bpf_ns_per_syscall": sys_ns / sys_cnt if sys_cnt else math.nan,
+        "bpf_ns_per_request_all": all_ns / n if n > 0 else math.nan,
+    }
+
+
+# Difference figures: per pair, traced minus baseline.
+LATENCY_ADDED = {"p50_added_us": "latency_p50_us", "p99_added_us": "latency_p99_us",
+                 "p999_added_us": "latency_p999_us"}
+
+
+def _growth_us(base: pd.Series, traced: pd.Series) -> float:
+    """Growth of the workload's CPU, µs per request (traced's rate)."""
+    rps = _get(traced, "achieved_rps")
+    g = _get(traced, "workload_cpu_cores") - _get(base, "workload_cpu_cores")
+    return g * 1e6 / rps if rps > 0 else math.nan
+
+
+def _workload_us(r: pd.Series) -> float:
+    rps = _get(r, "achieved_rps")
+    return _get(r, "workload_cpu_cores") * 1e6 / rps if rps > 0 else math.nan
+
+
+def _put(f: dict, noise: dict, key: str, values, aa: float | None = None) -> None:
+    """f[key] = mean of values, with its 95% CI and count; noise[key] = the CI
+    half-width, or the A/A bound when that is larger."""
+    m, lo, hi = mean_ci(values)
+    f[key], f[f"{key}_ci_low"], f[f"{key}_ci_high"] = m, lo, hi
+    f[f"{key}_n"] = int(sum(1 for v in values if not math.isnan(number(v))))
+    hw = _halfwidth(m, lo, hi)
+    if aa is not None and not math.isnan(aa):
+        hw = aa if math.isnan(hw) else max(hw, aa)
+    noise[key] = hw
 
 
 def figures(runs: pd.DataFrame) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Per-scenario figures the budgets judge, and the A/A noise floor of the
-    difference figures (same formula applied to the two baseline runs)."""
+    """Per-scenario figures the budgets judge, and each one's noise floor.
+
+    Cost figures are means over runs with a 95% t-interval (keys
+    <figure>_ci_low/_ci_high/_n). The noise floor of a figure is the
+    half-width of that interval; for a traced-minus-baseline difference it
+    is at least the A/A bound (the same difference between untraced runs).
+    """
     figs: dict[str, dict] = {}
     noise: dict[str, dict] = {}
     for scenario, df in runs.groupby("scenario", sort=False):
         valid = df[df.get("valid", True) != False]  # noqa: E712 (pandas mask)
         pairs = _pairs(valid)
         traced = valid[valid["variant"] == "traced"]
-        traced_main = traced[traced["label"] == "pair"]
+        # traced runs at the plan's rate: the pairs' and the BPF pass
+        main = traced[traced["label"].isin(["pair", "bpf"])]
+        traced_pairs = traced[traced["label"] == "pair"]
+        f: dict = {}
+        nz: dict = {}
 
         def med(values) -> float:
-            vals = [v for v in values if not math.isnan(v)]
+            vals = [v for v in values if not math.isnan(number(v))]
             return float(np.median(vals)) if vals else math.nan
 
-        f = {
-            "cpu_overhead_pct_core_per_1k_rps": med([_cpu_overhead(b, t) for b, t in pairs]),
-            "p99_added_us": med([_get(t, "latency_p99_us") - _get(b, "latency_p99_us")
-                                 for b, t in pairs]),
-            "p50_added_us": med([_get(t, "latency_p50_us") - _get(b, "latency_p50_us")
-                                 for b, t in pairs]),
-            "tracer_cpu_cores": med(list(_col(traced_main, "tracer_cpu_cores"))),
-            # The tracer process alone, same normalisation: not subject to the
-            # workload's run-to-run noise.
-            "tracer_cpu_pct_core_per_1k_rps": med([
-                _get(t, "tracer_cpu_cores") * 1e5 / _get(t, "achieved_rps")
-                for _, t in traced_main.iterrows() if _get(t, "achieved_rps") > 0]),
+        def col(frame, key) -> list[float]:  # one value per row, NaN where missing
+            if key not in frame:
+                return [math.nan] * len(frame)
+            return [number(v) for v in frame[key]]
+
+        # the tracer's own CPU, load + drain, ns-based
+        _put(f, nz, "agent_cpu_us_per_request", col(main, "agent_cpu_us_per_request"))
+        _put(f, nz, "agent_cpu_us_per_span", col(main, "agent_cpu_us_per_span"))
+        # in-kernel: BPF run time (runs with bpf_stats on)
+        for key in ("bpf_ns_per_request", "bpf_ns_per_span", "bpf_ns_per_syscall",
+                    "bpf_syscalls_per_request", "bpf_ns_per_run", "bpf_ns_per_request_all"):
+            _put(f, nz, key, col(main, key))
+        # all-in: tracer process + BPF in the traced processes, per run when
+        # both were measured in the same run, else with the BPF mean
+        for unit in ("request", "span"):
+            agent, bpf = f"agent_cpu_us_per_{unit}", f"bpf_ns_per_{unit}"
+            same = [a + b / 1e3 for a, b in zip(col(main, agent), col(main, bpf), strict=True)
+                    if not (math.isnan(a) or math.isnan(b))]
+            key = f"cost_us_per_{unit}"
+            if len(same) >= 2:
+                _put(f, nz, key, same)
+            else:
+                f[key] = f[agent] + f[bpf] / 1e3
+                f[f"{key}_n"] = f[f"{agent}_n"]
+                nz[key] = nz[agent] + nz[bpf] / 1e3
+        # added latency, per pair, at least the A/A bound
+        for key, lat in LATENCY_ADDED.items():
+            _put(f, nz, key, [_get(t, lat) - _get(b, lat) for b, t in pairs],
+                 aa=aa_bound(df, lambda r, c=lat: _get(r, c)))
+        # cross-check: growth of the workload's CPU (BPF programs run in its
+        # syscalls), and the tracer plus that growth
+        _put(f, nz, "workload_growth_us_per_request", [_growth_us(b, t) for b, t in pairs],
+             aa=aa_bound(df, _workload_us))
+        _put(f, nz, "overhead_growth_us_per_request",
+             [_get(t, "agent_cpu_us_per_request") + _growth_us(b, t) for b, t in pairs],
+             aa=aa_bound(df, _workload_us))
+        f.update({
+            "pairs": len(pairs),
+            "tracer_cpu_cores": med(col(traced_pairs, "tracer_cpu_cores")),
+            "agent_startup_s": med(col(traced, "agent_startup_s")),
+            "agent_startup_cpu_s": med(col(traced, "agent_startup_cpu_s")),
+            "agent_stop_s": med(col(traced, "agent_stop_s")),
+            "agent_stop_cpu_s": med(col(traced, "agent_stop_cpu_s")),
+            "agent_drain_s": med(col(traced, "agent_drain_s")),
             "tracer_rss_peak_mb": float(_col(traced, "tracer_rss_peak_mb").max())
             if _col(traced, "tracer_rss_peak_mb").notna().any() else math.nan,
-            "tracer_rss_steady_mb": med(list(_col(traced_main, "tracer_rss_steady_mb"))),
-            "events_per_s": med(list(_col(traced, "events_per_s"))),
-            "recall": med(list(_col(traced, "recall"))),
+            "tracer_rss_steady_mb": med(col(traced_pairs, "tracer_rss_steady_mb")),
+            "events_per_s": med(col(traced, "events_per_s")),
+            "recall": med(col(traced, "recall")),
             "recall_min": float(_col(traced, "recall").min())
             if _col(traced, "recall").notna().any() else math.nan,
-            "precision": med(list(_col(traced, "precision"))),
-            "field_accuracy": med(list(_col(traced, "field_accuracy"))),
-            "correlation": med(list(_col(traced, "correlation"))),
-            "latency_error_p50_us": med(list(_col(traced, "latency_error_p50_us"))),
-            "bpf_ns_per_request": med(list(_col(df, "bpf_ns_per_request"))),
-            "achieved_rps": med(list(_col(valid[valid["label"] == "pair"], "achieved_rps"))),
+            "precision": med(col(traced, "precision")),
+            "field_accuracy": med(col(traced, "field_accuracy")),
+            "correlation": med(col(traced, "correlation")),
+            "latency_error_p50_us": med(col(traced, "latency_error_p50_us")),
+            # the client's timer wake-up lateness in untraced runs: the
+            # machine's own jitter, a floor under any latency difference
+            "wake_late_p99_us": med(col(valid[valid["variant"] == "baseline"],
+                                        "wake_late_p99_us")),
+            "achieved_rps": med(col(valid[valid["label"] == "pair"], "achieved_rps")),
             "invalid_runs": int((df.get("valid", True) == False).sum()),  # noqa: E712
-        }
+        })
         seen = _col(traced, "tracer_events_seen").sum(min_count=1)
         dropped = _col(traced, "tracer_events_dropped").sum(min_count=1)
         f["drop_rate"] = float(dropped / seen) if seen and seen > 0 else (
             0.0 if seen == 0 else math.nan)
         figs[scenario] = f
-
-        noise[scenario] = _noise_floor(df)
+        noise[scenario] = nz
     return figs, noise
-
-
-def _noise_floor(df: pd.DataFrame) -> dict[str, float]:
-    """How far two untraced runs differ, per difference figure: the A/A pair,
-    widened to the median gap between consecutive baseline runs of the pairs
-    (one A/A pair alone can land close together by luck)."""
-    aa = df[df["label"] == "aa"].sort_values("position")
-    base = df[(df["label"] == "pair") & (df["variant"] == "baseline")].sort_values("pair")
-    couples = [(aa.iloc[0], aa.iloc[1])] if len(aa) == 2 else []
-    couples += [(base.iloc[i], base.iloc[i + 1]) for i in range(len(base) - 1)]
-    if not couples:
-        return {}
-
-    def floor(fn) -> float:
-        gaps = [abs(fn(b) - fn(a)) for a, b in couples]
-        gaps = [g for g in gaps if not math.isnan(g)]
-        if not gaps:
-            return math.nan
-        return max(gaps[0] if len(aa) == 2 else 0.0, float(np.median(gaps)))
-
-    def cpu_per_1k(r: pd.Series) -> float:
-        krps = _get(r, "achieved_rps") / 1000.0
-        return _get(r, "workload_cpu_cores") * 100.0 / krps if krps > 0 else math.nan
-
-    return {
-        "p99_added_us": floor(lambda r: _get(r, "latency_p99_us")),
-        "p50_added_us": floor(lambda r: _get(r, "latency_p50_us")),
-        "cpu_overhead_pct_core_per_1k_rps": floor(cpu_per_1k),
-    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -11,9 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import analysis, overload, report
-from harness.budgets import DEFAULT_BUDGETS, Verdict, evaluate, load_budgets
+from harness import analysis, report
+from harness.budgets import (
+    DEFAULT_BUDGETS,
+    Budget,
+    Verdict,
+    evaluate,
+    load_budgets,
+    resolution,
+)
+from harness.fmt import number
 from harness.runner import BenchConfig, HarnessError, preflight, run_scenario
+from harness.scenarios import build
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,31 @@ def _start_receiver(cfg: BenchConfig):
     return rx
 
 
+def short_figures(scenario: str, budgets: list[Budget], figs: dict, noise: dict
+                  ) -> list[tuple[str, int]]:
+    """Gated noisy figures of `scenario` that judge() would call inconclusive
+    (noise floor above a third of the budget, or above the value's distance
+    to the limit), with the extra pairs each would need, assuming the floor
+    shrinks as 1/sqrt(runs)."""
+    short = []
+    f, nz = figs.get(scenario, {}), noise.get(scenario, {})
+    for b in budgets:
+        if not (b.gate and b.noise and b.applies_to(scenario)):
+            continue
+        floor, need = number(nz.get(b.metric)), resolution(b)
+        value = number(f.get(b.metric))
+        if not math.isnan(value):
+            need = min(need, abs(b.limit - value))
+        count = number(f.get(f"{b.metric}_n"))
+        n = 0 if math.isnan(count) else int(count)
+        if math.isnan(floor):
+            short.append((b.metric, 2 if n < 2 else 1))
+        elif floor > need:
+            more = math.ceil(n * (floor / need) ** 2) - n if need > 0 else 10**6
+            short.append((b.metric, max(1, more)))
+    return short
+
+
 def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult:
     """Run everything and write ``cfg.out/<run-id>/``. Raises HarnessError on
     environment problems; budget failures are in the returned verdict."""
@@ -61,16 +96,21 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
     infos: dict[str, dict] = {}
     notes: list[str] = []
     t_start = time.monotonic()
-    total = cfg.runs_per_scenario() * len(cfg.scenarios)
+    scenarios = {name: build(name, raw / name) for name in cfg.scenarios}
     progress = None
     if cfg.progress:
         from tqdm import tqdm
 
+        total = sum(sc.runs_planned(cfg.plan_for(sc)) for sc in scenarios.values())
         progress = tqdm(total=total, desc="bench", unit="run", leave=True)
     receiver = _start_receiver(cfg)
     try:
         for name in cfg.scenarios:
-            r, ts, b, info = run_scenario(cfg, name, raw / name, run_id, progress)
+            def needs_more(scenario_rows: list[dict], name=name) -> list[tuple[str, int]]:
+                figs, noise = analysis.figures(pd.DataFrame(scenario_rows))
+                return short_figures(name, budgets, figs, noise)
+
+            r, ts, b, info = run_scenario(cfg, name, raw / name, run_id, progress, needs_more)
             rows += r
             ts_rows += ts
             bpf_rows += b
@@ -90,22 +130,12 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
     runs = pd.DataFrame(rows)
     summary = analysis.summary_table(runs)
     figs, noise = analysis.figures(runs)
-    overload.add_figures(figs, runs, pd.DataFrame(ts_rows))
+    ts = pd.DataFrame(ts_rows)
+    for sc in scenarios.values():
+        if sc.figures is not None and sc.name in figs:
+            sc.figures(figs, runs, ts)  # overload, soak
     verdict = evaluate(version, budgets, figs, noise)
-    for name, info in infos.items():
-        if not info.get("tracer_loaded_bpf"):
-            notes.append(f"{name}: the tracer command loaded no BPF program that bpftool could "
-                         "see; readiness was not confirmed and BPF run time is missing.")
-        n_invalid = figs[name].get("invalid_runs", 0)
-        if n_invalid:
-            notes.append(f"{name}: {n_invalid} run(s) invalid (load generator above 90% CPU); "
-                         "excluded from the budget figures.")
-        if any(info.get("leftovers", {}).values()):
-            notes.append(f"{name}: left behind after teardown: {info['leftovers']}")
-    for s, f in figs.items():
-        if f.get("correlation") == 0:
-            notes.append(f"{s}: correlation is 0: the tracer does not link spans across "
-                         "processes yet (budget not gated).")
+    notes += _notes(infos, figs, runs)
     env = report.environment({
         "run_id": run_id, "tracer_cmd": cfg.tracer_cmd,
         "bench_config": {k: str(v) if isinstance(v, Path) else v
@@ -114,11 +144,42 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
         "scenarios": infos, "wall_time_s": round(time.monotonic() - t_start, 1),
         "bpftool_available": shutil.which("bpftool") is not None,
     })
-    ts = pd.DataFrame(ts_rows)
+    sections = [sc.sections for sc in scenarios.values() if sc.sections is not None]
     report.write_report(out, raw, runs, summary, figs, noise, verdict, env, ts,
-                        pd.DataFrame(bpf_rows), notes)
+                        pd.DataFrame(bpf_rows), notes, sections=sections)
     leftovers = {k: v.get("leftovers", {}) for k, v in infos.items()}
     return BenchResult(out, verdict, runs, figs, noise, leftovers)
 
 
-__all__ = ["BenchConfig", "BenchResult", "HarnessError", "bench"]
+def _notes(infos: dict[str, dict], figs: dict, runs: pd.DataFrame) -> list[str]:
+    notes = []
+    for name, info in infos.items():
+        if not info.get("tracer_loaded_bpf"):
+            notes.append(f"{name}: the tracer command loaded no BPF program that bpftool could "
+                         "see; readiness was not confirmed and BPF run time is missing.")
+        n_invalid = figs.get(name, {}).get("invalid_runs", 0)
+        if n_invalid:
+            notes.append(f"{name}: {n_invalid} run(s) invalid (load generator above 90% CPU); "
+                         "excluded from the budget figures.")
+        extra = info.get("extra") or {}
+        if extra:
+            short = ", ".join(f"{m} (+{n} pairs)" for m, n in extra.get("short", []))
+            notes.append(f"{name}: {extra['extra_pairs']} extra pair(s) in {extra['spent_s']} s "
+                         f"of the {extra['bound_s']:g} s bound"
+                         + (f"; still short: {short}; stopped: {extra['stopped']}" if short
+                            else "; every gated figure resolved"))
+        if any(info.get("leftovers", {}).values()):
+            notes.append(f"{name}: left behind after teardown: {info['leftovers']}")
+    if "agent_drained" in runs:
+        busy = runs[runs["agent_drained"] == False]  # noqa: E712 (pandas mask)
+        for _, r in busy.iterrows():
+            notes.append(f"{r['scenario']} {r['tag']}: the tracer never went idle after the "
+                         "load; its CPU was read at the drain limit.")
+    for s, f in figs.items():
+        if f.get("correlation") == 0:
+            notes.append(f"{s}: correlation is 0: the tracer does not link spans across "
+                         "processes yet.")
+    return notes
+
+
+__all__ = ["BenchConfig", "BenchResult", "HarnessError", "bench", "short_figures"]

@@ -1,16 +1,25 @@
-"""Budgets: load the versioned TOML file and judge per-scenario figures."""
+"""Budgets: load the versioned TOML file and judge per-scenario figures.
+
+A figure with a noise floor (`noise = true`) is judged only when that floor
+is at most RESOLUTION of its limit (a third) and smaller than the value's
+distance to the limit: then PASS or FAIL by value; otherwise INCONCLUSIVE,
+whatever the value, naming the figure. A verdict with an inconclusive gated
+figure and no failure exits 3."""
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.fmt import optional
+
 DEFAULT_BUDGETS = Path(__file__).with_name("budgets.toml")
 
 PASS, FAIL, INCONCLUSIVE, MISSING = "pass", "fail", "inconclusive", "missing"
+RESOLUTION = 1 / 3  # the largest noise floor, as a share of the limit, that is judged
+EXIT = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 
 
 class BudgetFileError(ValueError):
@@ -52,7 +61,7 @@ class Result:
         rel = "<=" if self.kind == "max" else ">="
         val = "n/a" if self.value is None else f"{self.value:.4g}"
         margin = "" if self.margin is None else f", margin {self.margin:+.4g} {self.unit}"
-        noise = "" if self.noise_floor is None else f", A/A noise {self.noise_floor:.4g}"
+        noise = "" if self.noise_floor is None else f", noise floor {self.noise_floor:.4g}"
         gate = "" if self.gate else " (not gated)"
         return (f"{self.status.upper():12s} {self.budget} [{self.scenario}]: {self.metric} = "
                 f"{val} (budget {rel} {self.limit:g} {self.unit}{margin}{noise}){gate}"
@@ -76,6 +85,15 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.overall == PASS
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 a gated budget failed or is missing, 3 inconclusive."""
+        return EXIT[self.overall]
+
+    @property
+    def inconclusive(self) -> list[Result]:
+        return [r for r in self.results if r.gate and r.status == INCONCLUSIVE]
 
     def to_dict(self) -> dict:
         return {"budgets_version": self.version, "overall": self.overall,
@@ -106,35 +124,40 @@ def load_budgets(path: str | Path = DEFAULT_BUDGETS) -> tuple[int, list[Budget]]
     return int(data.get("version", 0)), budgets
 
 
-def _num(x) -> float | None:
-    if x is None:
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
+def resolution(budget: Budget) -> float:
+    """The noise floor a figure needs for a verdict on `budget`."""
+    return abs(budget.limit) * RESOLUTION
 
 
 def judge(budget: Budget, scenario: str, value, noise_floor=None) -> Result:
-    value = _num(value)
-    noise = _num(noise_floor) if budget.noise else None
+    value = optional(value)
+    noise = optional(noise_floor) if budget.noise else None
     r = Result(budget.name, scenario, budget.metric, value, budget.limit, budget.kind,
                budget.unit, PASS, None, noise, budget.gate)
     if value is None:
         r.status, r.note = MISSING, "no measurement"
         return r
     r.margin = budget.limit - value if budget.kind == "max" else value - budget.limit
-    if r.margin >= 0:
-        if noise is not None and noise > r.margin:
-            r.note = "A/A noise floor exceeds the margin: the pass is not resolved"
-        return r
-    r.status = FAIL
-    # Over the limit, but by no more than the A/A difference: the data cannot
-    # tell this apart from noise. It is not a pass either.
-    if noise is not None and -r.margin <= noise:
-        r.status = INCONCLUSIVE
-        r.note = "over budget by less than the A/A noise floor; rerun with more --repeat"
+    if budget.noise:
+        need = resolution(budget)
+        if noise is None:
+            r.status = INCONCLUSIVE
+            r.note = f"{budget.metric}: no noise floor (needs at least 2 runs)"
+            return r
+        if noise > need:
+            # Whatever the value, the data cannot resolve the budget.
+            r.status = INCONCLUSIVE
+            r.note = (f"{budget.metric}: noise floor {noise:.3g} > {need:.3g} "
+                      f"(a third of the budget); value not judged")
+            return r
+        if abs(r.margin) < noise:
+            # Resolved, but the value's interval holds the limit: too close to tell.
+            r.status = INCONCLUSIVE
+            r.note = (f"{budget.metric}: {abs(r.margin):.3g} from the limit, inside its "
+                      f"noise floor {noise:.3g}")
+            return r
+    if r.margin < 0:
+        r.status = FAIL
     return r
 
 

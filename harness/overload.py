@@ -31,11 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from harness.fmt import cell
+from harness.plan import RunPlan, RunSpec
 
 OVERLOAD_FACTOR = 5.0
 CALIB_RPS = 200.0
@@ -50,136 +52,71 @@ SOAK_DURATION = 600.0
 RECONNECT_SOAK = 200
 RSS_SKIP_S = 60.0  # soak: start-up growth (imports, first connections) before the fit
 
-# Summary keys of the tracer (tracer/agent.py) copied into each traced row.
-SUMMARY_KEYS = ("max_poll_gap_ms", "conns_sampled_out", "requests_sampled_out",
-                "adaptive_sampling_engaged", "adaptive_keep", "spans_filtered",
-                "spans_sampled_out", "incomplete_requests", "unpaired_responses",
-                "connections_total", "connections_expired")
-
-
 def _adaptive_toml(quota: float) -> str:
     # pressure at 90% of the quota, or the ring half full, or any drop
     return ("# written by harness/overload.py\n[adaptive]\nenabled = true\n"
             f"cpu_budget = {quota * 0.9:.4f}\nring_fill = 0.5\n")
 
 
-def scenario(name: str, gt: str, stress):
-    """The Scenario for `overload` or `soak`, built on `stress`'s server."""
+def _count(plan: RunPlan) -> int:
+    return 1 if plan.custom == "soak" else 2 * max(plan.repeat, 1) + 2
+
+
+def scenario(name: str, stress):
+    """The Scenario for `overload` or `soak`, built on `stress`'s server
+    (with Locust, which can reconnect every N requests)."""
+    common = {"run_plan": run_plan, "planned": _count, "figures": add_figures,
+              "sections": report_sections}
     if name == "overload":
         return dataclasses.replace(
-            stress, name="overload", short="ov", plan="overload",
-            default_rps=CALIB_RPS,  # warm-up and calibration; then 5x the sustainable rate
-            default_duration=OVERLOAD_DURATION, tracer_config=_adaptive_toml(TRACER_CPU_QUOTA),
-            tracer_cpu_quota=TRACER_CPU_QUOTA, reconnect_every=RECONNECT_OVERLOAD,
-            config={**stress.config, "tracer_cpu_quota_cores": TRACER_CPU_QUOTA,
+            stress, name="overload", short="ov",
+            # rps 0: 5x the calibrated sustainable rate (--rps sets it)
+            plan=RunPlan(rps=0.0, duration=OVERLOAD_DURATION, repeat=1, aa=False,
+                         custom="overload", warmup_rps=CALIB_RPS),
+            tracer_config=_adaptive_toml(TRACER_CPU_QUOTA), tracer_cpu_quota=TRACER_CPU_QUOTA,
+            quota_after_s=QUOTA_AFTER_S, reconnect_every=RECONNECT_OVERLOAD,
+            config={**stress.config, "load": "locust", "tracer_cpu_quota_cores": TRACER_CPU_QUOTA,
                     "overload_factor": OVERLOAD_FACTOR, "calibration_rps": CALIB_RPS,
-                    "reconnect_every": RECONNECT_OVERLOAD, "adaptive_sampling": True})
+                    "reconnect_every": RECONNECT_OVERLOAD, "adaptive_sampling": True},
+            **common)
     return dataclasses.replace(
-        stress, name="soak", short="sk", plan="soak", default_rps=SOAK_RPS,
-        default_duration=SOAK_DURATION, reconnect_every=RECONNECT_SOAK,
-        config={**stress.config, "reconnect_every": RECONNECT_SOAK})
-
-
-# ---- the tracer's CPU quota (cgroup v1 cpu controller, or v2 cpu.max) ----------
-
-class CpuQuota:
-    """A cgroup holding the tracer at `cores` of CPU; removed by close()."""
-
-    V1 = Path("/sys/fs/cgroup/cpu")
-    V2 = Path("/sys/fs/cgroup")
-    PERIOD_US = 100_000
-
-    def __init__(self, name: str, cores: float) -> None:
-        quota = max(int(cores * self.PERIOD_US), 1000)
-        if (self.V1 / "cpu.cfs_quota_us").exists():
-            self.path = self.V1 / name
-            self.path.mkdir(exist_ok=True)
-            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
-            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
-        elif "cpu" in (self.V2 / "cgroup.controllers").read_text().split():
-            ctl = self.V2 / "cgroup.subtree_control"
-            if "cpu" not in ctl.read_text().split():
-                ctl.write_text("+cpu")
-            self.path = self.V2 / name
-            self.path.mkdir(exist_ok=True)
-            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
-        else:
-            raise OSError("no cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)")
-
-    def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
-
-    def release(self, pid: int) -> None:
-        """Back to the parent cgroup: the drain at shutdown is not steady state
-        (a throttled drain of a full ring would outlast the 20 s stop limit)."""
-        try:
-            (self.path.parent / "cgroup.procs").write_text(str(pid))
-        except OSError:
-            pass  # already gone
-
-    def throttled_s(self) -> float:
-        """Seconds the cgroup was throttled (cpu.stat), NaN if unknown."""
-        try:
-            stat = dict(line.split() for line in (self.path / "cpu.stat").read_text()
-                        .splitlines() if line.count(" ") == 1)
-        except OSError:
-            return math.nan
-        if "throttled_usec" in stat:
-            return int(stat["throttled_usec"]) / 1e6
-        if "throttled_time" in stat:
-            return int(stat["throttled_time"]) / 1e9
-        return math.nan
-
-    def close(self) -> None:
-        try:
-            os.rmdir(self.path)
-        except OSError:
-            pass  # a process still inside (killed late): the next run's mkdir reuses it
+        stress, name="soak", short="sk",
+        plan=RunPlan(rps=SOAK_RPS, duration=SOAK_DURATION, repeat=1, aa=False, custom="soak"),
+        reconnect_every=RECONNECT_SOAK,
+        config={**stress.config, "load": "locust", "reconnect_every": RECONNECT_SOAK}, **common)
 
 
 # ---- the run plans -------------------------------------------------------------
 
-def run_plan(runner, cfg, progress=None) -> list[dict]:
-    """All runs of an overload or soak scenario (instead of runner.plan)."""
-    from harness.runner import RunSpec
-
-    sc = runner.scenario
+def run_plan(runner, plan: RunPlan) -> list[dict]:
+    """All runs of an overload or soak scenario. `runner` is the scenario's
+    runner (run_once(spec, index) -> row); nothing of it is modified."""
     rows: list[dict] = []
 
     def once(spec: RunSpec) -> dict:
-        if progress is not None:
-            progress.set_postfix_str(f"{sc.name} {spec.label}/{spec.variant}")
         row = runner.run_once(spec, len(rows))
         if spec.variant == "traced":
             row["requests_unaccounted"] = requests_unaccounted(row)
         rows.append(row)
         return row
 
-    if sc.plan == "soak":
+    if plan.custom == "soak":
         once(RunSpec("soak", "traced", 0, 0))
         return rows
     # calibration without adaptive sampling: the full cost of a request
-    runner.cfg = dataclasses.replace(cfg, rps=CALIB_RPS, duration=min(cfg.duration, 10.0))
-    runner.scenario = dataclasses.replace(sc, tracer_config="")
-    try:
-        calib = once(RunSpec("calib", "traced", 0, 0))
-    finally:
-        runner.cfg, runner.scenario = cfg, sc
-    sustainable = sustainable_rps(calib, sc.tracer_cpu_quota)
-    runner.rps_override = cfg.rps or round(OVERLOAD_FACTOR * sustainable)
-    for i in range(max(cfg.repeat, 1)):
+    calib = once(RunSpec("calib", "traced", 0, 0, rps=CALIB_RPS,
+                         duration=min(plan.duration, 10.0), tracer_config=""))
+    sustainable = sustainable_rps(calib, runner.scenario.tracer_cpu_quota)
+    rate = plan.rps or round(OVERLOAD_FACTOR * sustainable)
+    for i in range(max(plan.repeat, 1)):
         order = ("baseline", "traced") if i % 2 == 0 else ("traced", "baseline")
         for pos, variant in enumerate(order):
-            row = once(RunSpec("pair", variant, i, pos))
+            row = once(RunSpec("pair", variant, i, pos, rps=rate))
             row["sustainable_rps"] = sustainable
     calib["sustainable_rps"] = sustainable
     # the same overload with adaptive sampling off: the ring fills and the
     # kernel drops, every drop counted (seen == delivered + dropped)
-    runner.scenario = dataclasses.replace(sc, tracer_config="")
-    try:
-        once(RunSpec("drops", "traced", 0, 0))
-    finally:
-        runner.scenario = sc
+    once(RunSpec("drops", "traced", 0, 0, rps=rate, tracer_config=""))
     return rows
 
 
@@ -205,21 +142,6 @@ def sustainable_rps(calib: dict, quota: float) -> float:
 
 
 # ---- figures and report --------------------------------------------------------
-
-def summary_extra(summary: dict) -> dict:
-    """Per traced run: the tracer's sampling, stall and accounting figures."""
-    out = {f"tracer_{k}": _num(summary.get(k)) for k in SUMMARY_KEYS}
-    out["tracer_adaptive_transitions"] = json.dumps(summary.get("adaptive_transitions", []))
-    seen = summary.get("events_seen")
-    if isinstance(seen, int):
-        out["events_unaccounted"] = seen - summary.get("events_delivered", 0) \
-            - summary.get("events_dropped", 0)
-    return out
-
-
-def _num(v) -> float:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
-
 
 def rss_trend(g: pd.DataFrame, t0: float, t1: float, skip_s: float) -> dict:
     """Tracer RSS during the load: slope (MB/min, least squares from skip_s
@@ -319,15 +241,13 @@ RUN_COLUMNS = (
 def report_sections(out: Path, runs: pd.DataFrame, ts: pd.DataFrame,
                     figs: dict) -> tuple[list[tuple[str, list[str], list[list]]], list]:
     """(title, headers, rows) tables and (png, title) plots for overload/soak."""
-    from harness.report import _fmt
-
     tables, images = [], []
     for name in ("overload", "soak"):
         df = runs[runs["scenario"] == name] if "scenario" in runs else runs.iloc[0:0]
         if df.empty:
             continue
         headers = [h for _, h, _ in RUN_COLUMNS]
-        rows = [[_fmt(r.get(k)) if u else str(r.get(k, "")) for k, _, u in RUN_COLUMNS]
+        rows = [[cell(r.get(k)) if u else str(r.get(k, "")) for k, _, u in RUN_COLUMNS]
                 for _, r in df.iterrows()]
         tables.append((f"{name}: every run", headers, rows))
         f = figs.get(name, {})
@@ -338,7 +258,7 @@ def report_sections(out: Path, runs: pd.DataFrame, ts: pd.DataFrame,
                 "max_poll_gap_ms", "tracer_rss_peak_mb", "rss_slope_mb_per_min",
                 "rss_range_mb", "latency_p50_ratio", "latency_p99_ratio")
         tables.append((f"{name}: figures", ["figure", "value"],
-                       [[k, _fmt(f.get(k), "x")] for k in keys if k in f]))
+                       [[k, cell(f.get(k), "x")] for k in keys if k in f]))
         images += _plot(out, name, df, ts)
     return tables, images
 

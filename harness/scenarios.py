@@ -1,13 +1,24 @@
 """The benchmark scenarios: which servers run where, what load drives them,
-and which spans the tracer should emit per request (the expected chain).
+which spans the tracer should emit per request (the expected chain), and
+each scenario's run plan (its runs and, for overload/soak, its own figures
+and report sections).
+
+Two roles in the default bench: `stress` is the cost scenario (a fast
+server at a fixed 1k req/s from a paced C client, long enough runs, BPF
+statistics on, extra pairs allowed until every gated figure is resolved);
+`http-chain`, `grpc` and `mixed` score accuracy and correlation (short
+runs at 100 req/s, no A/A pair).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import overload
+from harness.plan import BPF_RUNS, PACED, RunPlan
 from netns.topology import Topology
 
 FRONTEND = Topology.ADDRS["frontend"]
@@ -39,6 +50,14 @@ class Expected:
     parent: tuple[str, str] | str
 
 
+# The cost scenario: at 1k req/s a request's share of the tracer's fixed
+# costs is small, and 8 s runs give 8,000 latency samples each.
+COST_PLAN = RunPlan(rps=1000, duration=8.0, repeat=5, aa=True, bpf=BPF_RUNS, loadgen=PACED,
+                    extra_s=120.0)
+# Accuracy and correlation: every traced run is scored; no A/A pair, no BPF.
+ACCURACY_PLAN = RunPlan(rps=100, duration=3.0, repeat=2, aa=False)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -47,24 +66,33 @@ class Scenario:
     load_host: str
     traced_roles: tuple[str, ...]
     chain: tuple[Expected, ...]
-    default_rps: float
+    plan: RunPlan
     config: dict = field(default_factory=dict)
+    load_path: str = "/ping"  # what the paced client asks for
     # Restart the servers before every run, so each traced run sees their
     # connections from the start (as when the tracer runs before the service
     # starts). Needed for HTTP/2 between services: the HPACK table of a
     # connection opened before the tracer cannot be known, and a long-lived
     # gRPC channel would measure that header loss, not the parser.
     fresh_servers: bool = False
-    # overload/soak (harness/overload.py): their own run plan instead of the
-    # A/A + alternating pairs, a default duration, the tracer's TOML config,
-    # a CPU quota put on the tracer once it is ready (cores, 0: none), and
-    # Locust users that reconnect every N requests (new connections are what
-    # adaptive sampling acts on)
-    plan: str = "pairs"
-    default_duration: float | None = None
+    # overload/soak (harness/overload.py): the tracer's TOML config, a CPU
+    # quota put on the tracer quota_after_s after it is ready (cores, 0:
+    # none), and Locust users that reconnect every N requests (new
+    # connections are what adaptive sampling acts on)
     tracer_config: str = ""
     tracer_cpu_quota: float = 0.0
+    quota_after_s: float = 0.0
     reconnect_every: int = 0
+    # A custom plan: run_plan(runner, plan) -> rows replaces A/A + pairs;
+    # planned(plan) counts its runs; figures(figs, runs, ts) adds figures;
+    # sections(out, runs, ts, figs) -> (tables, images) for the report.
+    run_plan: Callable | None = None
+    planned: Callable | None = None
+    figures: Callable | None = None
+    sections: Callable | None = None
+
+    def runs_planned(self, plan: RunPlan) -> int:
+        return self.planned(plan) if self.planned else len(plan.specs())
 
 
 def _gunicorn(app: str, bind: str, *extra: str) -> tuple[str, ...]:
@@ -102,7 +130,7 @@ def build(name: str, workdir: Path) -> Scenario:
                        8080, FRONTEND, {"GT_PATH": gt, "BACKEND_URL": f"http://{BACKEND}:8081"}),
             ),
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
-            chain=http_chain_links, default_rps=100,
+            chain=http_chain_links, plan=ACCURACY_PLAN,
             config={"server": "gunicorn", **GUNICORN, "db": "sqlite (WAL)"},
         )
     if name == "http-chain-tls":
@@ -124,7 +152,7 @@ def build(name: str, workdir: Path) -> Scenario:
                                         "REQUESTS_CA_BUNDLE": cert}),
             ),
             load_host=f"https://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
-            chain=http_chain_links, default_rps=100,
+            chain=http_chain_links, plan=ACCURACY_PLAN,
             config={"server": "gunicorn --certfile", **GUNICORN, "db": "sqlite (WAL)",
                     "tls": "OpenSSL 3 (Python ssl), self-signed"},
         )
@@ -140,7 +168,7 @@ def build(name: str, workdir: Path) -> Scenario:
                        8080, FRONTEND, {"GT_PATH": gt, "BACKEND_GRPC": f"{BACKEND}:50051"}),
             ),
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
-            chain=http_chain_links, default_rps=100,
+            chain=http_chain_links, plan=ACCURACY_PLAN,
             config={"server": "gunicorn + grpcio", **GUNICORN, "grpc_threads": 8,
                     "servers": "restarted before every run"},
             fresh_servers=True,
@@ -154,7 +182,7 @@ def build(name: str, workdir: Path) -> Scenario:
                         "--service", "frontend", "--ground-truth", gt), 50051, FRONTEND),
             ),
             load_host=f"{FRONTEND}:50051", traced_roles=("frontend",),
-            chain=(Expected("frontend", "server", "load"),), default_rps=100,
+            chain=(Expected("frontend", "server", "load"),), plan=ACCURACY_PLAN,
             config={"server": "grpcio", "grpc_threads": 8},
         )
     if name == "stress":
@@ -166,14 +194,15 @@ def build(name: str, workdir: Path) -> Scenario:
                         "--ground-truth", gt), 8080, FRONTEND),
             ),
             load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend",),
-            chain=(Expected("frontend", "server", "load"),), default_rps=6000,
-            config={"server": "asyncio minimal HTTP/1.1"},
+            chain=(Expected("frontend", "server", "load"),), plan=COST_PLAN,
+            config={"server": "asyncio minimal HTTP/1.1",
+                    "load": "harness/paced_client.c, open loop, "
+                            "latency from each request's due time"},
         )
     if name in ("overload", "soak"):
-        from harness.overload import scenario
-
-        return scenario(name, gt, stress=build("stress", workdir))
+        return overload.scenario(name, build("stress", workdir))
     raise KeyError(name)
 
 
 NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak")
+DEFAULT_SCENARIOS = ("stress", "http-chain", "grpc", "mixed")

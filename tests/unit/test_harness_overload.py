@@ -26,14 +26,19 @@ def test_requests_unaccounted_counts_every_skip():
     assert math.isnan(overload.requests_unaccounted({"requests": 23}))
 
 
-def test_summary_extra_exact_identity():
+def test_tracer_summary_exact_identity(tmp_path):
+    from harness.runner import tracer_summary
+
     s = {"events_seen": 23, "events_delivered": 20, "events_dropped": 3, "max_poll_gap_ms": 12.5,
          "adaptive_sampling_engaged": 2, "adaptive_transitions": [[1.0, 0.5]]}
-    out = overload.summary_extra(s)
-    assert out["events_unaccounted"] == 0
+    out_path = tmp_path / "spans.jsonl"
+    (tmp_path / "spans.jsonl.summary.json").write_text(json.dumps(s))
+    out = tracer_summary(out_path, 2.0)
+    assert out["events_unaccounted"] == 0 and out["events_per_s"] == 11.5
     assert out["tracer_max_poll_gap_ms"] == 12.5 and out["tracer_adaptive_sampling_engaged"] == 2
     assert json.loads(out["tracer_adaptive_transitions"]) == [[1.0, 0.5]]
-    assert overload.summary_extra({**s, "events_delivered": 19})["events_unaccounted"] == 1
+    (tmp_path / "spans.jsonl.summary.json").write_text(json.dumps({**s, "events_delivered": 19}))
+    assert tracer_summary(out_path, 2.0)["events_unaccounted"] == 1
 
 
 def test_rss_trend_slope_and_range():

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from harness.analysis import mann_whitney, median_ci
-from harness.runner import BenchConfig, HarnessError, _wait_records, format_tracer_cmd, plan
-from harness.scenarios import Expected
+from harness.plan import BPF_PASS, BPF_RUNS, PACED, RunPlan
+from harness.runner import BenchConfig, HarnessError, _wait_records, format_tracer_cmd
+from harness.scenarios import Expected, build
 from harness.score import latency_percentiles, score_spans, span_request_id
 from workloads.groundtruth import make_traceparent, parse_traceparent
 
@@ -98,14 +99,36 @@ def test_median_ci_and_mann_whitney():
 
 
 def test_plan_alternates_order_and_has_aa_and_bpf():
-    runs = plan(BenchConfig(scenarios=["x"], repeat=6))
+    runs = RunPlan(rps=100, duration=3, repeat=6, bpf=BPF_PASS).specs()
     assert [(r.label, r.variant) for r in runs[:2]] == [("aa", "baseline")] * 2
     pairs = [r for r in runs if r.label == "pair"]
     assert len(pairs) == 12
     firsts = [r.variant for r in pairs if r.position == 0]
     assert firsts == ["baseline", "traced"] * 3
     assert runs[-1].label == "bpf" and runs[-1].variant == "traced"
-    assert len(runs) == BenchConfig(scenarios=["x"]).runs_per_scenario()
+    assert len(runs) == 2 + 12 + 1
+
+
+def test_each_scenario_carries_its_plan_and_the_command_line_overrides_it(tmp_path):
+    stress, chain = build("stress", tmp_path), build("http-chain", tmp_path)
+    # cost at a fixed 1k req/s from the paced client, BPF time on every run
+    assert (stress.plan.rps, stress.plan.loadgen, stress.plan.bpf) == (1000, PACED, BPF_RUNS)
+    assert stress.plan.aa and stress.plan.extra_s > 0
+    # accuracy: short runs, no A/A pair
+    assert not chain.plan.aa and chain.plan.extra_s == 0
+    assert stress.runs_planned(stress.plan) == 2 + 2 * stress.plan.repeat
+    cfg = BenchConfig(scenarios=["stress"], rps=500, repeat=1, aa=False, bpf_pass=False)
+    p = cfg.plan_for(stress)
+    assert (p.rps, p.repeat, p.aa, p.bpf, p.duration) == (500, 1, False, "off", 8.0)
+    assert [(s.label, s.variant) for s in p.specs()] == [("pair", "baseline"),
+                                                         ("pair", "traced")]
+    # overload/soak run their own plan, counted by the scenario
+    ov, soak = build("overload", tmp_path), build("soak", tmp_path)
+    assert ov.run_plan is not None and ov.plan.loadgen == "locust"
+    assert ov.runs_planned(ov.plan) == 4 and soak.runs_planned(soak.plan) == 1
+    assert BenchConfig(scenarios=["x"], extra=False).plan_for(stress).extra_s == 0
+    assert BenchConfig(scenarios=["x"]).plan_for(stress).extra_s == 120
+    assert p.extra_s == 0  # --repeat given: exactly that many pairs
 
 
 def test_tracer_cmd_template():
