@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-aa", action="store_true", help="skip the A/A noise pair")
     b.add_argument("--no-bpf-pass", action="store_true",
                    help="no BPF run time (kernel.bpf_stats_enabled stays as it is)")
+    b.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=None,
+                   help="nginx at saturation, untraced / traced / each peer (default: on with "
+                        "the default scenarios)")
+    b.add_argument("--peer", action="append", default=None,
+                   help="peer tracer beside ours in the saturation runs (default: bcc; "
+                        "'none' for none)")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("-v", "--verbose", action="store_true")
     x = sub.add_parser("excerpt", help="print a report's verdict and cost tables as Markdown "
@@ -106,7 +112,8 @@ def _bench(args) -> int:
                       duration=args.duration, rps=args.rps, repeat=args.repeat,
                       requests=args.requests, tracer_cmd=args.tracer_cmd, out=args.out,
                       aa=not args.no_aa, bpf_pass=not args.no_bpf_pass, export=args.export,
-                      extra=not args.no_extra,
+                      extra=not args.no_extra, saturation=args.saturation,
+                      peers=[p for p in (args.peer or ["bcc"]) if p != "none"],
                       progress=not args.no_progress and sys.stderr.isatty())
     try:
         result = bench(cfg, args.budgets)

@@ -127,9 +127,21 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
                      f"({cfg.export_url}); it received {receiver.count} spans, the tracers "
                      f"reported {exported} exported. Compare tracer CPU and RSS with a run "
                      "without --export for the export cost.")
+    saturation = _saturation(cfg, raw / "saturation", notes)
     runs = pd.DataFrame(rows)
     summary = analysis.summary_table(runs)
     figs, noise = analysis.figures(runs)
+    if saturation and saturation.get("ratio") is not None:
+        # judged like any figure: its CI half-width is its noise floor
+        lo, hi = saturation.get("ratio_ci") or (None, None)
+        seen = saturation.get("events_seen") or 0
+        figs["saturation"] = {"saturation_ratio": saturation["ratio"],
+                              "saturation_ratio_n": saturation.get("pairs"),
+                              "tracer_rss_peak_mb": (saturation.get("tracer") or {}).get("rss_mb"),
+                              "drop_rate": (saturation.get("drops") or 0) / seen if seen
+                              else math.nan}
+        noise["saturation"] = {"saturation_ratio": (hi - lo) / 2 if lo is not None
+                               and hi is not None else math.nan}
     ts = pd.DataFrame(ts_rows)
     for sc in scenarios.values():
         if sc.figures is not None and sc.name in figs:
@@ -146,9 +158,32 @@ def bench(cfg: BenchConfig, budgets_path: Path = DEFAULT_BUDGETS) -> BenchResult
     })
     sections = [sc.sections for sc in scenarios.values() if sc.sections is not None]
     report.write_report(out, raw, runs, summary, figs, noise, verdict, env, ts,
-                        pd.DataFrame(bpf_rows), notes, sections=sections)
+                        pd.DataFrame(bpf_rows), notes, sections=sections, saturation=saturation)
     leftovers = {k: v.get("leftovers", {}) for k, v in infos.items()}
     return BenchResult(out, verdict, runs, figs, noise, leftovers)
+
+
+def _saturation(cfg: BenchConfig, workdir: Path, notes: list[str]) -> dict | None:
+    """nginx at saturation beside the scenarios: with the default scenarios,
+    or when asked. A failure is a note, not the end of the bench."""
+    from harness.scenarios import DEFAULT_SCENARIOS
+
+    wanted = cfg.saturation
+    if wanted is None:
+        wanted = sorted(cfg.scenarios) == sorted(DEFAULT_SCENARIOS)
+    if not wanted:
+        return None
+    from harness.saturation import SaturationError, run_saturation
+
+    try:
+        sat = run_saturation(workdir, peers=cfg.peers)
+    except (SaturationError, OSError) as e:
+        notes.append(f"saturation: not run ({e})")
+        return None
+    for name, peer in (sat.get("peers") or {}).items():
+        if "skipped" in peer:
+            notes.append(f"saturation: peer {name} skipped ({peer['skipped']})")
+    return sat
 
 
 def _notes(infos: dict[str, dict], figs: dict, runs: pd.DataFrame) -> list[str]:

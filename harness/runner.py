@@ -97,6 +97,10 @@ class BenchConfig:
     export: str | None = None
     export_url: str = ""  # set by bench() once the receiver listens
     extra: bool = True  # extra pairs for noisy gated figures, within the plan's bound
+    # nginx at saturation, untraced / traced / each peer (harness/saturation.py);
+    # None: only with the default scenarios
+    saturation: bool | None = None
+    peers: list[str] = dataclasses.field(default_factory=lambda: ["bcc"])
 
     def plan_for(self, sc: Scenario) -> RunPlan:
         p = sc.plan.with_overrides(rps=self.rps, duration=self.duration, repeat=self.repeat,

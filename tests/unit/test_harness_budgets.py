@@ -292,3 +292,16 @@ def test_export_option_starts_a_real_receiver_and_sets_the_url():
     assert _start_receiver(BenchConfig(scenarios=["x"])) is None
     assert format_tracer_cmd("{python} -m tracer run --output {output}", python="py",
                              output="o")[:3] == ["py", "-m", "tracer"]
+
+
+@pytest.mark.parametrize("ratio,floor,status", [(0.72, 0.05, PASS), (0.45, 0.05, FAIL),
+                                                (0.62, 0.05, INCONCLUSIVE),
+                                                (0.72, 0.3, INCONCLUSIVE)])
+def test_saturation_ratio_is_judged_with_its_ci_as_floor(ratio, floor, status):
+    """The saturation figures (harness/bench.py) meet only the budgets meant
+    for them: the ratio (>= 0.6) and the tracer's RSS."""
+    version, budgets = load_budgets(DEFAULT_BUDGETS)
+    figs = {"saturation": {"saturation_ratio": ratio, "tracer_rss_peak_mb": 35.0}}
+    verdict = evaluate(version, budgets, figs, {"saturation": {"saturation_ratio": floor}})
+    assert {r.budget: r.status for r in verdict.results} == {"saturation_ratio": status,
+                                                             "tracer_rss": PASS}
