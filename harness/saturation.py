@@ -363,6 +363,7 @@ def run_saturation(workdir: Path, duration: float = 5.0, pairs: int = 3,
     _check_tools()
     started = time.monotonic()
     env_start = {"loadavg": os.getloadavg()[0], "foreign_tracing_progs": _foreign_tracing_progs()}
+    workdir = workdir.resolve()  # nginx and the tracers run elsewhere: no relative paths
     workdir.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
     ready: dict[str, peers_mod.Peer] = {}
