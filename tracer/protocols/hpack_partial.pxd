@@ -4,8 +4,10 @@ cimport cython
 cdef tuple _STATIC
 cdef Py_ssize_t _NSTATIC, _LIMIT, _INT_MAX_EXTRA
 
+# b is as wide as v: (b & 0x7F) << 28 overflowed a C int into a negative
+# index (the pure path has no such limit; found by fuzzing the compiled core)
 @cython.locals(mask=Py_ssize_t, v=Py_ssize_t, end=Py_ssize_t, shift=cython.int,
-               b=cython.uchar, _=Py_ssize_t)
+               b=Py_ssize_t, _=Py_ssize_t)
 cdef (Py_ssize_t, Py_ssize_t) _int(bytes data, Py_ssize_t pos, int bits)
 
 @cython.locals(huff=cython.bint, length=Py_ssize_t, end=Py_ssize_t, raw=bytes)

@@ -116,7 +116,7 @@ class HpackTable:
 
     def _lookup(self, idx: int) -> tuple[bytes | None, bytes | None]:
         if idx <= _NSTATIC:
-            if idx == 0:
+            if idx <= 0:
                 raise Truncated  # index 0 is a decoding error: treat the rest as lost
             return _STATIC[idx - 1]
         j = idx - _NSTATIC - 1
