@@ -5,7 +5,7 @@ The sets below are the single source of truth: the systemd unit, the container
 and the DaemonSet under deploy/ list START (tests/unit/test_deploy.py checks),
 and `drop()` keeps `runtime_caps(...)`.
 
-Why so little remains (measured on 6.18 and Debian's 6.1, see README):
+Why so little remains (measured on 6.18 and Debian's 6.1, see docs/privileges-and-deployment.md):
 - the ring buffers are read through mmaps made at start, and epoll: no checks;
 - bpf() map lookups/updates on fds we already hold check the fd's mode only
   (capabilities are checked when maps and programs are created);

@@ -1,7 +1,7 @@
 """Agent CPU per span, the per-event core alone: ring records -> decode ->
 connection table -> parse -> correlate -> span -> JSON line (to /dev/null).
 
-The budgets (README, "Performance"): <= 4 us per HTTP/1 span, <= 10 us per
+The budgets (docs/budgets.md): <= 4 us per HTTP/1 span, <= 10 us per
 gRPC unary span. Only the server end is traced, as in the nginx scenario:
 one request read and one response write per span (HTTP/1), or the server's
 reads and writes of a gRPC connection carrying CALLS unary calls.

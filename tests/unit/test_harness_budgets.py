@@ -86,7 +86,7 @@ def test_default_budgets_file_is_versioned_and_complete():
                          ("p99_added_latency", "p99_added_us")):
         b = by[name]
         assert (b.metric, b.scenarios, b.noise, b.gate) == (metric, ("stress",), True, True)
-    # the README's budgets: agent + BPF <= 1% of a core at 1k req/s, agent <= 4 us/span
+    # the budgets (docs/budgets.md): agent + BPF <= 1% of a core at 1k req/s, agent <= 4 us/span
     assert by["tracer_cpu"].limit == 10.0 and by["tracer_process_cpu"].limit == 4.0
     assert by["p99_added_latency"].limit == 50.0
     assert by["correlation"].gate and not by["overhead_with_workload_growth"].gate

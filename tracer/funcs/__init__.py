@@ -1,2 +1,2 @@
 """Function tracing: `python -m tracer funcs` (uprobes/uretprobes on user-space
-functions; kernel functions in kernel.py). See README.md, "Function tracing"."""
+functions; kernel functions in kernel.py). See docs/funcs.md."""

@@ -1,7 +1,7 @@
 """JSON-lines records and the latency summary of `python -m tracer funcs`.
 
 Shared by the user-space (tracer/funcs/tracer.py) and the kernel-function
-(tracer/funcs/kernel.py) modes. The record schema is in README.md ("Function
+(tracer/funcs/kernel.py) modes. The record schema is in docs/funcs.md ("Function
 tracing"); one record per completed call:
 
     w = FuncsWriter("out.jsonl")            # or "-" for stdout
