@@ -112,6 +112,11 @@ def _check_args(args) -> None:
     for port in args.port:
         if not 0 < port < 65536:
             raise UsageError(f"--port {port}: not a TCP port (1..65535)")
+    for pid in args.pid:
+        if pid <= 0:
+            raise UsageError(f"--pid {pid}: not a process id")
+        if not os.path.exists(f"/proc/{pid}"):  # else the run would trace nothing, silently
+            raise UsageError(f"--pid {pid}: no such process")
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
     if not 16 <= args.capture_bytes <= 4096:
@@ -141,6 +146,10 @@ def _check_args(args) -> None:
         args.cfg = config.merge(config.load(args.config) if args.config else None, args)
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
+    if not args.pid:  # the file's pids: checked once here, not on SIGHUP (processes come and go)
+        for pid in args.cfg.scope.pids:
+            if not os.path.exists(f"/proc/{pid}"):
+                raise UsageError(f"config {args.config}: scope.pids {pid}: no such process")
 
 
 # ---- commands ----------------------------------------------------------------------

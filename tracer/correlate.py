@@ -417,11 +417,7 @@ class Correlator:
         if ctx.server:
             self._deactivate(ctx)
             if ctx.pending and ctx.key is not None:
-                q = self.pending.get(ctx.key)
-                if q is not None and ctx in q:
-                    q.remove(ctx)
-                    if not q:
-                        del self.pending[ctx.key]
+                self._unqueue(ctx)
                 self._resolved(ctx)
 
     def _emit(self, ctx: Context) -> None:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 N = 23
 SLEEP_NS = 3_000_000  # callee's usleep(3000)
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from harness import matrix
 
-pytestmark = [pytest.mark.matrix, pytest.mark.root]
+pytestmark = pytest.mark.matrix
 
 ONE_TEST = "tests/kernel/test_cli.py::test_probe_json_reports_this_kernel"
 

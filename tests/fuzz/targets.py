@@ -130,7 +130,7 @@ def _table(spans: list) -> tuple[ConnectionTable, Stats]:
     return ConnectionTable(spans.append, stats), stats
 
 
-def _finish(table: ConnectionTable, stats: Stats, spans: list) -> None:
+def _finish(table: ConnectionTable, stats: Stats, spans: list) -> Stats:
     check_table(table)
     table.close_all()
     table.correlator.close()
@@ -139,6 +139,7 @@ def _finish(table: ConnectionTable, stats: Stats, spans: list) -> None:
     assert stats.spans_emitted == len(spans), (stats.spans_emitted, len(spans))
     for s in spans:
         check_span(s)
+    return stats  # what the input did: tests/unit/test_fuzz_regressions.py checks it
 
 
 # ---- the events decoder ------------------------------------------------------
@@ -203,7 +204,7 @@ def _drive(table: ConnectionTable, s: Script, conn_id: int, role: int, capture: 
                                1, t[0], t[0] + 500, size, payload[:capture], "app"))
 
 
-def fuzz_http1(data: bytes) -> None:
+def fuzz_http1(data: bytes) -> Stats:
     """An Http1Session (role from the first byte) fed syscalls in both
     directions, with capture gaps."""
     s = Script(data)
@@ -218,7 +219,7 @@ def fuzz_http1(data: bytes) -> None:
     conn = table.conns[1]
     conn.proto = Http1Session(conn, table)  # no sniffing: every byte reaches the parser
     _drive(table, s, 1, role, capture, t)
-    _finish(table, stats, spans)
+    return _finish(table, stats, spans)
 
 
 def seeds_http1() -> list[bytes]:
@@ -252,7 +253,7 @@ def seeds_http1() -> list[bytes]:
 
 # ---- HTTP/2 -------------------------------------------------------------------
 
-def fuzz_http2(data: bytes) -> None:
+def fuzz_http2(data: bytes) -> Stats:
     """A connection that starts as HTTP/2 (preface in view, or joined late),
     fed frames in both directions with capture gaps."""
     s = Script(data)
@@ -272,7 +273,7 @@ def fuzz_http2(data: bytes) -> None:
     conn.proto = session_http2.Http2Session(conn, table, known)
     table.stats.h2_connections += 1
     _drive(table, s, 1, role, capture, t)
-    _finish(table, stats, spans)
+    return _finish(table, stats, spans)
 
 
 def _h2_steps(chunks, server_side: bool, cut: int = 0) -> bytes:
@@ -397,7 +398,7 @@ def seeds_hpack() -> list[bytes]:
 
 # ---- the connection table, fed ring-buffer records ------------------------------
 
-def fuzz_conn(data: bytes) -> None:
+def fuzz_conn(data: bytes) -> Stats:
     """The agent's path: u16-length-prefixed ring records, each decoded
     (errors counted) and handed to a ConnectionTable, with idle expiry and
     correlator flushes in between; all counts must add up."""
@@ -423,7 +424,7 @@ def fuzz_conn(data: bytes) -> None:
         last_ts = ev.ts_exit if isinstance(ev, DataEvent) else ev.ts
         table.handle(ev)
     assert stats.events_handled == decoded
-    _finish(table, stats, spans)
+    return _finish(table, stats, spans)
 
 
 def _sample_events() -> list:

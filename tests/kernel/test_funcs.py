@@ -14,7 +14,7 @@ import pytest
 from tests.e2e.test_funcs import FuncsRun, N, finish_target, start_target, target_binary
 from tests.kernel.conftest import require
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 CGROUP2 = "/sys/fs/cgroup/unified"
 
