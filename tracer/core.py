@@ -9,7 +9,7 @@ container image install. Without it the agent still works, and says so once.
   compiled modules exist (tests run both; a user can rule out the compiled
   core when chasing a bug). A comma-separated list of module names makes
   just those pure (bisecting a difference between the two).
-- A compiled module older than its source is stale: it is reported, and
+- A compiled module older than its source (.py or .pxd) is stale: it is reported, and
   `make setup` rebuilds it.
 
 This module imports nothing from the tracer: setup.py reads HOT from it.
@@ -22,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -108,10 +109,17 @@ def info() -> dict:
         compiled.append(name)
         src = source(name)
         try:
-            if src.stat().st_mtime > os.stat(so).st_mtime:
-                stale.append(name)
+            built = os.stat(so).st_mtime
+            newer = src.stat().st_mtime > built
         except OSError:
-            pass  # an installed wheel has no .py beside its .so: never stale
+            continue  # an installed wheel has no .py beside its .so: never stale
+        # the .pxd beside it holds the C types: editing it changes the build too
+        try:
+            newer = newer or src.with_suffix(".pxd").stat().st_mtime > built
+        except OSError:
+            pass
+        if newer:
+            stale.append(name)
     core = "compiled" if not pure else ("pure" if not compiled else "mixed")
     if core == "compiled":
         reason = f"compiled ({len(compiled)} modules)"
@@ -122,4 +130,9 @@ def info() -> dict:
                   "'make setup' compiles them; spans are the same, the CPU cost higher)")
     if stale:
         reason += f"; stale, older than their source: {', '.join(stale)} (run 'make setup')"
+    if "tracer.ring" in pure and platform.machine() not in ("x86_64", "AMD64", "i686"):
+        # the compiled ring uses acquire/release atomics; the pure one plain
+        # loads and stores, ordered by the hardware only on x86
+        reason += (f"; unsupported on {platform.machine()}: the pure-Python ring is correct "
+                   "on x86 only (build the core: 'make setup')")
     return {"core": core, "compiled": compiled, "pure": pure, "stale": stale, "reason": reason}

@@ -30,6 +30,25 @@ def test_make_test_runs_on_the_compiled_core():
         assert isinstance(spec.loader, importlib.machinery.ExtensionFileLoader), name
 
 
+def test_a_pxd_newer_than_the_build_is_stale():
+    """The .pxd holds the C types: editing it without a rebuild is reported
+    like editing the .py."""
+    name = "tracer.stats"
+    so = core._compiled_path(sys.modules[name])
+    if so is None:
+        pytest.skip("tracer.stats is not compiled here")
+    pxd = core.source(name).with_suffix(".pxd")
+    st = pxd.stat()
+    assert name not in core.info()["stale"] or st.st_mtime > os.stat(so).st_mtime
+    try:
+        later = os.stat(so).st_mtime + 10
+        os.utime(pxd, (later, later))
+        assert name in core.info()["stale"]
+    finally:
+        os.utime(pxd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert pxd.stat().st_mtime_ns == st.st_mtime_ns
+
+
 def _run(code: str, **env) -> str:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, text=True,
                           capture_output=True, env={**os.environ, **env}, timeout=120).stdout
@@ -45,6 +64,17 @@ def test_pure_switch_imports_every_hot_module_from_source():
                TRACER_PURE="tracer.conn, tracer.nothing")
     assert one.strip() == "mixed ['tracer.conn']"
     assert reason == f"pure Python for {len(core.HOT)} of {len(core.HOT)} modules (TRACER_PURE)"
+
+
+def test_the_pure_ring_is_refused_off_x86():
+    """The pure ring's consumer-position store is a plain store: ordered only
+    on x86. Elsewhere the reason says so (the compiled ring uses release
+    stores, tests/unit/test_ring_ordering.py)."""
+    code = ("import platform; platform.machine = lambda: '{m}'; import tracer.core as c; "
+            "print(c.info()['reason'])")
+    arm = _run(code.format(m="aarch64"), TRACER_PURE="tracer.ring")
+    assert "unsupported on aarch64: the pure-Python ring is correct on x86 only" in arm
+    assert "unsupported" not in _run(code.format(m="x86_64"), TRACER_PURE="tracer.ring")
 
 
 SPANS = """
