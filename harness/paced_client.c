@@ -130,7 +130,10 @@ int main(int argc, char **argv)
 	long long requests = 0, failures = 0;
 	for (long long i = 0;; i++) {
 		long long due = start + i * gap;
-		if (max_requests ? i >= max_requests : due >= stop)
+		/* by duration: the schedule's end, or the clock's when the
+		 * server cannot keep up (an unreachable rate = as fast as it goes) */
+		if (max_requests ? i >= max_requests
+				 : due >= stop || clock_ns(CLOCK_MONOTONIC) >= stop)
 			break;
 		struct timespec ts = { due / 1000000000LL, due % 1000000000LL };
 		long long woke = -1;

@@ -68,7 +68,7 @@ http {{
     keepalive_timeout 120s;
     client_body_temp_path {d}/body;
     server {{
-        listen {port} backlog=1024;
+        listen {listen} backlog=1024;
         location / {{ return 200 "hello from nginx\\n"; }}
     }}
 }}
@@ -306,7 +306,7 @@ class _Bench:
     def start_nginx(self) -> int:
         (self.workdir / "body").mkdir(exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=self.workdir, port=PORT))
+        conf.write_text(NGINX_CONF.format(d=self.workdir, listen=PORT))
         self.nginx = self.topo.spawn("frontend", ["nginx", "-c", str(conf), "-p",
                                                   str(self.workdir), "-e",
                                                   str(self.workdir / "error.log")])

@@ -24,7 +24,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -37,27 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.saturation import NGINX_CONF  # one nginx for the harness and this bench
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PORT = 18080
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
-NGINX_CONF = """
-worker_processes 2;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    client_body_temp_path {d}/body;
-    server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        location / {{ return 200 "hello from nginx\\n"; }}
-    }}
-}}
-"""
 
 
 class BenchError(RuntimeError):
@@ -65,13 +49,13 @@ class BenchError(RuntimeError):
 
 
 def build_client(workdir: Path) -> Path:
-    src = HERE / "paced_client.c"
-    exe = workdir / f"paced_client-{hashlib.sha256(src.read_bytes()).hexdigest()[:10]}"
-    if not exe.exists():
-        if not shutil.which("gcc"):
-            raise BenchError("gcc not found: apt-get install gcc")
-        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
-    return exe
+    """The harness's paced keep-alive client (harness/paced_client.c)."""
+    from harness import paced
+
+    try:
+        return paced.binary()
+    except paced.PacedError as e:
+        raise BenchError(str(e)) from None
 
 
 def start_nginx(workdir: Path) -> subprocess.Popen:
@@ -84,7 +68,7 @@ def start_nginx(workdir: Path) -> subprocess.Popen:
             raise BenchError(f"port {PORT} is taken ({e.strerror}): stop what listens there") from None
     (workdir / "body").mkdir(exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=workdir, port=PORT))
+    conf.write_text(NGINX_CONF.format(d=workdir, listen=f"127.0.0.1:{PORT}"))
     # its own session: the workers are killed with the master at the end
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-e",
                              str(workdir / "error.log")], start_new_session=True)
@@ -157,13 +141,18 @@ def bpf_ns(pid: int) -> int:
 
 
 def paced(client: Path, rate: int, seconds: float, conns: int = 1) -> dict:
-    p = subprocess.run([str(client), "127.0.0.1", str(PORT), "/", str(rate), str(seconds),
-                        str(conns)], capture_output=True, text=True, timeout=seconds + 30)
-    f = p.stdout.split()
-    if p.returncode != 0 or len(f) < 8:
+    """rate 0: as fast as the connections go (a rate no client reaches)."""
+    p = subprocess.run([str(client), "127.0.0.1", str(PORT), "/", str(rate or 10**9), str(seconds),
+                        str(conns), "nc", os.devnull], capture_output=True, text=True,
+                       timeout=seconds + 30)
+    try:
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        r = None
+    if p.returncode != 0 or r is None:
         raise BenchError(f"load client failed: {p.stdout} {p.stderr}")
-    return {"requests": int(f[1]), "errors": int(f[3]), "client_cpu_s": float(f[5]),
-            "seconds": float(f[7])}
+    return {"requests": r["requests"], "errors": r["failures"], "client_cpu_s": r["cpu_s"],
+            "seconds": r["end_unix"] - r["start_unix"]}
 
 
 def wrk(seconds: float) -> float:
