@@ -3,6 +3,46 @@
 # and read back as objects, so C types would only add conversions.
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.string cimport memcpy
+
+# JSON text exactly as orjson writes it (tests/unit/test_span_json.py pins the
+# two together): the string escapes and integers of Span.write_json.
+cdef extern from *:
+    """
+    static const char _spans_hex[] = "0123456789abcdef";
+    /* The escaped body of a JSON string from UTF-8 s[0:n]: dst has room for
+     * 6 * n bytes. orjson escapes the quote, the backslash and the C0 controls,
+     * nothing else. */
+    static Py_ssize_t _spans_json_escape(char *dst, const char *s, Py_ssize_t n) {
+        /* by code, to keep backslashes out of this literal: 34 '"', 92 backslash */
+        static const char short_esc[32] = {
+            0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r', 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        char *d = dst;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c >= 0x20 && c != 34 && c != 92) { *d++ = (char)c; continue; }
+            *d++ = 92;
+            if (c >= 0x20) { *d++ = (char)c; continue; }
+            if (short_esc[c]) { *d++ = short_esc[c]; continue; }
+            *d++ = 'u'; *d++ = '0'; *d++ = '0';
+            *d++ = _spans_hex[c >> 4]; *d++ = _spans_hex[c & 15];
+        }
+        return d - dst;
+    }
+    /* Decimal digits of v (at most 20 bytes). */
+    static Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) {
+        char tmp[20];
+        Py_ssize_t n = 0;
+        do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+        for (Py_ssize_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+        return n;
+    }
+    """
+    Py_ssize_t _spans_json_escape(char *dst, const char *s, Py_ssize_t n) noexcept nogil
+    Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) noexcept nogil
 
 cdef object SCHEMA
 cdef object _ROLE_SERVER
@@ -31,6 +71,17 @@ cdef class Span:
     cpdef dict attributes(self)
     @cython.locals(d=dict, dur=object)
     cpdef dict to_dict(self)
+    @cython.locals(p=cython.p_char, cap=Py_ssize_t, dur=object)
+    cpdef Py_ssize_t write_json(self, bytearray buf, Py_ssize_t pos) except -3
+
+
+@cython.locals(n=Py_ssize_t)
+cdef Py_ssize_t _jraw(char *p, Py_ssize_t cap, Py_ssize_t pos, bytes raw) except -3
+@cython.locals(u=cython.p_const_char, n=Py_ssize_t)
+cdef Py_ssize_t _jstr(char *p, Py_ssize_t cap, Py_ssize_t pos, str v) except -3
+@cython.locals(neg=bint, u=cython.ulonglong, r=str, n=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4,
+               first=bint)
+cdef Py_ssize_t _jval(char *p, Py_ssize_t cap, Py_ssize_t pos, object v, int depth) except -3
 
 
 @cython.locals(end=Py_ssize_t, name=str, rest=str, port=str)

@@ -177,9 +177,216 @@ class Span:
             d["stack"] = self.stack
         return d
 
+    def write_json(self, buf: bytearray, pos: int) -> int:
+        """to_dict() as one JSON line exactly as orjson writes it, straight into
+        buf at pos, without the dicts (compiled only). Returns the new end; -1:
+        no room in buf from pos on; -2: not written here (pure Python, or a
+        value only orjson writes), so the caller encodes to_dict()."""
+        if not cython.compiled:
+            return -2
+        p = PyByteArray_AS_STRING(buf)  # noqa: F821 (C, in spans.pxd)
+        cap = len(buf)
+        dur = self.end_ktime - self.start_ktime
+        pos = _jraw(p, cap, pos, b'{"schema":1,"trace_id":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.trace_id, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"span_id":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.span_id, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"parent_span_id":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.parent_span_id, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"kind":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.kind, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"protocol":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.protocol, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"method":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.method, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"path":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.path, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"status":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.status, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"start_time_unix_nano":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.start_ktime + self.clock_offset_ns, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"duration_ns":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, dur if dur > 0 else 0, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"pid":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.pid, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"tid":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.tid, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"comm":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.comm, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"netns":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.netns, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"cgroup_id":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.cgroup_id, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"local_addr":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.local_addr, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"local_port":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.local_port, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"peer_addr":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.peer_addr, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"peer_port":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.peer_port, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"tls":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.tls, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"attributes":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.attributes(), 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"correlation":{"source":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.correlation_source, 0)
+        if pos >= 0:
+            pos = _jraw(p, cap, pos, b',"confidence":')
+        if pos >= 0:
+            pos = _jval(p, cap, pos, self.correlation_confidence, 0)
+        if pos >= 0 and self.stack:
+            pos = _jraw(p, cap, pos, b'},"stack":')
+            if pos >= 0:
+                pos = _jval(p, cap, pos, self.stack, 0)
+            if pos >= 0:
+                pos = _jraw(p, cap, pos, b'}\n')
+        elif pos >= 0:
+            pos = _jraw(p, cap, pos, b'}}\n')
+        return pos
+
     def __repr__(self) -> str:
         return (f"Span({self.kind} {self.method} {self.path} -> {self.status}, "
                 f"{self.duration_ns} ns, pid={self.pid} conn={self.conn_id})")
+
+
+# The pieces of Span.write_json (compiled only). Each returns the new end of
+# what is written at p[pos:], -1 when p[:cap] has no room for it, or -2 for a
+# value orjson writes but these do not (any type but None, bool, str, int in
+# 64 bits, float in plain notation, dict with str keys, list and tuple, nested
+# at most 64 deep).
+
+def _jraw(p, cap: int, pos: int, raw: bytes) -> int:
+    n = len(raw)
+    if pos + n > cap:
+        return -1
+    memcpy(p + pos, cython.cast(cython.p_char, raw), n)  # noqa: F821 (C, in spans.pxd)
+    return pos + n
+
+
+def _jstr(p, cap: int, pos: int, v: str) -> int:
+    n = 0
+    u = PyUnicode_AsUTF8AndSize(v, cython.address(n))  # noqa: F821 (C, in spans.pxd)
+    if pos + 6 * n + 2 > cap:
+        return -1
+    p[pos] = 34  # '"'
+    pos += 1 + _spans_json_escape(p + pos + 1, u, n)  # noqa: F821 (C, in spans.pxd)
+    p[pos] = 34
+    return pos + 1
+
+
+def _jval(p, cap: int, pos: int, v, depth: int) -> int:
+    if v is None:
+        return _jraw(p, cap, pos, b"null")
+    if v is True:
+        return _jraw(p, cap, pos, b"true")
+    if v is False:
+        return _jraw(p, cap, pos, b"false")
+    if type(v) is str:
+        return _jstr(p, cap, pos, v)
+    if type(v) is int:
+        if pos + 21 > cap:
+            return -1
+        neg = v < 0
+        if neg:
+            if v < -(1 << 63):
+                return -2
+            u = -v
+            p[pos] = 45  # '-'
+            pos += 1
+        else:
+            if v >= (1 << 64):
+                return -2
+            u = v
+        return pos + _spans_json_u64(p + pos, u)  # noqa: F821 (C, in spans.pxd)
+    if type(v) is float:
+        r = repr(v)  # the shortest round trip, as orjson's; its exponent form differs
+        n = len(r)
+        for i in range(n):
+            c = r[i]
+            if c != "." and c != "-" and not ("0" <= c <= "9"):
+                return -2
+        if pos + n > cap:
+            return -1
+        for i in range(n):
+            p[pos + i] = r[i]
+        return pos + n
+    if depth >= 64:
+        return -2
+    if type(v) is dict:
+        pos = _jraw(p, cap, pos, b"{")
+        first = True
+        for k, x in v.items():
+            if type(k) is not str:
+                return -2
+            if pos >= 0 and not first:
+                pos = _jraw(p, cap, pos, b",")
+            first = False
+            if pos >= 0:
+                pos = _jstr(p, cap, pos, k)
+            if pos >= 0:
+                pos = _jraw(p, cap, pos, b":")
+            if pos >= 0:
+                pos = _jval(p, cap, pos, x, depth + 1)
+            if pos < 0:
+                return pos
+        return _jraw(p, cap, pos, b"}")
+    if type(v) is list or type(v) is tuple:
+        pos = _jraw(p, cap, pos, b"[")
+        first = True
+        for x in v:
+            if pos >= 0 and not first:
+                pos = _jraw(p, cap, pos, b",")
+            first = False
+            if pos >= 0:
+                pos = _jval(p, cap, pos, x, depth + 1)
+            if pos < 0:
+                return pos
+        return _jraw(p, cap, pos, b"]")
+    return -2
 
 
 # Host header -> _split_host(): few distinct values, one per span

@@ -13,8 +13,12 @@ cdef class JsonlWriter:
     cdef bint _own
     cdef bytearray _buf
     cdef Py_ssize_t _pos
+    cdef int _fd
+    cdef long long _end, _advised
 
     @cython.locals(pos=Py_ssize_t)
     cdef int _drain(self) except -1
+    @cython.locals(batch=Py_ssize_t, upto=cython.longlong, lo=cython.longlong)
+    cdef _drop_behind(self)
     cpdef flush(self)
     cpdef close(self)
