@@ -1,6 +1,8 @@
 # Compiled form of tracer/conn.py (Cython pure-Python mode). Protocol slots
 # (Conn.proto) stay plain objects: the HTTP/1 and HTTP/2 sessions live in
 # other modules.
+from tracer.connstate cimport Conn
+from tracer.correlate cimport Correlator
 from tracer.events cimport CloseEvent, DataEvent, OpenEvent
 from tracer.stats cimport Stats
 
@@ -9,20 +11,6 @@ cdef int _SYS_FIRST_TLS, _SETTINGS, _BPF_EXIST
 cdef bytes H2_PREFACE
 
 cdef class ConnectionTable
-
-
-cdef class Conn:
-    cdef public object conn_id, role, proto, last_ts, pid, comm, netns, cgroup_id
-    cdef public object laddr, lport, raddr, rport, fresh, tls
-    cdef public ConnectionTable table
-
-
-cdef class _Ignored:
-    pass
-
-
-cdef class _Unparsed:
-    cdef public Stats stats
 
 
 cdef class _Sniffer:
@@ -34,7 +22,8 @@ cdef class _Sniffer:
 cdef class ConnectionTable:
     cdef public object sink, clock_offset_ns, capture_bytes, h2_factory, h2_capture
     cdef public Stats stats
-    cdef public object correlator
+    cdef public Correlator correlator
     cdef public dict conns
 
+    cdef int _set_open(self, Conn conn, OpenEvent ev) except -1
     cdef Conn _add(self, object conn_id, object role)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from tracer.connstate import Conn
 from tracer.correlate import Correlator
 from tracer.events import (
     MAX_PAYLOAD,
@@ -98,89 +99,6 @@ def kernel_capture_hook(conns_map, capture: int = MAX_PAYLOAD) -> H2CaptureHook:
 
 _BPF_EXIST = 2
 _SYS_FIRST_TLS = int(SYS_FIRST_TLS)
-
-
-class Conn:
-    """One traced socket as seen by one process."""
-
-    __slots__ = ("conn_id", "role", "proto", "last_ts", "pid", "comm", "netns", "cgroup_id",
-                 "laddr", "lport", "raddr", "rport", "table", "fresh", "tls")
-
-    def __init__(self, table: ConnectionTable, conn_id: int, role: int) -> None:
-        self.table = table
-        self.conn_id = conn_id
-        self.role = role
-        self.last_ts = 0
-        self.pid = 0
-        self.comm = ""
-        self.netns = 0
-        self.cgroup_id = 0
-        self.laddr = ""
-        self.lport = 0
-        self.raddr = ""
-        self.rport = 0
-        # seen from accept/connect: request order on it is known from the first
-        # request, so it can be matched with the other end (correlation)
-        self.fresh = False
-        self.tls = False  # plaintext from TLS uprobes (data events with an SSL sys_kind)
-        self.proto: ProtocolHandler = _Sniffer(self)
-
-    def set_open(self, ev: OpenEvent) -> None:
-        self.pid = ev.pid
-        self.comm = ev.comm
-        self.netns = ev.netns
-        self.cgroup_id = ev.cgroup_id
-        self.laddr = ev.laddr
-        self.lport = ev.lport
-        self.raddr = ev.raddr
-        self.rport = ev.rport
-        self.fresh = ev.role != ROLE_UNKNOWN
-        if ev.role == ROLE_CLIENT:
-            self.table.correlator.note_client(ev.laddr, ev.netns)
-        if self.role == ROLE_UNKNOWN:
-            self.role = ev.role
-
-    def give_up(self, counted: bool) -> None:
-        """Stop parsing this connection for good; counted: as not-HTTP."""
-        if counted:
-            self.table.stats.unparsed_connections += 1
-            self.proto = _Unparsed(self.table.stats)
-        else:
-            self.proto = _IGNORED
-
-    def __repr__(self) -> str:
-        return (f"<Conn {self.conn_id} role={self.role} {self.laddr}:{self.lport}"
-                f" <-> {self.raddr}:{self.rport} {type(self.proto).__name__}>")
-
-
-class _Ignored:
-    """A connection we deliberately do not parse (upgraded)."""
-
-    __slots__ = ()
-
-    def on_data(self, ev: DataEvent) -> None:
-        pass
-
-    def on_close(self, eof: bool) -> None:
-        pass
-
-
-_IGNORED = _Ignored()
-
-
-class _Unparsed:
-    """Given up as not-HTTP: only count the bytes (cheap)."""
-
-    __slots__ = ("stats",)
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-
-    def on_data(self, ev: DataEvent) -> None:
-        self.stats.unparsed_bytes += ev.size
-
-    def on_close(self, eof: bool) -> None:
-        pass
 
 
 class _Sniffer:
@@ -316,7 +234,7 @@ class ConnectionTable:
             conn = self.conns.get(opened.conn_id)
             if conn is None:
                 conn = self._add(opened.conn_id, opened.role)
-            conn.set_open(opened)
+            self._set_open(conn, opened)
             conn.last_ts = opened.ts
         elif kind is CloseEvent:
             closed: CloseEvent = ev
@@ -325,8 +243,24 @@ class ConnectionTable:
                 self.stats.connections_open -= 1
                 conn.proto.on_close(True)
 
+    def _set_open(self, conn: Conn, ev: OpenEvent) -> None:
+        conn.pid = ev.pid
+        conn.comm = ev.comm
+        conn.netns = ev.netns
+        conn.cgroup_id = ev.cgroup_id
+        conn.laddr = ev.laddr
+        conn.lport = ev.lport
+        conn.raddr = ev.raddr
+        conn.rport = ev.rport
+        conn.fresh = ev.role != ROLE_UNKNOWN
+        if ev.role == ROLE_CLIENT:
+            self.correlator.note_client(ev.laddr, ev.netns)
+        if conn.role == ROLE_UNKNOWN:
+            conn.role = ev.role
+
     def _add(self, conn_id, role) -> Conn:
         conn = Conn(self, conn_id, role)
+        conn.proto = _Sniffer(conn)
         self.conns[conn_id] = conn
         stats = self.stats
         stats.connections_total += 1

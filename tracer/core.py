@@ -8,7 +8,8 @@ container image install. Without it the agent still works, and says so once.
 - TRACER_PURE=1 in the environment imports the .py sources even where the
   compiled modules exist (tests run both; a user can rule out the compiled
   core when chasing a bug). A comma-separated list of module names makes
-  just those pure (bisecting a difference between the two).
+  those pure, with the modules that cimport them (bisecting a difference
+  between the two).
 - A compiled module older than its source (.py or .pxd) is stale: it is reported, and
   `make setup` rebuilds it.
 
@@ -23,6 +24,7 @@ import importlib.machinery
 import importlib.util
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ HOT = (
     "tracer.stats",
     "tracer.events",
     "tracer.ring",
+    "tracer.connstate",
     "tracer.conn",
     "tracer.protocols.http1",
     "tracer.session_http1",
@@ -64,14 +67,36 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source(fullname))
 
 
+_CIMPORT = re.compile(r"^\s*from\s+(tracer(?:\.\w+)+)\s+cimport\b", re.M)
+
+
+def cimports(name: str) -> frozenset[str]:
+    """The HOT modules whose C types `name` uses (the cimports in its .pxd)."""
+    try:
+        text = source(name).with_suffix(".pxd").read_text()
+    except OSError:
+        return frozenset()  # an installed wheel without its .pxd: built as a whole
+    return frozenset(_CIMPORT.findall(text)) & frozenset(HOT)
+
+
 def pure_modules() -> frozenset[str]:
-    """The HOT modules TRACER_PURE asks to run from source."""
+    """The HOT modules TRACER_PURE asks to run from source, with every module
+    that cimports one of them: a compiled module reads its fields as C, which
+    the pure class does not have."""
     raw = os.environ.get(PURE_ENV, "")
     if raw in ("", "0"):
         return frozenset()
     if raw == "1":
         return frozenset(HOT)
-    return frozenset(HOT) & {m.strip() for m in raw.split(",")}
+    pure = set(HOT) & {m.strip() for m in raw.split(",")}
+    grew = True
+    while grew:
+        grew = False
+        for name in HOT:
+            if name not in pure and cimports(name) & pure:
+                pure.add(name)
+                grew = True
+    return frozenset(pure)
 
 
 def pure_requested() -> bool:

@@ -1,13 +1,13 @@
 # Types for the compiled correlator (Cython pure-Python mode, see tracer/core.py).
-# Spans, connections and stats stay Python objects: cimporting their modules
-# would break running just one of them from source (TRACER_PURE=mod,...).
+# Spans and stats stay Python objects here.
 
 cimport cython
+from tracer.connstate cimport Conn
 
 cdef tuple _LOOPBACK_PREFIXES
 
 @cython.locals(key=tuple, laddr=object, raddr=object)
-cpdef tuple conn_key(conn, bint server)
+cpdef tuple conn_key(Conn conn, bint server)
 
 
 @cython.final
@@ -43,10 +43,10 @@ cdef class Correlator:
 
     cpdef note_client(self, addr, netns)
     @cython.locals(addr=object)
-    cdef bint _client_traced(self, conn) except -1
+    cdef bint _client_traced(self, Conn conn) except -1
     @cython.locals(ctx=Context, tp=object, tids=tuple, ids=tuple, key=tuple, client=Context,
                    waiting=Context, inj=object)
-    cpdef Context start(self, conn, bint server, pid, tid, headers, seq=*, ts=*)
+    cpdef Context start(self, Conn conn, bint server, pid, tid, headers, seq=*, ts=*)
     @cython.locals(q=object, other=Context, ts=object)
     cdef Context _take(self, dict table, tuple key, Context ctx)
     @cython.locals(act=list, inflight=set)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import cython
 
+from .connstate import Conn
 from .tracecontext import header_sampled, new_span_id, new_trace_id, parse_b3, traceparent_ids
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ MAX_DEPTH = 64  # ancestors looked at for a pending one (real call chains are sh
 MAX_FANOUT_PIDS = 65536  # processes remembered as making several calls per request
 
 
-def conn_key(conn, server: bool) -> tuple | None:
+def conn_key(conn: Conn, server: bool) -> tuple | None:
     """The same key from both ends of one TCP connection (client address
     first), or None when the addresses are unknown. Loopback addresses are
     only unique inside one network namespace, so the netns joins the key
@@ -170,13 +171,13 @@ class Correlator:
         server can read anything, and again at each client request)."""
         self.client_addrs.add((addr, netns if addr.startswith(_LOOPBACK_PREFIXES) else 0))
 
-    def _client_traced(self, conn) -> bool:
+    def _client_traced(self, conn: Conn) -> bool:
         addr = conn.raddr
         return (addr, conn.netns if addr.startswith(_LOOPBACK_PREFIXES) else 0) \
             in self.client_addrs
 
     # ---- hooks -------------------------------------------------------------------
-    def start(self, conn, server: bool, pid: int, tid: int, headers: Mapping[str, str],
+    def start(self, conn: Conn, server: bool, pid: int, tid: int, headers: Mapping[str, str],
               seq: int | None = None, ts: int = 0) -> Context:
         """A request head was seen. seq: the HTTP/2 stream id (the same at both
         ends); None for HTTP/1, matched in order with a time check. ts: ktime of

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from tracer.connstate import Conn
 from tracer.events import ConnRole, DataDir, DataEvent
 from tracer.protocols.http1 import LOST, MAX_PIPELINED, Http1Parser, Message
 from tracer.spans import http1_span
 
 if TYPE_CHECKING:
-    from tracer.conn import Conn, ConnectionTable
+    from tracer.conn import ConnectionTable
 
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
 _INGRESS = int(DataDir.DIR_INGRESS)
@@ -30,12 +31,13 @@ class Http1Session:
     protocol follows)."""
 
     __slots__ = ("conn", "table", "stats", "req", "resp", "pending", "req_dir", "dead",
-                 "server")
+                 "server", "correlator")
 
     def __init__(self, conn: Conn, table: ConnectionTable) -> None:
         self.conn = conn
         self.table = table
         self.stats = table.stats
+        self.correlator = table.correlator
         self.req = Http1Parser(True, self, table.stats)
         self.resp = Http1Parser(False, self, table.stats)
         self.pending: deque[Message] = deque()
@@ -81,7 +83,7 @@ class Http1Session:
                 return
             self.pending.append(msg)
             ev = msg.first_ev
-            msg.ctx = self.table.correlator.start(
+            msg.ctx = self.correlator.start(
                 self.conn, self.server, ev.pid, ev.tid, msg.headers, None,
                 ev.ts_exit if self.server else ev.ts_enter)
         else:
@@ -100,8 +102,8 @@ class Http1Session:
             self.stats.unpaired_responses += 1
             return
         req = pending.popleft()
-        table = self.table
-        table.correlator.finish(req.ctx, http1_span(self.conn, req, msg, table.clock_offset_ns))
+        self.correlator.finish(req.ctx, http1_span(self.conn, req, msg,
+                                                   self.table.clock_offset_ns))
         if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
             self.stats.upgraded_connections += 1
             self.stats.incomplete_requests += len(pending)
@@ -126,10 +128,10 @@ class Http1Session:
         self.conn.give_up(counted=True)
 
     def _abandon(self) -> None:
-        abandon = self.table.correlator.abandon
+        correlator = self.correlator
         for msg in self.pending:
             if msg.ctx is not None:
-                abandon(msg.ctx)
+                correlator.abandon(msg.ctx)
         self.pending.clear()
 
     def request_method(self) -> str | None:

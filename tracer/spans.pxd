@@ -3,6 +3,9 @@
 # and read back as objects, so C types would only add conversions.
 
 cimport cython
+from tracer.connstate cimport Conn
+from tracer.events cimport DataEvent
+from tracer.protocols.http1 cimport Message
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
@@ -44,6 +47,9 @@ cdef extern from *:
     Py_ssize_t _spans_json_escape(char *dst, const char *s, Py_ssize_t n) noexcept nogil
     Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) noexcept nogil
 
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object v, int *overflow) except? -1
+
 cdef object SCHEMA
 cdef object _ROLE_SERVER
 cdef dict _HOSTS
@@ -79,8 +85,8 @@ cdef class Span:
 cdef Py_ssize_t _jraw(char *p, Py_ssize_t cap, Py_ssize_t pos, bytes raw) except -3
 @cython.locals(u=cython.p_const_char, n=Py_ssize_t)
 cdef Py_ssize_t _jstr(char *p, Py_ssize_t cap, Py_ssize_t pos, str v) except -3
-@cython.locals(neg=bint, u=cython.ulonglong, r=str, n=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4,
-               first=bint)
+@cython.locals(u=cython.ulonglong, ll=cython.longlong, over=int, r=str, n=Py_ssize_t,
+               i=Py_ssize_t, c=Py_UCS4, first=bint, d=dict)
 cdef Py_ssize_t _jval(char *p, Py_ssize_t cap, Py_ssize_t pos, object v, int depth) except -3
 
 
@@ -88,7 +94,9 @@ cdef Py_ssize_t _jval(char *p, Py_ssize_t cap, Py_ssize_t pos, object v, int dep
 cpdef tuple _split_host(str host)
 
 @cython.locals(s=Span)
-cpdef Span exchange_span(conn, bint server, first, req_last, rfirst, last, clock_offset_ns)
+cpdef Span exchange_span(Conn conn, bint server, DataEvent first, DataEvent req_last,
+                         DataEvent rfirst, DataEvent last, clock_offset_ns)
 
 @cython.locals(s=Span)
-cpdef Span http1_span(conn, req, resp, clock_offset_ns)
+@cython.locals(first=DataEvent)
+cpdef Span http1_span(Conn conn, Message req, Message resp, clock_offset_ns)

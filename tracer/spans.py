@@ -15,15 +15,11 @@ The raw ktimes stay on the Span (req_*/resp_* fields) for the correlation stage.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import cython
 
+from tracer.connstate import Conn
 from tracer.events import ConnRole
-
-if TYPE_CHECKING:
-    from tracer.conn import Conn
-    from tracer.protocols.http1 import Message
+from tracer.protocols.http1 import Message
 
 SCHEMA = 1
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
@@ -330,17 +326,19 @@ def _jval(p, cap: int, pos: int, v, depth: int) -> int:
     if type(v) is int:
         if pos + 21 > cap:
             return -1
-        neg = v < 0
-        if neg:
-            if v < -(1 << 63):
-                return -2
-            u = -v
-            p[pos] = 45  # '-'
-            pos += 1
-        else:
-            if v >= (1 << 64):
-                return -2
+        over = 0
+        ll = PyLong_AsLongLongAndOverflow(v, cython.address(over))  # noqa: F821 (C, in spans.pxd)
+        if over == 0:
+            if ll < 0:
+                p[pos] = 45  # '-'
+                pos += 1
+                u = cython.cast(cython.ulonglong, -(ll + 1)) + 1  # -ll without overflow
+            else:
+                u = ll
+        elif over > 0 and v < (1 << 64):
             u = v
+        else:
+            return -2
         return pos + _spans_json_u64(p + pos, u)  # noqa: F821 (C, in spans.pxd)
     if type(v) is float:
         r = repr(v)  # the shortest round trip, as orjson's; its exponent form differs
@@ -357,9 +355,10 @@ def _jval(p, cap: int, pos: int, v, depth: int) -> int:
     if depth >= 64:
         return -2
     if type(v) is dict:
+        d = cython.cast(dict, v)
         pos = _jraw(p, cap, pos, b"{")
         first = True
-        for k, x in v.items():
+        for k, x in d.items():
             if type(k) is not str:
                 return -2
             if pos >= 0 and not first:

@@ -112,3 +112,15 @@ def test_pure_and_compiled_cores_make_the_same_spans():
     pure = _run(SPANS, TRACER_PURE="1")
     assert compiled.splitlines()[0] == "35"
     assert compiled == pure
+
+
+def test_a_pure_module_takes_the_modules_that_cimport_it():
+    """A compiled module reads the fields of the classes it cimports as C:
+    run from source with them, and the spans stay the same."""
+    pure = _run("import tracer.core as c; print(c.info()['pure'])",
+                TRACER_PURE="tracer.connstate")
+    assert pure.strip() == str(["tracer.connstate", "tracer.conn", "tracer.session_http1",
+                                "tracer.spans", "tracer.correlate"])
+    compiled = _run(SPANS)
+    for mod in ("tracer.connstate", "tracer.protocols.http1", "tracer.events"):
+        assert _run(SPANS, TRACER_PURE=mod) == compiled, mod

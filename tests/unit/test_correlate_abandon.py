@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from types import SimpleNamespace
 
+from tracer.connstate import Conn
 from tracer.correlate import Correlator
 from tracer.spans import Span
 from tracer.stats import Stats
@@ -16,7 +16,9 @@ SRC = Path(__file__).resolve().parents[2] / "tracer" / "correlate.py"
 
 
 def _conn(laddr, lport, raddr, rport):
-    return SimpleNamespace(laddr=laddr, lport=lport, raddr=raddr, rport=rport, netns=1)
+    conn = Conn(None, 1, 0)
+    conn.laddr, conn.lport, conn.raddr, conn.rport, conn.netns = laddr, lport, raddr, rport, 1
+    return conn
 
 
 def test_abandon_unqueues_and_releases():

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from tracer import events, sampling, tracecontext
+from tracer.connstate import Conn
 from tracer.correlate import Correlator
 from tracer.loader import BPF_DIR
 from tracer.sampling import AdaptiveController, AdaptiveSpec, FilterSpec, ProcInfo, SpanPolicy
@@ -169,7 +170,7 @@ def test_correlator_applies_the_policy_and_counts():
     st = Stats()
     c = Correlator(out.append, st)
     c.policy = SpanPolicy(FilterSpec(exclude_paths=["/skip"]), 0.0, st)
-    conn = SimpleNamespace(laddr="", raddr="", lport=0, rport=0, netns=0)
+    conn = Conn(None, 1, 0)  # addresses unknown: no connection key
     tid = "0af7651916cd43dd8448eb211c80319c"
     for i, (path, tp) in enumerate([("/a", "01"), ("/b", "00"), ("/skip", "01"), ("/c", None)]):
         h = {"traceparent": f"00-{tid}-b7ad6b716920333{i}-{tp}"} if tp else {}
