@@ -23,9 +23,26 @@ cdef extern from *:
         static const char short_esc[32] = {
             0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r', 0, 0,
             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
         char *d = dst;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
+        Py_ssize_t i = 0;
+        while (i < n) {
+            /* eight bytes at a time while none is below 0x20, a quote or a backslash */
+            while (i + 8 <= n) {
+                unsigned long long w, q, b;
+                memcpy(&w, s + i, 8);
+                q = w ^ (ones * 34);
+                b = w ^ (ones * 92);
+                if (((w - ones * 0x20) & ~w & highs) | ((q - ones) & ~q & highs)
+                        | ((b - ones) & ~b & highs))
+                    break;
+                memcpy(d, &w, 8);
+                d += 8;
+                i += 8;
+            }
+            if (i >= n)
+                break;
+            unsigned char c = (unsigned char)s[i++];
             if (c >= 0x20 && c != 34 && c != 92) { *d++ = (char)c; continue; }
             *d++ = 92;
             if (c >= 0x20) { *d++ = (char)c; continue; }

@@ -315,14 +315,14 @@ def _jstr(p, cap: int, pos: int, v: str) -> int:
 
 
 def _jval(p, cap: int, pos: int, v, depth: int) -> int:
+    if type(v) is str:
+        return _jstr(p, cap, pos, v)
     if v is None:
         return _jraw(p, cap, pos, b"null")
     if v is True:
         return _jraw(p, cap, pos, b"true")
     if v is False:
         return _jraw(p, cap, pos, b"false")
-    if type(v) is str:
-        return _jstr(p, cap, pos, v)
     if type(v) is int:
         if pos + 21 > cap:
             return -1
