@@ -14,11 +14,9 @@ import signal
 import sys
 import threading
 
-EXIT_OK, EXIT_CHECK, EXIT_ENV = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments or environment; str() is the one line shown to the user."""
+# re-exported: tests and scripts import them from here
+from .errors import EXIT_CHECK, EXIT_ENV, EXIT_OK, UsageError  # noqa: F401
+from .resolve import resolve_cgroup, resolve_netns
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,30 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---- argument resolution ---------------------------------------------------------
-
-def resolve_netns(value: str) -> int:
-    if value.isdigit():
-        return int(value)
-    path = value if value.startswith("/") else f"/run/netns/{value}"
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        raise UsageError(f"network namespace '{value}' not found ({path}): create it with "
-                         f"'ip netns add {value}' or pass its inode number") from None
-
-
-def resolve_cgroup(value: str) -> int:
-    """cgroup v2 id == inode of the cgroup's directory."""
-    candidates = [value] if value.startswith("/") else []
-    candidates += [os.path.join(root, value.lstrip("/"))
-                   for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")]
-    for path in candidates:
-        if os.path.isdir(path):
-            return os.stat(path).st_ino
-    raise UsageError(f"cgroup '{value}' not found: give its path under the cgroup v2 mount "
-                     "(e.g. /sys/fs/cgroup/system.slice/foo.service)")
-
+# ---- argument checks -------------------------------------------------------------
 
 def _check_args(args) -> None:
     for port in args.port:

@@ -139,16 +139,8 @@ def test_unknown_kernel_function_is_one_line(capsys):
         with pytest.raises(kernel.KernelFuncError, match="not found in the kernel's BTF"):
             kernel.resolve(["no_such_function_xyz"])
         return
-    assert kernel.run(["kernel:no_such_function_xyz"], _Args()) == 2
+    from tracer import cli
+
+    assert cli.main(["funcs", "kernel:no_such_function_xyz", "--output", os.devnull]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not found in the kernel's BTF" in err
-
-
-class _Args:
-    pid: list = []
-    cgroup: list = []
-    netns: list = []
-    output = os.devnull
-    duration = None
-    stack = False
-    verbose = False

@@ -29,6 +29,11 @@ def _run(*args):
     (["libc.so.6:write", "--netns", "no-such-ns-4711"], "ip netns add no-such-ns-4711"),
     (["libc.so.6:write", "--cgroup", "no/such/cgroup-4711"], "cgroup 'no/such/cgroup-4711'"),
     (["kernel:vfs_read", "libc.so.6:write"], "separate runs"),
+    # kernel: targets share the user-space checks (tracer/funcs/cli.py)
+    (["kernel:vfs_read", "--stack"], "--stack applies to user-space targets only"),
+    (["kernel:vfs_read", "--pid", "999999999"], "--pid 999999999: no such process"),
+    (["kernel:vfs_read", "--duration", "-1"], "--duration must be positive"),
+    (["kernel:vfs_read", "--netns", "no-such-ns-4711"], "ip netns add no-such-ns-4711"),
 ])
 def test_bad_usage_is_one_line_exit_2(args, msg):
     rc, err = _run(*args)

@@ -1,7 +1,8 @@
 """`python -m tracer funcs`: argument checks, resolution, run, summary.
 
-Exit codes as in tracer/cli.py: 0 done, 2 bad target/usage/environment (one
-line naming the cause), never a traceback.
+Exit codes as in tracer/errors.py: 0 done, 2 bad target/usage/environment
+(UsageError: one line naming the cause, printed by tracer/cli.py's main),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import os
 import signal
 import sys
 import threading
+
+from tracer.errors import EXIT_OK, UsageError
+from tracer.resolve import resolve_cgroup, resolve_netns
 
 from .events import FUNCS_STACK_COPY
 
@@ -42,17 +46,18 @@ def add_parser(sub) -> None:
     f.add_argument("-v", "--verbose", action="store_true", help="show libbpf and debug logs")
 
 
-def _drop_privileges(args, tracer, writer) -> tuple[list[str], dict]:
-    """After attach, as `run` does (tracer/privileges.py): reading the ring
-    and the maps held needs nothing; --stack symbolizes while tracing, so it
-    keeps what reading other processes' maps and binaries needs. Returns the
-    lines to show and the summary entry."""
+def _drop_privileges(args, counters, writer) -> tuple[list[str], dict]:
+    """After attach, as `run` does (tracer/privileges.py), for user-space and
+    kernel: targets alike: reading the ring and the maps held needs nothing;
+    --stack symbolizes while tracing, so it keeps what reading other
+    processes' maps and binaries needs. `counters` is a map we hold (the
+    probe of what this kernel asks for map commands). Returns the lines to
+    show and the summary entry."""
     if args.no_drop_privileges:
         return [], {"dropped": False}
     from tracer import privileges
 
     writer.open_summary()  # written at exit, when the directory may be out of reach
-    counters = tracer.obj.map("funcs_counters")
     needs = privileges.probe_runtime_needs(lambda: counters.percpu_sum(0))
     keep = privileges.runtime_caps(tls_discovery=False, span_stacks=args.stack, kernel=needs)
     res = privileges.drop(keep)
@@ -60,21 +65,12 @@ def _drop_privileges(args, tracer, writer) -> tuple[list[str], dict]:
     return res.report()
 
 
-def cmd_funcs(args) -> int:
-    from tracer.cli import EXIT_OK, UsageError, resolve_cgroup, resolve_netns
-
-    kernel = [t for t in args.targets if t.startswith("kernel:")]
-    user = [t for t in args.targets if not t.startswith("kernel:")]
-    if kernel and user:
-        raise UsageError("trace user-space and kernel: targets in separate runs")
-    if kernel:
-        try:
-            from . import kernel as kmod
-        except ImportError:
-            raise UsageError("kernel function tracing unavailable") from None
-        return kmod.run(kernel, args)
+def _check_args(args, kernel: bool) -> None:
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
+    if kernel and args.stack:
+        raise UsageError("--stack applies to user-space targets only: kernel: records "
+                         "carry no stack")
     if not 1024 <= args.stack_copy <= FUNCS_STACK_COPY or args.stack_copy % 1024:
         raise UsageError(f"--stack-copy must be a multiple of 1024 within "
                          f"1024..{FUNCS_STACK_COPY}")
@@ -83,59 +79,108 @@ def cmd_funcs(args) -> int:
             raise UsageError(f"--pid {pid}: not a process id")
         if not os.path.exists(f"/proc/{pid}"):
             raise UsageError(f"--pid {pid}: no such process")
-    netns = [resolve_netns(n) for n in args.netns]
-    cgroups = [resolve_cgroup(c) for c in args.cgroup]
 
-    from tracer import loader, probe
 
-    from .output import FuncsWriter
+def _user_tracer(targets: list[str], args, writer_for, netns, cgroups):
+    """User-space targets -> (FuncsTracer, its writer, the ready line, the
+    warnings to show once attached)."""
+    from tracer import probe
+
     from .targets import TargetError, parse_target, resolve
     from .tracer import FuncsTracer
 
     try:
-        probes = resolve([parse_target(t) for t in user], args.pid)
+        probes = resolve([parse_target(t) for t in targets], args.pid)
     except TargetError as e:
         raise UsageError(str(e)) from None
     try:
         probe.require_environment()
     except probe.EnvironmentProblem as e:
         raise UsageError(str(e)) from None
+    writer = writer_for()
+    tracer = FuncsTracer(probes, writer, pids=args.pid, netns=netns, cgroups=cgroups,
+                         stack=args.stack, stack_copy_bytes=args.stack_copy)
+    functions = len({p.target for p in probes})
+    warnings = []
+    shared = sorted({p.module for p in probes if ".so" in os.path.basename(p.module)})
+    if shared and not args.pid:
+        # a uretprobe rewrites return addresses in every process mapping the
+        # library; stack-switching programs (greenlets) can be killed (SIGILL)
+        warnings.append(f"warning: {', '.join(shared)} traced in every process that maps "
+                        "it; limit it with --pid")
+    return (tracer, writer,
+            lambda: f"tracing {functions} functions ({tracer.attached} probes attached)",
+            warnings)
+
+
+def _kernel_tracer(targets: list[str], args, writer_for, netns, cgroups):
+    """kernel: targets -> (KernelTracer, its writer, the ready line, no warnings)."""
     try:
-        writer = FuncsWriter(args.output)
-    except OSError as e:
-        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+        from . import kernel
+    except ImportError:
+        raise UsageError("kernel function tracing unavailable") from None
+    try:
+        tracer = kernel.kernel_tracer(targets, pids=args.pid, cgroups=cgroups, netns=netns)
+    except kernel.KernelFuncError as e:
+        raise UsageError(str(e)) from None
+    writer = writer_for()
+    tracer.emit = writer.call
+    n = len(tracer.funcs)
+    return tracer, writer, f"tracing {n} kernel function{'s' if n != 1 else ''} with " \
+                           f"{tracer.why}", []
+
+
+def cmd_funcs(args) -> int:
+    """Both kinds of target take the same path once their tracer is built:
+    attach, drop privileges, the ready line, run, the summary."""
+    kernel = [t for t in args.targets if t.startswith("kernel:")]
+    user = [t for t in args.targets if not t.startswith("kernel:")]
+    if kernel and user:
+        raise UsageError("trace user-space and kernel: targets in separate runs")
+    _check_args(args, kernel=bool(kernel))
+    netns = [resolve_netns(n) for n in args.netns]
+    cgroups = [resolve_cgroup(c) for c in args.cgroup]
+
+    from tracer import loader
+
+    from .output import FuncsWriter
+
+    def writer_for() -> FuncsWriter:
+        try:
+            return FuncsWriter(args.output)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+
+    make = _kernel_tracer if kernel else _user_tracer
+    tracer, writer, ready, warnings = make(kernel or user, args, writer_for, netns, cgroups)
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    tracer = FuncsTracer(probes, writer, pids=args.pid, netns=netns, cgroups=cgroups,
-                         stack=args.stack, stack_copy_bytes=args.stack_copy)
     try:
         tracer.start()
     except loader.LoaderError as e:
         writer.close()
         if args.verbose and e.log:
             sys.stderr.write(e.log)
-        raise UsageError(f"{e.stage} failed: {e}" + ("" if args.verbose or not e.log
-                                                     else " (run with -v for the log)")) from None
-    functions = len({p.target for p in probes})
-    shared = sorted({p.module for p in probes if ".so" in os.path.basename(p.module)})
-    if shared and not args.pid:
-        # a uretprobe rewrites return addresses in every process mapping the
-        # library; stack-switching programs (greenlets) can be killed (SIGILL)
-        sys.stderr.write(f"tracer: warning: {', '.join(shared)} traced in every process that "
-                         "maps it; limit it with --pid\n")
-    drop_lines, privileges_info = _drop_privileges(args, tracer, writer)
-    # tests and scripts wait for this line
-    sys.stderr.write(f"tracer: tracing {functions} functions ({tracer.attached} probes "
-                     "attached)\n")
+        where = f" for kernel:{tracer.current}" if kernel else ""
+        raise UsageError(f"{e.stage} failed{where}: {e}" + ("" if args.verbose or not e.log
+                                                           else " (run with -v for the log)")) \
+            from None
+    for line in warnings:
+        sys.stderr.write(f"tracer: {line}\n")
+    counters = tracer.counters if kernel else tracer.obj.map("funcs_counters")
+    drop_lines, privileges_info = _drop_privileges(args, counters, writer)
+    if callable(ready):  # the probe count is known once attached
+        ready = ready()
+    sys.stderr.write(f"tracer: {ready}\n")  # tests and scripts wait for this line
     for line in drop_lines:
         sys.stderr.write(f"tracer: {line}\n")
     sys.stderr.flush()
     try:
         tracer.run(duration=args.duration, stop=stop, on_tick=writer.flush)
     finally:
-        counters = tracer.stop()
-        counters["privileges"] = privileges_info
-        writer.close(counters)
+        summary = tracer.stop()
+        summary["privileges"] = privileges_info
+        writer.close(summary)
     return EXIT_OK

@@ -2,7 +2,9 @@
 
 The feature probe picks the mechanism (tracer.probe.kernel_functions):
 fentry/fexit where the kernel loads BPF trampolines, kprobe/kretprobe where it
-only has kprobes, and otherwise one line naming why neither works (exit 2).
+only has kprobes, and otherwise KernelFuncError naming why neither works
+(the CLI's one line, exit 2). The run itself (attach, privilege drop, the
+summary) is tracer/funcs/cli.py's, the same as for user-space targets.
 Argument names, count and signedness come from the kernel's BTF
 (/sys/kernel/btf/vmlinux); values are the raw argument registers (no memory
 behind pointers is read). Records follow the user-space `funcs` JSON lines
@@ -14,14 +16,12 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 from .. import loader
-from .output import FuncsWriter, call_record
+from .output import call_record
 
 KERNEL_PREFIX = "kernel:"
 TASK_COMM_LEN = 16
@@ -211,11 +211,15 @@ def parse_targets(targets: list[str]) -> list[str]:
 
 class KernelTracer:
     """Loads kfuncs.bpf.o for a set of kernel functions and turns its events
-    into `funcs` records."""
+    into `funcs` records, handed to `emit` (e.g. FuncsWriter.call) by run()
+    and stop(); poll() takes its own."""
 
-    def __init__(self, funcs: list[KFunc], method: str, pids=(), cgroups=(), netns=()):
+    def __init__(self, funcs: list[KFunc], method: str, pids=(), cgroups=(), netns=(),
+                 emit=None):
         self.funcs = funcs
         self.method = method
+        self.why = method  # how the probe described the mechanism (the ready line)
+        self.emit = emit
         self.pids, self.cgroups, self.netns = list(pids), list(cgroups), list(netns)
         self.objs: list[loader.BPFObject] = []
         self.current = ""  # the function being loaded or attached (for error lines)
@@ -245,6 +249,13 @@ class KernelTracer:
                 m.update(int(k).to_bytes(size, "little"), b"\x01")
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         if self.method == "fentry":
             for i, f in enumerate(self.funcs):
                 self.current = f.name
@@ -296,6 +307,28 @@ class KernelTracer:
 
         return self.rb.consume(handler)
 
+    def run(self, duration: float | None = None, stop: threading.Event | None = None,
+            on_tick=None) -> None:
+        """Poll until `stop` is set or `duration` seconds have passed."""
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + duration if duration else None
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            self.poll(self.emit, 100)
+            if on_tick:
+                on_tick()
+
+    def stop(self) -> dict:
+        """Detach, drain what the ring still holds, close; the counters."""
+        for obj in self.objs:
+            obj.detach_all()
+        out = {}
+        if self.rb is not None:
+            while self.poll(self.emit, 0):
+                pass
+            out = self.counters_dict()
+        self.close()
+        return out
+
     def counter(self, c: KfCounter) -> int:
         return self.counters.percpu_sum(int(c)) if self.counters else 0
 
@@ -337,26 +370,15 @@ def resolve(names: list[str]) -> list[KFunc]:
         btf.close()
 
 
-def run(targets: list[str], args) -> int:
-    """Entry point from the `funcs` CLI for targets starting with 'kernel:'.
-    Returns the exit status: 0, or 2 with one line on stderr naming the cause."""
-    try:
-        return _run(targets, args)
-    except KernelFuncError as e:
-        sys.stderr.write(f"tracer: {e}\n")
-        return 2
-
-
-def _run(targets: list[str], args) -> int:
+def kernel_tracer(targets: list[str], *, pids=(), cgroups=(), netns=(),
+                  emit=None) -> KernelTracer:
+    """'kernel:NAME' targets -> a KernelTracer ready to start, with the mechanism
+    the feature probe picks. Raises KernelFuncError (one line) when the
+    targets are malformed or unknown or the kernel allows neither mechanism;
+    the `funcs` CLI turns it into exit 2."""
     from .. import probe
 
     names = parse_targets(targets)
-    if getattr(args, "stack", False):
-        raise KernelFuncError("--stack applies to user-space targets only: kernel: records "
-                              "carry no stack")
-    duration = getattr(args, "duration", None)
-    if duration is not None and duration <= 0:
-        raise KernelFuncError("--duration must be positive")
     try:
         probe.require_environment()
     except probe.EnvironmentProblem as e:
@@ -365,50 +387,7 @@ def _run(targets: list[str], args) -> int:
     if method is None:
         raise KernelFuncError(f"kernel function tracing unavailable: {why}; trace a "
                               "user-space function (BINARY:SYMBOL) or a tracepoint instead")
-    funcs = resolve(names)
-    from ..cli import UsageError, resolve_cgroup, resolve_netns
-
-    try:
-        cgroups = [resolve_cgroup(c) for c in getattr(args, "cgroup", None) or []]
-        netns = [resolve_netns(n) for n in getattr(args, "netns", None) or []]
-    except UsageError as e:
-        raise KernelFuncError(str(e)) from None
-    tracer = KernelTracer(funcs, method, pids=getattr(args, "pid", None) or [],
-                          cgroups=cgroups, netns=netns)
-    output = getattr(args, "output", None) or "-"
-    try:
-        writer = FuncsWriter(output)
-    except OSError as e:
-        raise KernelFuncError(f"cannot write {output}: {e.strerror}") from None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    counters = None
-    try:
-        try:
-            tracer.start()
-        except loader.LoaderError as e:
-            if getattr(args, "verbose", False) and e.log:
-                sys.stderr.write(e.log)
-            hint = "" if getattr(args, "verbose", False) or not e.log else \
-                " (run with -v for the log)"
-            raise KernelFuncError(f"{e.stage} failed for kernel:{tracer.current}: {e}{hint}") \
-                from None
-        # tests and scripts wait for this line
-        sys.stderr.write(f"tracer: tracing {len(funcs)} kernel function"
-                         f"{'s' if len(funcs) != 1 else ''} with {why}\n")
-        sys.stderr.flush()
-        deadline = time.monotonic() + duration if duration else None
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            tracer.poll(writer.call, 100)
-            writer.flush()
-        # Detach first, then drain what the ring still holds.
-        for obj in tracer.objs:
-            obj.detach_all()
-        while tracer.poll(writer.call, 0):
-            pass
-        counters = tracer.counters_dict()
-    finally:
-        tracer.close()
-        writer.close(counters)
-    return 0
+    tracer = KernelTracer(resolve(names), method, pids=pids, cgroups=cgroups, netns=netns,
+                          emit=emit)
+    tracer.why = why
+    return tracer
