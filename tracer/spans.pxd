@@ -70,6 +70,7 @@ cdef extern from "Python.h":
 cdef object SCHEMA
 cdef object _ROLE_SERVER
 cdef dict _HOSTS
+cdef frozenset _STANDARD_ATTRS
 cdef Py_ssize_t _HOSTS_MAX
 
 
@@ -89,13 +90,18 @@ cdef class Span:
     cdef public dict attributes_extra
     cdef public object stack_id, stack
 
-    @cython.locals(server=bint, hdrs=dict, host=object, hp=tuple, host_name=object, host_port=object,
-                   a=dict, srv_addr=object, srv_port=object, client=object, ua=object, rid=object)
+    @cython.locals(host=object, hp=tuple, host_name=object, host_port=object)
+    cdef tuple _endpoints(self)
+    @cython.locals(hdrs=dict, a=dict, srv_addr=object, srv_port=object, client=object, ua=object,
+                   rid=object)
     cpdef dict attributes(self)
     @cython.locals(d=dict, dur=object)
     cpdef dict to_dict(self)
     @cython.locals(p=cython.p_char, cap=Py_ssize_t, dur=object)
     cpdef Py_ssize_t write_json(self, bytearray buf, Py_ssize_t pos) except -3
+    @cython.locals(extra=dict, hdrs=dict, srv_addr=object, srv_port=object, client=object,
+                   ua=object, rid=object)
+    cdef Py_ssize_t _attributes_json(self, char *p, Py_ssize_t cap, Py_ssize_t pos) except -3
 
 
 @cython.locals(n=Py_ssize_t)

@@ -95,10 +95,9 @@ class Span:
         d = self.end_ktime - self.start_ktime
         return d if d > 0 else 0
 
-    def attributes(self) -> dict:
-        server = self.kind == "server"
-        hdrs = self.request_headers
-        host = hdrs.get("host")
+    def _endpoints(self) -> tuple:
+        """(server address, server port, client address) of the attributes."""
+        host = self.request_headers.get("host")
         if host:
             hp = _HOSTS.get(host)
             if hp is None:
@@ -108,18 +107,18 @@ class Span:
             host_name, host_port = hp
         else:
             host_name, host_port = "", 0
+        if self.kind == "server":
+            return (host_name or self.local_addr, self.local_port or host_port, self.peer_addr)
+        return (host_name or self.peer_addr, self.peer_port or host_port, self.local_addr)
+
+    def attributes(self) -> dict:
+        # the same keys in the same order as write_json's _attributes_json
+        hdrs = self.request_headers
+        srv_addr, srv_port, client = self._endpoints()
         a = {"http.request.method": self.method, "url.path": self.path}
         if self.query:
             a["url.query"] = self.query
         a["http.response.status_code"] = self.status
-        if server:
-            srv_addr = host_name or self.local_addr
-            srv_port = self.local_port or host_port
-            client = self.peer_addr
-        else:
-            srv_addr = host_name or self.peer_addr
-            srv_port = self.peer_port or host_port
-            client = self.local_addr
         if srv_addr:
             a["server.address"] = srv_addr
         if srv_port:
@@ -184,105 +183,103 @@ class Span:
         cap = len(buf)
         dur = self.end_ktime - self.start_ktime
         pos = _jraw(p, cap, pos, b'{"schema":1,"trace_id":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.trace_id, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"span_id":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.span_id, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"parent_span_id":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.parent_span_id, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"kind":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.kind, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"protocol":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.protocol, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"method":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.method, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"path":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.path, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"status":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.status, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"start_time_unix_nano":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.start_ktime + self.clock_offset_ns, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"duration_ns":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, dur if dur > 0 else 0, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"pid":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.pid, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"tid":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.tid, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"comm":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.comm, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"netns":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.netns, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"cgroup_id":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.cgroup_id, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"local_addr":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.local_addr, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"local_port":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.local_port, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"peer_addr":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.peer_addr, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"peer_port":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.peer_port, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"tls":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.tls, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"attributes":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.attributes(), 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"correlation":{"source":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.correlation_source, 0)
-        if pos >= 0:
-            pos = _jraw(p, cap, pos, b',"confidence":')
-        if pos >= 0:
-            pos = _jval(p, cap, pos, self.correlation_confidence, 0)
-        if pos >= 0 and self.stack:
-            pos = _jraw(p, cap, pos, b'},"stack":')
-            if pos >= 0:
-                pos = _jval(p, cap, pos, self.stack, 0)
-            if pos >= 0:
-                pos = _jraw(p, cap, pos, b'}\n')
-        elif pos >= 0:
-            pos = _jraw(p, cap, pos, b'}}\n')
-        return pos
+        pos = _jval(p, cap, pos, self.trace_id, 0)
+        pos = _jraw(p, cap, pos, b',"span_id":')
+        pos = _jval(p, cap, pos, self.span_id, 0)
+        pos = _jraw(p, cap, pos, b',"parent_span_id":')
+        pos = _jval(p, cap, pos, self.parent_span_id, 0)
+        pos = _jraw(p, cap, pos, b',"kind":')
+        pos = _jval(p, cap, pos, self.kind, 0)
+        pos = _jraw(p, cap, pos, b',"protocol":')
+        pos = _jval(p, cap, pos, self.protocol, 0)
+        pos = _jraw(p, cap, pos, b',"method":')
+        pos = _jval(p, cap, pos, self.method, 0)
+        pos = _jraw(p, cap, pos, b',"path":')
+        pos = _jval(p, cap, pos, self.path, 0)
+        pos = _jraw(p, cap, pos, b',"status":')
+        pos = _jval(p, cap, pos, self.status, 0)
+        pos = _jraw(p, cap, pos, b',"start_time_unix_nano":')
+        pos = _jval(p, cap, pos, self.start_ktime + self.clock_offset_ns, 0)
+        pos = _jraw(p, cap, pos, b',"duration_ns":')
+        pos = _jval(p, cap, pos, dur if dur > 0 else 0, 0)
+        pos = _jraw(p, cap, pos, b',"pid":')
+        pos = _jval(p, cap, pos, self.pid, 0)
+        pos = _jraw(p, cap, pos, b',"tid":')
+        pos = _jval(p, cap, pos, self.tid, 0)
+        pos = _jraw(p, cap, pos, b',"comm":')
+        pos = _jval(p, cap, pos, self.comm, 0)
+        pos = _jraw(p, cap, pos, b',"netns":')
+        pos = _jval(p, cap, pos, self.netns, 0)
+        pos = _jraw(p, cap, pos, b',"cgroup_id":')
+        pos = _jval(p, cap, pos, self.cgroup_id, 0)
+        pos = _jraw(p, cap, pos, b',"local_addr":')
+        pos = _jval(p, cap, pos, self.local_addr, 0)
+        pos = _jraw(p, cap, pos, b',"local_port":')
+        pos = _jval(p, cap, pos, self.local_port, 0)
+        pos = _jraw(p, cap, pos, b',"peer_addr":')
+        pos = _jval(p, cap, pos, self.peer_addr, 0)
+        pos = _jraw(p, cap, pos, b',"peer_port":')
+        pos = _jval(p, cap, pos, self.peer_port, 0)
+        pos = _jraw(p, cap, pos, b',"tls":')
+        pos = _jval(p, cap, pos, self.tls, 0)
+        pos = _jraw(p, cap, pos, b',"attributes":')
+        pos = self._attributes_json(p, cap, pos)
+        pos = _jraw(p, cap, pos, b',"correlation":{"source":')
+        pos = _jval(p, cap, pos, self.correlation_source, 0)
+        pos = _jraw(p, cap, pos, b',"confidence":')
+        pos = _jval(p, cap, pos, self.correlation_confidence, 0)
+        if not self.stack:
+            return _jraw(p, cap, pos, b'}}\n')
+        pos = _jraw(p, cap, pos, b'},"stack":')
+        pos = _jval(p, cap, pos, self.stack, 0)
+        return _jraw(p, cap, pos, b'}\n')
+
+    def _attributes_json(self, p, cap: int, pos: int) -> int:
+        """attributes() written without the dict: the same keys in the same
+        order. Extra attributes that replace standard ones go through it."""
+        extra = self.attributes_extra
+        if extra and not _STANDARD_ATTRS.isdisjoint(extra):
+            return _jval(p, cap, pos, self.attributes(), 0)
+        hdrs = self.request_headers
+        srv_addr, srv_port, client = self._endpoints()
+        pos = _jraw(p, cap, pos, b'{"http.request.method":')
+        pos = _jval(p, cap, pos, self.method, 0)
+        pos = _jraw(p, cap, pos, b',"url.path":')
+        pos = _jval(p, cap, pos, self.path, 0)
+        if self.query:
+            pos = _jraw(p, cap, pos, b',"url.query":')
+            pos = _jval(p, cap, pos, self.query, 0)
+        pos = _jraw(p, cap, pos, b',"http.response.status_code":')
+        pos = _jval(p, cap, pos, self.status, 0)
+        if srv_addr:
+            pos = _jraw(p, cap, pos, b',"server.address":')
+            pos = _jval(p, cap, pos, srv_addr, 0)
+        if srv_port:
+            pos = _jraw(p, cap, pos, b',"server.port":')
+            pos = _jval(p, cap, pos, srv_port, 0)
+        if client:
+            pos = _jraw(p, cap, pos, b',"client.address":')
+            pos = _jval(p, cap, pos, client, 0)
+        ua = hdrs.get("user-agent")
+        if ua:
+            pos = _jraw(p, cap, pos, b',"user_agent.original":')
+            pos = _jval(p, cap, pos, ua, 0)
+        rid = hdrs.get("x-request-id")
+        if rid:
+            pos = _jraw(p, cap, pos, b',"http.request.header.x-request-id":')
+            pos = _jval(p, cap, pos, rid, 0)
+        if self.version:
+            pos = _jraw(p, cap, pos, b',"network.protocol.version":')
+            pos = _jval(p, cap, pos, self.version, 0)
+        if extra:
+            for k, x in extra.items():
+                if type(k) is not str:
+                    return -2
+                pos = _jraw(p, cap, pos, b",")
+                pos = _jstr(p, cap, pos, k)
+                pos = _jraw(p, cap, pos, b":")
+                pos = _jval(p, cap, pos, x, 1)
+        return _jraw(p, cap, pos, b"}")
 
     def __repr__(self) -> str:
         return (f"Span({self.kind} {self.method} {self.path} -> {self.status}, "
@@ -290,12 +287,15 @@ class Span:
 
 
 # The pieces of Span.write_json (compiled only). Each returns the new end of
-# what is written at p[pos:], -1 when p[:cap] has no room for it, or -2 for a
+# what is written at p[pos:], or a negative pos unchanged (so a line is a plain
+# sequence of calls), -1 when p[:cap] has no room for it, or -2 for a
 # value orjson writes but these do not (any type but None, bool, str, int in
 # 64 bits, float in plain notation, dict with str keys, list and tuple, nested
 # at most 64 deep).
 
 def _jraw(p, cap: int, pos: int, raw: bytes) -> int:
+    if pos < 0:
+        return pos
     n = len(raw)
     if pos + n > cap:
         return -1
@@ -304,6 +304,8 @@ def _jraw(p, cap: int, pos: int, raw: bytes) -> int:
 
 
 def _jstr(p, cap: int, pos: int, v: str) -> int:
+    if pos < 0:
+        return pos
     n = 0
     u = PyUnicode_AsUTF8AndSize(v, cython.address(n))  # noqa: F821 (C, in spans.pxd)
     if pos + 6 * n + 2 > cap:
@@ -315,6 +317,8 @@ def _jstr(p, cap: int, pos: int, v: str) -> int:
 
 
 def _jval(p, cap: int, pos: int, v, depth: int) -> int:
+    if pos < 0:
+        return pos
     if type(v) is str:
         return _jstr(p, cap, pos, v)
     if v is None:
@@ -361,32 +365,30 @@ def _jval(p, cap: int, pos: int, v, depth: int) -> int:
         for k, x in d.items():
             if type(k) is not str:
                 return -2
-            if pos >= 0 and not first:
+            if not first:
                 pos = _jraw(p, cap, pos, b",")
             first = False
-            if pos >= 0:
-                pos = _jstr(p, cap, pos, k)
-            if pos >= 0:
-                pos = _jraw(p, cap, pos, b":")
-            if pos >= 0:
-                pos = _jval(p, cap, pos, x, depth + 1)
-            if pos < 0:
-                return pos
+            pos = _jstr(p, cap, pos, k)
+            pos = _jraw(p, cap, pos, b":")
+            pos = _jval(p, cap, pos, x, depth + 1)
         return _jraw(p, cap, pos, b"}")
     if type(v) is list or type(v) is tuple:
         pos = _jraw(p, cap, pos, b"[")
         first = True
         for x in v:
-            if pos >= 0 and not first:
+            if not first:
                 pos = _jraw(p, cap, pos, b",")
             first = False
-            if pos >= 0:
-                pos = _jval(p, cap, pos, x, depth + 1)
-            if pos < 0:
-                return pos
+            pos = _jval(p, cap, pos, x, depth + 1)
         return _jraw(p, cap, pos, b"]")
     return -2
 
+
+# The keys attributes() writes itself: extra attributes may replace them
+_STANDARD_ATTRS = frozenset((
+    "http.request.method", "url.path", "url.query", "http.response.status_code",
+    "server.address", "server.port", "client.address", "user_agent.original",
+    "http.request.header.x-request-id", "network.protocol.version"))
 
 # Host header -> _split_host(): few distinct values, one per span
 _HOSTS: dict[str, tuple[str, int]] = {}

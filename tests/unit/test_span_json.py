@@ -136,3 +136,21 @@ def test_writer_batches_drain_and_retry(tmp_path):
         w.close()
         assert out.read_bytes() == b"".join(_want(s) for s in spans)
         assert w.written == 400
+
+
+@pytest.mark.parametrize("extra", [
+    {"url.path": "/replaced", "rpc.system": "grpc"},  # replaces in place, as dict.update
+    {"server.port": 9, "network.protocol.version": "2"},
+    {"rpc.service": "pkg.S", "rpc.method": "M", "rpc.grpc.status_code": 0},
+])
+def test_extra_attributes_keep_dict_update_order(extra):
+    s = make_span(attributes_extra=extra, query="a=1")
+    end, line = _written(s)
+    assert end == (len(line) if COMPILED else -2)
+    if COMPILED:
+        assert line == _want(s)
+
+
+def test_a_non_string_extra_key_goes_to_orjson():
+    s = make_span(attributes_extra={1: "x"})
+    assert s.write_json(bytearray(4096), 0) == -2
