@@ -5,14 +5,14 @@ cimport cython
 from tracer.connstate cimport Conn
 from tracer.correlate cimport Correlator
 from tracer.events cimport DataEvent
-from tracer.protocols.http1 cimport Http1Parser, Message
+from tracer.protocols.http1 cimport Http1Parser, Listener, Message
 from tracer.stats cimport Stats
 
 cdef int _ROLE_SERVER, _INGRESS, _EGRESS, LOST
 cdef Py_ssize_t MAX_PIPELINED
 
 
-cdef class Http1Session:
+cdef class Http1Session(Listener):
     cdef public Conn conn
     cdef public object table, pending
     cdef public Stats stats

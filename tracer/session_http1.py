@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tracer.connstate import Conn
 from tracer.events import ConnRole, DataDir, DataEvent
-from tracer.protocols.http1 import LOST, MAX_PIPELINED, Http1Parser, Message
+from tracer.protocols.http1 import LOST, MAX_PIPELINED, Http1Parser, Listener, Message
 from tracer.spans import http1_span
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ _INGRESS = int(DataDir.DIR_INGRESS)
 _EGRESS = int(DataDir.DIR_EGRESS)
 
 
-class Http1Session:
+class Http1Session(Listener):
     """HTTP/1 on one connection: two parsers and in-order request/response pairing.
 
     Pairing is FIFO (HTTP/1 answers in order, pipelined or not). Interim 1xx

@@ -18,7 +18,7 @@ from tests.unit.synth import (
 )
 from tracer.conn import ConnectionTable
 from tracer.events import decode, encode
-from tracer.protocols.http1 import Http1Parser
+from tracer.protocols.http1 import Http1Parser, Listener
 from tracer.stats import Stats
 
 MESSAGES = 2000
@@ -40,7 +40,7 @@ TYPICAL_RESPONSE = http_response(200, {
 }, body=b'{"id": 12345, "name": "Ada", "profile": {"lang": "en"}}')
 
 
-class _Null:
+class _Null(Listener):
     __slots__ = ("n",)
 
     def __init__(self) -> None:

@@ -12,13 +12,14 @@ from tracer.protocols.http1 import (
     LOST,
     MAX_LENGTH,
     Http1Parser,
+    Listener,
     is_request_start,
     is_response_start,
 )
 from tracer.stats import Stats
 
 
-class Recorder:
+class Recorder(Listener):
     def __init__(self, method: str | None = None) -> None:
         self.heads = []
         self.ends = []

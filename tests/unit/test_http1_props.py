@@ -20,7 +20,7 @@ from tests.unit.synth import (
     http_response,
 )
 from tracer.conn import ConnectionTable
-from tracer.protocols.http1 import Http1Parser
+from tracer.protocols.http1 import Http1Parser, Listener
 from tracer.spans import Span
 from tracer.stats import COUNTERS, Stats
 
@@ -106,7 +106,7 @@ def test_non_http_connection_is_counted_once(first, rest, splits):
 @given(is_request=st.booleans(), data=st.lists(payloads, min_size=1, max_size=10),
        method=st.sampled_from([None, "GET", "HEAD", "CONNECT"]))
 def test_parser_alone_never_raises(is_request, data, method):
-    class Sink:
+    class Sink(Listener):
         def on_head(self, p, m):
             pass
 

@@ -47,9 +47,17 @@ cdef class Message:
     cdef public object first_ev, last_ev, ctx
 
 
+cdef class Listener:
+    cpdef on_head(self, parser, Message msg)
+    cpdef on_end(self, parser, Message msg)
+    cpdef on_malformed(self, parser, nbytes)
+    cpdef request_method(self)
+
+
 cdef class Http1Parser:
     cdef public bint is_request
-    cdef public object listener, stats
+    cdef public Listener listener
+    cdef public object stats
     cdef public int state
     cdef public bytes buf
     cdef public object buf_ev
@@ -63,7 +71,7 @@ cdef class Http1Parser:
     cpdef feed(self, ev)
     @cython.locals(cur=Message)
     cdef int _end_cur(self) except -1
-    @cython.locals(end=Py_ssize_t, msg=Message, status=int)
+    @cython.locals(end=Py_ssize_t, msg=Message, status=int, listener=Listener, method=object)
     cdef Py_ssize_t _head(self, ev, bytes data, Py_ssize_t pos, Py_ssize_t cap,
                           Py_ssize_t size) except -1
     @cython.locals(le=Py_ssize_t, msg=Message, sp=Py_ssize_t, sp2=Py_ssize_t, ts=Py_ssize_t,

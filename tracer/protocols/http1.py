@@ -22,7 +22,7 @@ readers (the .pxd has the C types); a typed object that is None raises.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import cython
 
@@ -348,17 +348,25 @@ class Message:
         return f"<Response {self.status} HTTP/{self.version}>"
 
 
-class Listener(Protocol):
-    """What a parser tells its owner (Http1Session, or a test recorder)."""
+@cython.cclass
+class Listener:
+    """What a parser tells its owner (Http1Session, or a test recorder). The
+    owner subclasses it: compiled, the parser's calls are then C calls."""
 
-    def on_head(self, parser: Http1Parser, msg: Message) -> None: ...
+    __slots__ = ()
 
-    def on_end(self, parser: Http1Parser, msg: Message) -> None: ...
+    def on_head(self, parser: Http1Parser, msg: Message) -> None:
+        raise NotImplementedError
 
-    def on_malformed(self, parser: Http1Parser, nbytes: int) -> None: ...
+    def on_end(self, parser: Http1Parser, msg: Message) -> None:
+        raise NotImplementedError
+
+    def on_malformed(self, parser: Http1Parser, nbytes: int) -> None:
+        raise NotImplementedError
 
     def request_method(self) -> str | None:
         """Method of the request the next response answers (HEAD has no body)."""
+        return None
 
 
 class Http1Parser:
