@@ -91,6 +91,12 @@ class _BtfVarSecinfo(ctypes.Structure):
                 ("size", ctypes.c_uint32)]
 
 
+class _UprobeOpts(ctypes.Structure):  # struct bpf_uprobe_opts (libbpf 1.1 fields)
+    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
+                ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
+                ("func_name", ctypes.c_char_p)]
+
+
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 _lib = None
@@ -471,23 +477,20 @@ class BPFObject:
         self._links[prog] = link
 
     def attach_uprobe(self, prog: str, binary: str, offset: int, pid: int = -1,
-                      retprobe: bool = False) -> None:
-        """Attach at a file offset of `binary` (a shared library or executable)."""
-
-        class _UprobeOpts(ctypes.Structure):
-            _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
-                        ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
-                        ("func_name", ctypes.c_char_p)]
-
-        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, 0, retprobe, None)
-        key = f"{prog}@{binary}:{offset}:{pid}"
+                      retprobe: bool = False, cookie: int = 0) -> None:
+        """Attach at a file offset of `binary` (a shared library or executable),
+        in process `pid` only (-1: every process); `cookie` is what
+        bpf_get_attach_cookie returns in the program."""
+        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, cookie, retprobe, None)
         link = self._lib.bpf_program__attach_uprobe_opts(
             self.programs[prog], pid, binary.encode(), offset, ctypes.byref(opts))
         if not link:
             err = _last_error()
-            raise AttachError(f"cannot attach uprobe {prog} to {binary}+{offset:#x}: "
-                              f"{_errno_msg(err)}", program=prog, err=err)
-        self._links[key] = link
+            where = f"{binary}+{offset:#x}" + ("" if pid < 0 else f", pid {pid}")
+            raise AttachError(f"cannot attach {'uretprobe' if retprobe else 'uprobe'} {prog} "
+                              f"to {where}: {_errno_msg(err)}", program=prog, err=err)
+        # the cookie is part of the key: two probes at one address are two links
+        self._links[f"{prog}@{binary}:{offset}:{pid}" + (f"#{cookie}" if cookie else "")] = link
 
     def set_attach_target(self, prog: str, func: str) -> None:
         """Before load: the kernel function an fentry/fexit program attaches to."""

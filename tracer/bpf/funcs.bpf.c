@@ -14,6 +14,10 @@
  */
 #include "common.h"
 #include "funcs.h"
+/* --pid/--netns/--cgroup: rodata by_pid, by_netns, by_cgroup, self_tgid and
+ * maps filter_pids, filter_netns, filter_cgroups */
+#define FILTERS_AT_LOAD
+#include "filters.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -36,11 +40,7 @@ struct funcs_btf_anchor {
 };
 const volatile struct funcs_btf_anchor *funcs_btf_anchor __attribute__((unused));
 
-/* Set before load (rodata). */
-const volatile __u32 self_tgid = 0;
-const volatile __u8 by_pid = 0;
-const volatile __u8 by_netns = 0;
-const volatile __u8 by_cgroup = 0;
+/* Set before load (rodata); the filter switches are in filters.h. */
 const volatile __u8 capture_stack = 0;
 const volatile __u32 stack_copy_bytes = FUNCS_STACK_COPY; /* rounded down to 1 KiB */
 const volatile __u32 wakeup_batch = 64;
@@ -92,55 +92,12 @@ struct {
 	__type(value, struct scratch);
 } funcs_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} filter_pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u32);
-	__type(value, __u8);
-} filter_netns SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u64);
-	__type(value, __u8);
-} filter_cgroups SEC(".maps");
-
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&funcs_counters, &idx);
 
 	if (v)
 		*v += 1;
-}
-
-static __always_inline bool wanted(__u32 tgid)
-{
-	if (tgid == self_tgid)
-		return false;
-	if (by_pid && !bpf_map_lookup_elem(&filter_pids, &tgid))
-		return false;
-	if (by_cgroup) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&filter_cgroups, &cg))
-			return false;
-	}
-	if (by_netns) {
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-		__u32 inum = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-
-		if (!bpf_map_lookup_elem(&filter_netns, &inum))
-			return false;
-	}
-	return true;
 }
 
 /* Batched wake-ups (KERNEL_FACTS.md: 380 instead of 1070 ns an event); user
@@ -249,7 +206,7 @@ int func_entry(struct pt_regs *ctx)
 	struct thread_state *ts;
 	struct call_frame *f;
 
-	if (!wanted(tgid))
+	if (!process_wanted(tgid))
 		return 0;
 	probe = (__u32)bpf_get_attach_cookie(ctx);
 	spec = bpf_map_lookup_elem(&probe_specs, &probe);
@@ -302,7 +259,7 @@ int func_exit(struct pt_regs *ctx)
 	struct call_frame *f;
 	__u32 d;
 
-	if (!wanted(tgid))
+	if (!process_wanted(tgid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (!ts || ts->depth == 0) {

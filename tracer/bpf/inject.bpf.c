@@ -20,7 +20,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-const volatile __u32 self_tgid = 0;
+/* self_tgid: filters.h */
 const volatile __u32 sample_per_10k = 10000; /* new traces sampled (flag 01) */
 const volatile __u64 ctx_ttl_ns = 30000000000ULL; /* older thread contexts are stale */
 
@@ -91,22 +91,11 @@ static __always_inline void count(__u32 idx)
 		*c += 1;
 }
 
-/* The current process passes the pid and netns filters (process context). */
+/* The current process passes the filters; --netns by the task's namespace:
+ * no socket at hand on these paths. */
 static __always_inline bool wanted(__u32 tgid)
 {
-	struct filter_config *cfg = filters();
-
-	if (!process_wanted(tgid, cfg, self_tgid))
-		return false;
-	/* --netns by the task's namespace: no socket at hand on these paths */
-	if (cfg && cfg->by_netns) {
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-		__u32 ino = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-
-		if (!bpf_map_lookup_elem(&filter_netns, &ino))
-			return false;
-	}
-	return true;
+	return process_wanted(tgid, filters(), true);
 }
 
 static __always_inline bool upper(__u8 c) { return c >= 'A' && c <= 'Z'; }
@@ -330,16 +319,9 @@ static __always_inline void hex(char *out, const __u8 *in, int n)
 }
 
 /* --port: the local or the remote port is in filter_ports */
-static __always_inline bool port_wanted(struct sk_msg_md *msg)
+static __always_inline bool msg_port_wanted(struct sk_msg_md *msg)
 {
-	__u32 zero = 0;
-	struct filter_config *cfg = bpf_map_lookup_elem(&filter_cfg, &zero);
-	__u16 lport = msg->local_port, rport = bpf_ntohl(msg->remote_port);
-
-	if (!cfg || !cfg->by_port)
-		return true;
-	return bpf_map_lookup_elem(&filter_ports, &lport) ||
-	       bpf_map_lookup_elem(&filter_ports, &rport);
+	return port_wanted(filters(), msg->local_port, bpf_ntohl(msg->remote_port));
 }
 
 SEC("sk_msg")
@@ -362,7 +344,7 @@ int inject_msg(struct sk_msg_md *msg)
 	/* TLS (0x16...), HTTP/2 frames and bodies fail this before any work */
 	if (data + 4 > end || !upper(data[0]) || !upper(data[1]) || !upper(data[2]))
 		return SK_PASS;
-	if (!wanted(id >> 32) || !port_wanted(msg))
+	if (!wanted(id >> 32) || !msg_port_wanted(msg))
 		return SK_PASS;
 	/* the head must lie in the bounded, linear prefix of this segment */
 	if (bpf_msg_pull_data(msg, 0, size < INJECT_SCAN ? size : INJECT_SCAN, 0))

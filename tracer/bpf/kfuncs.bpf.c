@@ -14,14 +14,15 @@
  */
 #include "common.h"
 #include "kfuncs.h"
+/* pid/cgroup/netns filters: rodata by_pid, by_cgroup, by_netns, self_tgid and
+ * maps kf_pids, kf_cgroups, kf_netns (shared by every copy of the object) */
+#define FILTERS_AT_LOAD
+#define FILTER_MAP(name) kf_##name
+#include "filters.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-const volatile __u32 self_tgid = 0;  /* the tracer never traces itself */
 const volatile __u32 target_id = 0;  /* fentry copies: this copy's target index */
-const volatile __u8 by_pid = 0;      /* only tgids in kf_pids */
-const volatile __u8 by_cgroup = 0;   /* only cgroup ids in kf_cgroups */
-const volatile __u8 by_netns = 0;    /* only tasks whose netns inode is in kf_netns */
 const volatile __u32 wakeup_batch = 64;
 
 struct {
@@ -58,27 +59,6 @@ struct {
 	__type(value, struct kf_scratch);
 } kf_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} kf_pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u64);
-	__type(value, __u8);
-} kf_cgroups SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u32);
-	__type(value, __u8);
-} kf_netns SEC(".maps");
-
 /* Give the ctypes mirror's BTF check something to find. */
 const volatile struct kf_event *kf_event_anchor __attribute__((unused));
 const volatile enum kf_counter kf_counter_anchor __attribute__((unused));
@@ -107,28 +87,6 @@ static __always_inline void kf_count_add(__u32 idx, __u64 n)
 static __always_inline void kf_count(__u32 idx)
 {
 	kf_count_add(idx, 1);
-}
-
-static __always_inline bool wanted(__u32 tgid)
-{
-	if (tgid == self_tgid)
-		return false;
-	if (by_pid && !bpf_map_lookup_elem(&kf_pids, &tgid))
-		return false;
-	if (by_cgroup) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&kf_cgroups, &cg))
-			return false;
-	}
-	if (by_netns) {
-		struct task_struct *task = (void *)bpf_get_current_task();
-		__u32 inum = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-
-		if (!bpf_map_lookup_elem(&kf_netns, &inum))
-			return false;
-	}
-	return true;
 }
 
 /* The frame to fill for a new call on this thread, or NULL (counted). */
@@ -244,7 +202,7 @@ int kf_fentry(__u64 *ctx)
 	struct kf_frame *f;
 	__u32 i;
 
-	if (!wanted(pid_tgid >> 32))
+	if (!process_wanted(pid_tgid >> 32))
 		return 0;
 	f = push((__u32)pid_tgid, target_id);
 	if (!f)
@@ -264,7 +222,7 @@ int kf_fexit(__u64 *ctx)
 {
 	__u64 ret = 0;
 
-	if (!wanted(bpf_get_current_pid_tgid() >> 32))
+	if (!process_wanted(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	bpf_get_func_ret(ctx, &ret);
 	pop_and_emit(target_id, ret, METHOD_FENTRY);
@@ -277,7 +235,7 @@ int kf_kprobe(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct kf_frame *f;
 
-	if (!wanted(pid_tgid >> 32))
+	if (!process_wanted(pid_tgid >> 32))
 		return 0;
 	f = push((__u32)pid_tgid, (__u32)bpf_get_attach_cookie(ctx));
 	if (!f)
@@ -295,7 +253,7 @@ int kf_kprobe(struct pt_regs *ctx)
 SEC("kretprobe")
 int kf_kretprobe(struct pt_regs *ctx)
 {
-	if (!wanted(bpf_get_current_pid_tgid() >> 32))
+	if (!process_wanted(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	pop_and_emit((__u32)bpf_get_attach_cookie(ctx), PT_REGS_RC(ctx), METHOD_KPROBE);
 	return 0;

@@ -2,33 +2,25 @@
 /*
  * maps.h: maps shared by sock.bpf.c and tls.bpf.c, and helpers over them.
  * sock.bpf.o owns them; the loader hands their fds to tls.bpf.o before it
- * loads (bpf_map__reuse_fd), so both objects see one ring, one counter array,
- * one connection table and one per-thread SSL-call table. The definitions
- * must stay identical in both objects: this header is the only copy.
+ * loads (bpf_map__reuse_fd), so both objects see one ring and one per-thread
+ * SSL-call table. The definitions must stay identical in both objects: this
+ * header is the only copy. It includes the other shared headers: knobs.h
+ * (knobs, counters), conns.h (the connection table), filters.h.
  */
 #ifndef __TRACER_MAPS_H
 #define __TRACER_MAPS_H
 
 #include "sock.h"
+#include "knobs.h"
+#include "conns.h"
+/* Filters, changeable at run time by the agent; shared so the uprobes skip
+ * unwanted processes before any map update. */
+#include "filters.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn_info);
-} conns SEC(".maps");
 
 /* pid_tgid -> the SSL call in progress on that thread. LRU: a thread that
  * dies inside a call leaves its entry behind. */
@@ -55,23 +47,6 @@ struct {
 	__type(value, struct ssl_fd);
 } ssl_last_read SEC(".maps");
 
-/* Filters, changeable at run time by the agent; shared so the uprobes skip
- * unwanted processes before any map update. */
-#include "filters.h"
-
-static __always_inline void count_add(__u32 idx, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-
-	if (v)
-		*v += n;
-}
-
-static __always_inline void count(__u32 idx)
-{
-	count_add(idx, 1);
-}
-
 /* Wake-ups: the agent drains the ring on a short poll timeout, so a record
  * needs no wake-up of its own (a forced one costs the producing CPU an
  * irq_work and the consumer a context switch per batch). One is forced only
@@ -87,10 +62,10 @@ static __always_inline __u64 wakeup_flags(__u64 size, __u64 wake_bytes)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void submit_event(void *ev, __u64 size, __u64 wake_bytes)
+static __always_inline void submit_event(void *ev, __u64 size)
 {
 	count(CTR_EVENTS);
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size, wake_bytes)))
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size, wakeup_bytes)))
 		count(CTR_DROPPED);
 }
 

@@ -13,15 +13,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set before load by the loader (rodata). */
-const volatile __u32 capture_bytes = 512; /* payload prefix copied per syscall */
-const volatile __u32 self_tgid = 0;       /* the agent itself is never traced */
-const volatile __u64 wakeup_bytes = 1 << 20; /* unread ring data that wakes the agent */
-/* HTTP/2 connections get a larger capture: HEADERS frames often sit behind
- * DATA frames in one write, past capture_bytes. */
-const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
-/* --span-stacks: take the user stack at each request's first syscall. Off: the
- * verifier drops the code (and the agent shrinks user_stacks to one entry). */
+/* Set before load (rodata); the knobs shared with tls.bpf.c are in knobs.h.
+ * --span-stacks: take the user stack at each HTTP/1 request's first syscall.
+ * Off: the verifier drops the code (and the agent shrinks user_stacks to one
+ * entry). */
 const volatile __u8 span_stacks = 0;
 
 /* BTF anchor: keeps every type shared with user space in this object's BTF
@@ -199,11 +194,6 @@ static __always_inline void fill_header(struct event_header *h, __u8 type, __u64
 	h->ts_exit = 0;
 }
 
-static __always_inline void submit(struct scratch *s, void *ev, __u64 size)
-{
-	submit_event(ev, size, wakeup_bytes);
-}
-
 static __always_inline struct scratch *get_scratch(void)
 {
 	__u32 zero = 0;
@@ -239,12 +229,7 @@ static __always_inline struct conn_info *track(__u64 pid_tgid, int fd, __u8 role
 	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 
 	info.role = role;
-	info.tracked = 1;
-	if (cfg && cfg->by_netns && !bpf_map_lookup_elem(&filter_netns, &netns))
-		info.tracked = 0;
-	if (cfg && cfg->by_port && !bpf_map_lookup_elem(&filter_ports, &lport) &&
-	    !bpf_map_lookup_elem(&filter_ports, &rport))
-		info.tracked = 0;
+	info.tracked = socket_wanted(cfg, netns, lport, rport);
 	if (info.tracked && sampled_out(role)) {
 		info.tracked = 0;
 		info.sampled = 1;
@@ -276,7 +261,7 @@ static __always_inline struct conn_info *track(__u64 pid_tgid, int fd, __u8 role
 			bpf_core_read(ev->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 		}
 		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-		submit(s, ev, sizeof(*ev));
+		submit_event(ev, sizeof(*ev));
 	}
 	if (bpf_map_update_elem(&conns, &key, &info, BPF_ANY)) {
 		count(CTR_CONN_FULL);
@@ -293,7 +278,7 @@ static __always_inline int open_enter(int fd)
 	struct pending_open p = { .ts_enter = bpf_ktime_get_ns(), .fd = fd };
 	__u32 tid = (__u32)pid_tgid;
 
-	if (!process_wanted(pid_tgid >> 32, filters(), self_tgid))
+	if (!process_wanted(pid_tgid >> 32, filters(), false))
 		return 0;
 	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
 	return 0;
@@ -344,7 +329,7 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	__u64 ts = bpf_ktime_get_ns();
 	__u32 tid = (__u32)pid_tgid;
 
-	if (!process_wanted(key.tgid, cfg, self_tgid))
+	if (!process_wanted(key.tgid, cfg, false))
 		return 0;
 	info = bpf_map_lookup_elem(&conns, &key);
 	if (!info) {
@@ -408,11 +393,10 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 static __always_inline __u64 sniff_h2(__u64 pid_tgid, struct active_io *io,
 				      struct data_event *ev, __u64 off)
 {
-	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct conn_info *info = conn_lookup(pid_tgid >> 32, io->fd, io->conn_id);
 	bool h2 = is_h2_preface(ev->payload, off);
 
-	if (info && info->conn_id == io->conn_id) {
+	if (info) {
 		info->sniffed = 1;
 		if (h2)
 			info->capture = h2_capture_bytes;
@@ -426,10 +410,9 @@ static __always_inline __u64 sniff_h2(__u64 pid_tgid, struct active_io *io,
  * whether or not an SSL call of a hooked library shows up. */
 static __always_inline void mark_tls(__u64 pid_tgid, struct active_io *io, long ret)
 {
-	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct conn_info *info = conn_lookup(pid_tgid >> 32, io->fd, io->conn_id);
 
-	if (info && info->conn_id == io->conn_id && !info->tls) {
+	if (info && !info->tls) {
 		info->tls = TLS_SEEN;
 		count(CTR_TLS_HELLO);
 		if (io->dir == DIR_INGRESS) {
@@ -447,28 +430,28 @@ static __always_inline void mark_tls(__u64 pid_tgid, struct active_io *io, long 
  * h2 connection counts its turns, fewer than its streams. */
 static __always_inline void count_turn(__u64 pid_tgid, struct active_io *io)
 {
-	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct conn_info *info = conn_lookup(pid_tgid >> 32, io->fd, io->conn_id);
 	__u8 turn = request_direction(io->role, io->dir) ? 1 : 2;
 
-	if (!info || info->conn_id != io->conn_id || info->turn == turn)
+	if (!info || info->turn == turn)
 		return;
 	info->turn = turn;
 	if (turn == 1)
 		count(CTR_REQS_SAMPLED);
 }
 
-/* --span-stacks: 1 + the user stack id when this syscall starts a request (the
- * first request-direction bytes of a turn of the conversation), else 0. The
+/* --span-stacks: 1 + the user stack id when this syscall starts an HTTP/1
+ * request (the first request-direction bytes of a turn of the conversation),
+ * else 0. None for HTTP/2 (user space attaches stacks to HTTP/1 spans only):
+ * called after the preface sniff, so a connection's preface takes none. The
  * user stack at sys_exit is the one at sys_enter: the thread is still in it. */
 static __always_inline __u32 request_stack(void *ctx, __u64 pid_tgid, struct active_io *io)
 {
-	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = io->fd };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct conn_info *info = conn_lookup(pid_tgid >> 32, io->fd, io->conn_id);
 	__u8 turn = request_direction(io->role, io->dir) ? 1 : 2;
 	long id;
 
-	if (!info || info->conn_id != io->conn_id || info->stack_turn == turn)
+	if (!info || conn_is_h2(info) || info->stack_turn == turn)
 		return 0;
 	info->stack_turn = turn;
 	if (turn != 1)
@@ -560,7 +543,6 @@ static __always_inline int exit_body(struct trace_event_raw_sys_exit *ctx, bool 
 	ev->hdr.ts_enter = io->ts_enter;
 	ev->hdr.ts_exit = bpf_ktime_get_ns();
 	ev->bytes = ret;
-	ev->stack = span_stacks ? request_stack(ctx, pid_tgid, io) : 0;
 	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
@@ -605,9 +587,10 @@ static __always_inline int exit_body(struct trace_event_raw_sys_exit *ctx, bool 
 		}
 		off = sniff_h2(pid_tgid, io, ev, off);
 	}
+	ev->stack = span_stacks ? request_stack(ctx, pid_tgid, io) : 0;
 	ev->captured = off;
 	n = bound_payload(off);
-	submit(s, ev, offsetof(struct data_event, payload) + n);
+	submit_event(ev, offsetof(struct data_event, payload) + n);
 out:
 	bpf_map_delete_elem(&active, &tid);
 	return 0;
@@ -726,7 +709,7 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 			fill_header(&ev->hdr, EVENT_CLOSE, pid_tgid, key.fd, info->conn_id,
 				    info->role);
 			ev->hdr.ts_enter = ev->hdr.ts_exit = bpf_ktime_get_ns();
-			submit(s, ev, sizeof(*ev));
+			submit_event(ev, sizeof(*ev));
 		}
 	}
 	bpf_map_delete_elem(&conns, &key);
@@ -743,7 +726,7 @@ int tp_fork(struct trace_event_raw_sched_process_fork *ctx)
 	__u32 child = ctx->child_pid;
 	__u8 one = 1;
 
-	if (cfg && cfg->by_pid && bpf_map_lookup_elem(&filter_pids, &parent))
+	if (cfg && cfg->by_pid && pid_wanted(parent))
 		bpf_map_update_elem(&filter_pids, &child, &one, BPF_ANY);
 	return 0;
 }

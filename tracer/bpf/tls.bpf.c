@@ -24,12 +24,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set before load by the loader (rodata), as in sock.bpf.c. */
-const volatile __u32 capture_bytes = 512;
-const volatile __u32 self_tgid = 0;
-const volatile __u64 wakeup_bytes = 1 << 20; /* as in sock.bpf.c */
-const volatile __u32 h2_capture_bytes = MAX_PAYLOAD;
-
 /* Processes that exec'd, for library discovery; drained by the agent on its
  * housekeeping tick (no wake-ups needed). */
 struct {
@@ -56,23 +50,17 @@ struct {
 static __always_inline void join_last_read(__u64 pid_tgid, __u64 ssl)
 {
 	struct ssl_key sk = { .ssl = ssl, .tgid = pid_tgid >> 32 };
-	struct conn_key key = { .tgid = pid_tgid >> 32 };
 	struct conn_info *info;
 	struct ssl_fd *sf;
 
 	sf = bpf_map_lookup_elem(&ssl_fds, &sk);
-	if (sf) {
-		key.fd = sf->fd;
-		info = bpf_map_lookup_elem(&conns, &key);
-		if (info && info->conn_id == sf->conn_id)
-			return; /* still joined (a freed SSL* may be reused: check) */
-	}
+	if (sf && conn_lookup(sk.tgid, sf->fd, sf->conn_id))
+		return; /* still joined (a freed SSL* may be reused: check) */
 	sf = bpf_map_lookup_elem(&ssl_last_read, &pid_tgid);
 	if (!sf)
 		return;
-	key.fd = sf->fd;
-	info = bpf_map_lookup_elem(&conns, &key);
-	if (!info || info->conn_id != sf->conn_id || info->tls != TLS_SEEN)
+	info = conn_lookup(sk.tgid, sf->fd, sf->conn_id);
+	if (!info || info->tls != TLS_SEEN)
 		return;
 	info->tls = TLS_BOUND;
 	bpf_map_update_elem(&ssl_fds, &sk, sf, BPF_ANY);
@@ -83,7 +71,7 @@ static __always_inline int ssl_enter(void *ssl, void *buf, __u64 nbytes, __u8 op
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct ssl_call call = {};
 
-	if (!process_wanted(pid_tgid >> 32, filters(), self_tgid))
+	if (!process_wanted(pid_tgid >> 32, filters(), false))
 		return 0;
 	/* A handshake inside a read/write belongs to that call: keep it. */
 	if (op == SSL_OP_HANDSHAKE && bpf_map_lookup_elem(&ssl_active, &pid_tgid))
@@ -102,7 +90,6 @@ static __always_inline int ssl_enter(void *ssl, void *buf, __u64 nbytes, __u8 op
 static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 bytes)
 {
 	struct ssl_key sk = { .ssl = call->ssl, .tgid = pid_tgid >> 32 };
-	struct conn_key key = { .tgid = pid_tgid >> 32 };
 	struct tls_scratch *s;
 	struct conn_info *info;
 	struct ssl_fd *sf;
@@ -111,15 +98,16 @@ static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 by
 	__u32 zero = 0;
 	__u64 want, n;
 	bool sniff;
+	int fd;
 
 	sf = bpf_map_lookup_elem(&ssl_fds, &sk);
 	if (!sf) {
 		count(CTR_TLS_NO_FD);
 		return;
 	}
-	key.fd = sf->fd;
-	info = bpf_map_lookup_elem(&conns, &key);
-	if (!info || info->conn_id != sf->conn_id) {
+	fd = sf->fd;
+	info = conn_lookup(sk.tgid, fd, sf->conn_id);
+	if (!info) {
 		count(CTR_TLS_NO_FD); /* closed meanwhile, or the fd was reused */
 		return;
 	}
@@ -135,7 +123,7 @@ static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 by
 	ev->hdr.syscall = call->op == SSL_OP_READ ? SYS_SSL_READ : SYS_SSL_WRITE;
 	ev->hdr.pid = pid_tgid >> 32;
 	ev->hdr.tid = (__u32)pid_tgid;
-	ev->hdr.fd = key.fd;
+	ev->hdr.fd = fd;
 	ev->hdr.conn_id = info->conn_id;
 	ev->hdr.ts_enter = call->ts_enter;
 	ev->hdr.ts_exit = bpf_ktime_get_ns();
@@ -163,7 +151,7 @@ static __always_inline void emit(__u64 pid_tgid, struct ssl_call *call, __u64 by
 	}
 	ev->captured = n;
 	count(CTR_TLS_EVENTS);
-	submit_event(ev, offsetof(struct data_event, payload) + bound_payload(n), wakeup_bytes);
+	submit_event(ev, offsetof(struct data_event, payload) + bound_payload(n));
 }
 
 /* ret: the function's return value; ex: the _ex form (1 = success, the byte
@@ -253,7 +241,7 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 	struct exec_event ev = { .pid = bpf_get_current_pid_tgid() >> 32 };
 
 	/* a process the filters exclude is never traced: no scan for it */
-	if (process_wanted(ev.pid, filters(), self_tgid))
+	if (process_wanted(ev.pid, filters(), false))
 		bpf_ringbuf_output(&tls_execs, &ev, sizeof(ev), BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -12,13 +12,10 @@ events; only start/run/stop need root.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from tracer import loader
 
@@ -34,12 +31,6 @@ log = logging.getLogger("tracer.funcs")
 MIN_FP_FRAMES = 3
 # stacks waiting for their call's event; more means those calls were lost
 MAX_PENDING_STACKS = 1 << 16
-
-
-class _UprobeOpts(ctypes.Structure):  # struct bpf_uprobe_opts (libbpf >= 1.0)
-    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
-                ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
-                ("func_name", ctypes.c_char_p)]
 
 
 def spec_bytes(probe: Probe) -> bytes:
@@ -132,7 +123,7 @@ class FuncsTracer:
         self.resolver = resolver if resolver is not None else (StackResolver() if stack else None)
         self.obj: loader.BPFObject | None = None
         self.rb: loader.RingBuffer | None = None
-        self._links: list[int] = []
+        self._uprobes = 0  # uprobes and uretprobes attached
         self.pending_stacks: dict[tuple[int, int], tuple[list[dict], str]] = {}
         self.decode_errors = 0
         self.stacks_missing = 0
@@ -215,24 +206,19 @@ class FuncsTracer:
             raise
 
     def _attach(self, p: Probe, retprobe: bool, pid: int) -> None:
-        lib = loader.libbpf()
+        """The probe's index is the attach cookie: it selects its spec in probe_specs."""
         prog = "func_exit" if retprobe else "func_entry"
-        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), 0, p.index, retprobe, None)
-        link = lib.bpf_program__attach_uprobe_opts(self.obj.programs[prog], pid,
-                                                   p.module.encode(), p.file_offset,
-                                                   ctypes.byref(opts))
-        if not link:
-            err = ctypes.get_errno() or errno.EINVAL
-            raise loader.AttachError(
-                f"cannot attach {'uretprobe' if retprobe else 'uprobe'} to {p.target} "
-                f"({p.module}+{p.file_offset:#x}{'' if pid < 0 else f', pid {pid}'}): "
-                f"{errno.errorcode.get(err, err)}: "
-                f"{os.strerror(err)}", program=prog, err=err)
-        self._links.append(link)
+        try:
+            self.obj.attach_uprobe(prog, p.module, p.file_offset, pid=pid, retprobe=retprobe,
+                                   cookie=p.index)
+        except loader.AttachError as e:
+            raise loader.AttachError(f"{p.target}: {e}", program=prog, err=e.err) from None
+        self._uprobes += 1
 
     @property
     def attached(self) -> int:
-        return len(self._links)
+        """Uprobes and uretprobes attached."""
+        return self._uprobes
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None,
             on_tick=None) -> None:
@@ -247,13 +233,11 @@ class FuncsTracer:
                 on_tick()
 
     def _detach(self) -> None:
-        links, self._links = self._links, []
-        if not links:
-            return
-        lib = loader.libbpf()
-        # each release waits for an RCU grace period: overlap them
-        with ThreadPoolExecutor(min(len(links), 32)) as pool:
-            list(pool.map(lib.bpf_link__destroy, links))
+        """Detach every probe (concurrently: loader.detach_all); the maps and
+        the ring stay readable until close()."""
+        if self.obj is not None:
+            self.obj.detach_all()
+        self._uprobes = 0
 
     def counters(self) -> dict:
         c = self.obj.map("funcs_counters")
