@@ -20,10 +20,12 @@ from __future__ import annotations
 import ctypes
 import enum
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 
 from . import loader
+from .addons import Addon
 
 log = logging.getLogger("tracer.inject")
 
@@ -284,5 +286,52 @@ def unavailable() -> str:
     })
 
 
-__all__ = ["Injector", "Injected", "Waiting", "decode", "encode", "cgroup2_root",
+class Injection(Addon):
+    """The add-on (tracer/addons.py): an Injector on sock.bpf.o's filter maps,
+    its ring drained before every read of the events ring (an injection
+    precedes the write that carries it), the correlator asking it for the
+    ids of client requests. Without sockops/sk_msg, or when it cannot attach,
+    `unavailable` says why and spans are correlated without it."""
+
+    name = "inject"
+    drains = True
+
+    def __init__(self, sample_rate: float = 1.0) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError("sample rate must be within 0..1")
+        self.sample_rate = sample_rate
+        self.injector: Injector | None = None
+        self._counters: dict[str, int] = {}  # kept after close()
+
+    def start(self, kernel, table) -> None:
+        self.unavailable = unavailable()  # the probe decides before anything is loaded
+        if self.unavailable:
+            return
+        inj = Injector.load(kernel.loaded(), self_tgid=os.getpid(), sample_rate=self.sample_rate)
+        inj.start()  # on failure it closed itself
+        self.injector = inj
+        table.correlator.injected = inj.take
+
+    def drain(self) -> None:
+        self.injector.drain()
+
+    def tick(self, now_ns: int) -> None:
+        self.injector.tick(now_ns)
+
+    def stop(self) -> None:
+        if self.injector is not None:
+            self.injector.detach()  # stop writing headers; its ring is still read
+
+    def close(self) -> None:
+        if self.injector is not None:
+            self._counters = self.injector.counters()
+            self.injector.close()
+            self.injector = None
+
+    def counters(self) -> dict:
+        return {"inject": self.injector.counters() if self.injector else self._counters,
+                "inject_unavailable": self.unavailable}
+
+
+__all__ = ["Injector", "Injected", "Injection", "Waiting", "decode", "encode", "cgroup2_root",
            "unavailable", "BPF_SK_MSG_VERDICT"]

@@ -18,6 +18,7 @@ Per connection (kernel, sock.bpf.c): `AdaptiveController` turns the ring
 fill, the agent's own CPU and new ring drops into the share of new
 connections the kernel samples out (map "sampling"); the kernel counts those
 connections and their requests (CTR_CONNS_SAMPLED, CTR_REQS_SAMPLED).
+`AdaptiveSampling` is the agent's add-on that ticks it (tracer/addons.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import SAMPLE_SCALE
+from .addons import Addon
+from .events import SAMPLE_SCALE, Counter
 
 _RANDOM_BITS = 56  # W3C trace context level 2: the rightmost 7 bytes are random
 _MAX_DEPTH = 64  # parents looked at for an inherited decision (chains are short)
@@ -372,3 +375,64 @@ class AdaptiveController:
         if len(self.transitions) < self.MAX_TRANSITIONS:
             self.transitions.append((round(t, 3), round(self.keep, 6)))
         return True
+
+
+class AdaptiveSampling(Addon):
+    """The add-on (tracer/addons.py), always present: each housekeeping tick
+    gives the controller the agent's CPU (all its threads), the fullest the
+    ring was at a poll, and new ring drops since the last tick, and writes a
+    new share to the kernel. The controller may come or go on reload."""
+
+    name = "adaptive"
+
+    def __init__(self, controller: AdaptiveController | None = None,
+                 on_change: Callable[[AdaptiveController], None] | None = None) -> None:
+        self.controller = controller
+        self.on_change = on_change  # told of every change of the keep share
+        self.kernel = None
+        self._at = self._cpu = 0.0
+        self._drops = 0
+
+    def start(self, kernel, table) -> None:
+        self.kernel = kernel
+        self.begin()
+
+    def begin(self) -> None:
+        # the CPU of start-up (TLS discovery, exporters, privilege drop) is
+        # not load: the first tick measures from the start of the run loop
+        self._at, self._cpu = time.monotonic(), time.process_time()
+
+    def tick(self, now_ns: int) -> None:
+        k = self.kernel
+        now = now_ns / 1e9
+        fill = k.take_fill_max()
+        cpu_now = time.process_time()
+        dt = now - self._at
+        cpu = (cpu_now - self._cpu) / dt if dt > 0 else 0.0
+        self._at, self._cpu = now, cpu_now
+        drops = k.value(Counter.CTR_DROPPED)
+        new_drops, self._drops = drops - self._drops, drops
+        ctl = self.controller
+        if ctl is None:
+            return
+        if ctl.tick(time.time() - k.started_at, cpu, fill / k.ring_bytes, new_drops):
+            k.set_sampling(ctl.drop_per_scale())
+            if self.on_change:
+                self.on_change(ctl)
+
+    def reconfigure(self, controller: AdaptiveController | None) -> None:
+        """SIGHUP: the controller keeps its state when its settings are unchanged."""
+        old = self.controller
+        if controller is not None and old is not None:
+            if controller.spec == old.spec:
+                return
+            controller.carry_over(old)
+        self.controller = controller
+        if self.kernel is not None:
+            self.kernel.set_sampling(controller.drop_per_scale() if controller else 0)
+
+    def counters(self) -> dict:
+        ctl = self.controller
+        return {"adaptive_sampling_engaged": ctl.engaged if ctl else 0,
+                "adaptive_keep": ctl.keep if ctl else 1.0,
+                "adaptive_transitions": list(ctl.transitions) if ctl else []}

@@ -15,6 +15,9 @@ counted by the kernel (CTR_STACK_FAILED) and its span has no stack.
 Frames come from frame pointers (the kernel's user-stack walk): code built
 without them stops the walk early, and the caller of a libc syscall wrapper is
 skipped (the wrapper sets up no frame).
+
+SpanStacks is an add-on of the agent (tracer/addons.py): it turns the knob on,
+wraps the sink and reads the map of the loaded sock.bpf.o.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
+from .addons import Addon
 from .events import SPAN_STACK_DEPTH
 
 MAX_CACHED = 4096  # (pid, stack id) -> frames
 
 
-class SpanStacks:
+class SpanStacks(Addon):
+    name = "span_stacks"
+    knobs = {"span_stacks": 1}
+    warning = "spans carry no stack"
+
     def __init__(self, symbolizer=None):
         if symbolizer is None:
             from .symbols import Symbolizer
@@ -44,6 +52,9 @@ class SpanStacks:
 
     def attach(self, stack_map) -> None:
         self.map = stack_map
+
+    def start(self, kernel, table) -> None:
+        self.attach(kernel.map("user_stacks"))
 
     def addresses(self, stack: int) -> list[int] | None:
         """Return addresses (innermost first) of stack id `stack - 1`."""

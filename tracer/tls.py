@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import events, loader
+from .addons import Addon
 
 log = logging.getLogger("tracer.tls")
 
@@ -302,3 +303,47 @@ class TlsProbes:
 
     def close(self) -> None:
         self.obj.close()
+
+
+class TlsPlaintext(Addon):
+    """The add-on (tracer/addons.py): tls.bpf.o on sock.bpf.o's maps, its
+    discovery ticked by the agent. Without uprobes (or tls.bpf.o) the agent
+    says so in one line and traces the rest; ciphertext is then parsed like
+    any bytes."""
+
+    name = "tls"
+    warning = "TLS plaintext not traced"
+
+    def __init__(self) -> None:
+        self.probes: TlsProbes | None = None
+        self.libraries: list[str] = []  # files attached to, kept after close()
+        self.unreadable = 0  # processes discovery could not inspect, kept after close()
+
+    @classmethod
+    def idle(cls) -> dict:
+        return cls().counters()
+
+    def start(self, kernel, table) -> None:
+        self.probes = TlsProbes.load(kernel.loaded(), capture_bytes=kernel.capture_bytes,
+                                     wakeup_bytes=kernel.wakeup_bytes, self_tgid=os.getpid())
+        self.probes.start()
+
+    def tick(self, now_ns: int) -> None:
+        self.probes.tick(now_ns / 1e9)
+
+    def stop(self) -> None:
+        if self.probes is not None:
+            self.probes.detach()  # before the syscall side: no SSL call left half-seen
+
+    def close(self) -> None:
+        if self.probes is not None:
+            self.libraries = sorted(self.probes.libraries.values())
+            self.unreadable = self.probes.unreadable
+            self.probes.close()
+            self.probes = None
+
+    def counters(self) -> dict:
+        p = self.probes
+        return {"tls_libraries": sorted(p.libraries.values()) if p else self.libraries,
+                "tls_unavailable": self.unavailable,
+                "tls_unreadable_processes": p.unreadable if p else self.unreadable}

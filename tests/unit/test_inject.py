@@ -164,17 +164,20 @@ def test_a_root_injection_has_no_parent():
 
 
 def test_without_sockops_or_sk_msg_the_tracer_correlates_without_injection(monkeypatch):
+    from tests.unit.ringsynth import SynthRing
     from tracer.agent import Tracer
 
     assert inject.unavailable_reason({"sockops": True, "sk_msg": True}) == ""
     reason = inject.unavailable_reason({"sockops": True, "sk_msg": False})
     assert reason == "sk_msg refused by this kernel"
     monkeypatch.setattr(inject, "unavailable", lambda: reason)
-    t = Tracer(inject_headers=True)
-    t._start_inject(obj=None)  # the probe decides before anything is loaded
+    # nothing loaded (an empty ring for a source): the probe decides before loading
+    t = Tracer(inject_headers=True, tls_plaintext=False, source=SynthRing().reader())
+    t.start()
     assert t.inject_unavailable == reason
-    assert t.injector is None and t.table.correlator.injected is None
-    assert t.summary()["inject_unavailable"] == reason
+    assert t.addon("inject").injector is None and t.table.correlator.injected is None
+    s = t.stop()
+    assert (s["inject_unavailable"], s["inject"]) == (reason, {})
 
 
 def test_cli_inject_is_off_by_default_and_checks_its_rate():

@@ -92,20 +92,23 @@ def test_exec_mappings_of_this_process():
 def test_agent_traces_on_without_tls(monkeypatch, caplog):
     """No uprobes (or no tls.bpf.o): one warning, the reason in the summary,
     and the syscall side keeps going."""
-    from tracer import agent, loader
+    from tests.unit.ringsynth import SynthRing
+    from tracer import agent, loader, sock
 
     def refuse(*a, **kw):
         raise loader.AttachError("cannot attach uprobe ssl_read_enter: EPERM",
                                  program="ssl_read_enter")
 
     monkeypatch.setattr(tls.TlsProbes, "load", refuse)
-    t = agent.Tracer(tls_plaintext=True)
+    monkeypatch.setattr(sock.SockKernel, "loaded", lambda self: object())  # as if loaded
+    t = agent.Tracer(tls_plaintext=True, source=SynthRing().reader())
     with caplog.at_level("WARNING", logger="tracer.agent"):
-        t._start_tls(object())
+        t.start()
     assert t.tls is None
     assert "EPERM" in t.tls_unavailable
     assert len(caplog.records) == 1 and "TLS plaintext not traced" in caplog.text
-    assert t.summary()["tls_unavailable"] == t.tls_unavailable
+    s = t.stop()
+    assert (s["tls_unavailable"], s["tls_libraries"]) == (t.tls_unavailable, [])
 
 
 def test_name_offsets_finds_suffix_shared_names():
