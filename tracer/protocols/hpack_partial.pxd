@@ -1,6 +1,41 @@
 # Compiled form of tracer/protocols/hpack_partial.py (Cython pure-Python mode).
 cimport cython
 
+cdef extern from *:
+    """
+    /* hpack's Huffman state machine over its packed table (3 bytes per entry:
+     * next state, flags, symbol): the symbols emitted into out (room for 2n),
+     * -1 on a failing state, -2 when the input ends mid-symbol. An empty
+     * input decodes to nothing, as in hpack. */
+    static Py_ssize_t _hp_huffman(const unsigned char *table, const unsigned char *in,
+                                  Py_ssize_t n, unsigned char *out, int emit, int fail,
+                                  int complete) {
+        unsigned int state = 0, flags = 0;
+        Py_ssize_t k = 0;
+        if (n == 0)
+            return 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const unsigned char *e = table + 3 * (state * 16 + (in[i] >> 4));
+            state = e[0]; flags = e[1];
+            if (flags & fail) return -1;
+            if (flags & emit) out[k++] = e[2];
+            e = table + 3 * (state * 16 + (in[i] & 15));
+            state = e[0]; flags = e[1];
+            if (flags & fail) return -1;
+            if (flags & emit) out[k++] = e[2];
+        }
+        return (flags & complete) ? k : -2;
+    }
+    """
+    Py_ssize_t _hp_huffman(const unsigned char *table, const unsigned char *inp, Py_ssize_t n,
+                           unsigned char *out, int emit, int fail, int complete) noexcept nogil
+
+cdef bytes _HUFF
+cdef Py_ssize_t _HUFF_BUF
+
+@cython.locals(n=Py_ssize_t, k=Py_ssize_t)
+cpdef bytes _huffman(bytes raw)
+
 cdef tuple _STATIC
 cdef Py_ssize_t _NSTATIC, _LIMIT, _INT_MAX_EXTRA
 

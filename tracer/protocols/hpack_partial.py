@@ -24,8 +24,15 @@ never evict an entry the encoder could still reference.
 
 from __future__ import annotations
 
+import cython
 from hpack.exceptions import HPACKDecodingError
-from hpack.huffman_table import decode_huffman
+from hpack.huffman_table import (
+    HUFFMAN_COMPLETE,
+    HUFFMAN_EMIT_SYMBOL,
+    HUFFMAN_FAIL,
+    HUFFMAN_TABLE,
+    decode_huffman,
+)
 from hpack.table import HeaderTable
 
 _STATIC = HeaderTable.STATIC_TABLE  # index i (1..61) -> _STATIC[i - 1]
@@ -36,6 +43,27 @@ UNKNOWN_TABLE_LIMIT = 65536  # memory bound while the real maximum is unknown
 # hpack's decoder (its VARINT_MAX_LENGTH), so values stay within 64 bits.
 _INT_MAX_EXTRA = 5
 _LIMIT = UNKNOWN_TABLE_LIMIT  # a C constant in the compiled module
+
+
+# hpack's Huffman state machine (nibble at a time), packed for the compiled
+# loop: state, flags, symbol per entry. Pure Python uses hpack's decoder.
+_HUFF = bytes(x for entry in HUFFMAN_TABLE for x in entry)
+_HUFF_BUF = 256  # longest string decoded on the C stack; longer ones by hpack
+
+
+def _huffman(raw: bytes) -> bytes:
+    """hpack's decode_huffman, compiled: the same bytes, the same errors."""
+    n = len(raw)
+    if not cython.compiled or n * 2 > _HUFF_BUF:
+        return decode_huffman(raw)
+    out = cython.declare(cython.uchar[256])
+    k = _hp_huffman(_HUFF, raw, n, out, HUFFMAN_EMIT_SYMBOL, HUFFMAN_FAIL,  # noqa: F821 (C)
+                    HUFFMAN_COMPLETE)
+    if k == -1:
+        raise HPACKDecodingError("Invalid Huffman string")
+    if k == -2:
+        raise HPACKDecodingError("Incomplete Huffman string")
+    return out[:k]
 
 
 class Truncated(Exception):
@@ -78,7 +106,7 @@ def _string(block: bytes, pos: int, want: bool) -> tuple[bytes | None, int]:
     raw = block[pos:end]
     if huff:
         try:
-            raw = decode_huffman(raw)
+            raw = _huffman(raw)
         except HPACKDecodingError as e:
             raise Truncated from e
     return raw, end
