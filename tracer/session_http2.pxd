@@ -1,7 +1,10 @@
 # Compiled form of tracer/session_http2.py (Cython pure-Python mode). The
-# frame readers (protocols/http2) call the owner methods through Python
-# (cpdef): each module can run compiled or pure on its own (TRACER_PURE).
+# session is the frame readers' Owner (protocols/http2): their calls are C.
 cimport cython
+from tracer.connstate cimport Conn
+from tracer.correlate cimport Correlator
+from tracer.events cimport DataEvent
+from tracer.protocols.http2 cimport FrameReader, Owner
 
 cdef int _ROLE_SERVER, _ROLE_CLIENT, _ROLE_UNKNOWN, _INGRESS, _EGRESS
 
@@ -17,16 +20,17 @@ cdef class _Stream:
     cdef public object req_msgs, resp_msgs
 
 
-@cython.final
-cdef class Http2Session:
-    cdef public object conn, table, stats
+cdef class Http2Session(Owner):
+    cdef public Conn conn
+    cdef public object table
+    cdef public Correlator correlator
     cdef public dict streams
     cdef public tuple readers
     cdef public int req_dir
     cdef public bint dead
 
-    @cython.locals(reader=object)
-    cpdef on_data(self, object ev)
+    @cython.locals(reader=FrameReader)
+    cpdef on_data(self, DataEvent ev)
     @cython.locals(n=Py_ssize_t, st=_Stream)
     cpdef on_close(self, bint eof)
     cpdef give_up(self)
@@ -54,5 +58,5 @@ cdef class Http2Session:
 
 
 @cython.locals(req=dict, trailers=dict, extra=dict, target=str, path=str, query=str)
-cpdef object h2_span(object conn, _Stream st, object clock_offset_ns, bint server,
+cpdef object h2_span(Conn conn, _Stream st, object clock_offset_ns, bint server,
                      long long reset_code=*)

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from tracer.connstate import Conn
 from tracer.events import ConnRole, DataDir, DataEvent
 from tracer.protocols import grpc
-from tracer.protocols.http2 import MAX_STREAMS, FrameReader
+from tracer.protocols.http2 import MAX_STREAMS, FrameReader, Owner
 from tracer.spans import Span, exchange_span
 
 if TYPE_CHECKING:
-    from tracer.conn import Conn, ConnectionTable
+    from tracer.conn import ConnectionTable
 
 _ROLE_SERVER = int(ConnRole.ROLE_SERVER)
 _ROLE_CLIENT = int(ConnRole.ROLE_CLIENT)
@@ -50,7 +51,7 @@ class _Stream:
         self.resp_msgs: grpc.MessageCounter | None = None
 
 
-class Http2Session:
+class Http2Session(Owner):
     """HTTP/2 on one connection: streams paired by id, spans through the correlator.
 
     known: the connection was seen from its start (HPACK tables known).
@@ -58,12 +59,13 @@ class Http2Session:
     it is learnt from the first decodable HEADERS (:method/:path in requests,
     :status in responses)."""
 
-    __slots__ = ("conn", "table", "stats", "streams", "readers", "req_dir", "dead")
+    __slots__ = ("conn", "table", "correlator", "streams", "readers", "req_dir", "dead")
 
     def __init__(self, conn: Conn, table: ConnectionTable, known: bool = True) -> None:
         self.conn = conn
         self.table = table
         self.stats = table.stats
+        self.correlator = table.correlator
         self.streams: dict[int, _Stream] = {}
         role = conn.role
         if role == _ROLE_SERVER:
@@ -132,7 +134,7 @@ class Http2Session:
                     st.resp_msgs = grpc.MessageCounter()
                 server = self.req_dir == _INGRESS
                 # the start time, as for HTTP/1: flush() ages waiting contexts by it
-                st.ctx = self.table.correlator.start(
+                st.ctx = self.correlator.start(
                     self.conn, server, first.pid, first.tid, fields, sid,
                     first.ts_exit if server else first.ts_enter)
             else:
@@ -232,7 +234,7 @@ class Http2Session:
         if (st.req_msgs is not None and st.req_msgs.lost) or \
                 (st.resp_msgs is not None and st.resp_msgs.lost):
             self.stats.grpc_framing_lost += 1
-        table.correlator.finish(st.ctx, span)
+        self.correlator.finish(st.ctx, span)
 
 
 def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,

@@ -1,7 +1,8 @@
 # Compiled form of tracer/protocols/http2.py (Cython pure-Python mode).
-# Objects of other modules (events, hpack_partial, the owner) stay
-# `object`: each module can run compiled or pure on its own (TRACER_PURE).
+# The owner is the cdef class Owner (its methods are C calls); events and
+# hpack_partial stay `object`.
 cimport cython
+from tracer.stats cimport Stats
 
 cdef Py_ssize_t _PREFACE_LEN
 cdef int _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT
@@ -17,9 +18,21 @@ cpdef bint frame_ok(int ftype, int flags, long long sid, long long length)
 cpdef bint looks_like_frames(bytes data, Py_ssize_t size, int first_type=*)
 
 
+cdef class Owner:
+    cdef public Stats stats
+
+    cpdef give_up(self)
+    cpdef object msg_counter(self, object reader, Py_ssize_t sid)
+    cpdef on_headers(self, object reader, Py_ssize_t sid, dict fields, bint lost,
+                     bint end_stream, object first, object last)
+    cpdef on_data_end(self, object reader, Py_ssize_t sid, bint end_stream, object ev)
+    cpdef on_rst(self, object reader, Py_ssize_t sid, object code, object ev)
+    cpdef on_goaway(self, object reader, object last_sid, object ev)
+
+
 @cython.final
 cdef class FrameReader:
-    cdef public object session  # the owner (see the module docstring)
+    cdef public Owner session  # the owner (see the module docstring)
     cdef public int direction
     cdef public object hpack
     cdef public bytes buf

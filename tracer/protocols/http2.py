@@ -2,8 +2,8 @@
 """HTTP/2 (h2c, and gRPC over it) frames from captured syscall byte streams.
 
 Sans-IO: a FrameReader takes one direction's data events and reports what it
-found to its owner (tracer/session_http2.py's Http2Session, or any object
-with the same methods): decoded header blocks, DATA ends, RST_STREAM and
+found to its owner (an `Owner`: tracer/session_http2.py's Http2Session, or a
+test's recorder): decoded header blocks, DATA ends, RST_STREAM and
 GOAWAY. It knows nothing of streams' pairing, spans or the correlator; each
 direction has its own HPACK table.
 
@@ -31,6 +31,7 @@ handled inline, since their bodies are usually only partly captured.
 
 from __future__ import annotations
 
+import cython
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import (
     FRAMES,
@@ -152,6 +153,34 @@ def looks_like_frames(data: bytes, size: int, first_type: int = -1) -> bool:
     return n >= 2
 
 
+@cython.cclass
+class Owner:
+    """What a FrameReader reports to (module docstring): Http2Session, or a
+    test recorder, subclasses it. Compiled, the reader's calls are C calls."""
+
+    __slots__ = ("stats",)
+
+    def give_up(self) -> None:
+        raise NotImplementedError
+
+    def msg_counter(self, reader: FrameReader, sid: int):
+        raise NotImplementedError
+
+    def on_headers(self, reader: FrameReader, sid: int, fields: dict, lost: bool,
+                   end_stream: bool, first: DataEvent, last: DataEvent) -> None:
+        raise NotImplementedError
+
+    def on_data_end(self, reader: FrameReader, sid: int, end_stream: bool,
+                    ev: DataEvent) -> None:
+        raise NotImplementedError
+
+    def on_rst(self, reader: FrameReader, sid: int, code: int, ev: DataEvent) -> None:
+        raise NotImplementedError
+
+    def on_goaway(self, reader: FrameReader, last_sid: int, ev: DataEvent) -> None:
+        raise NotImplementedError
+
+
 class FrameReader:
     """Frames of one direction of one connection, reassembled across syscalls."""
 
@@ -159,7 +188,7 @@ class FrameReader:
                  "ftype", "flags", "sid", "flen", "frame_ev", "body", "short", "msgs",
                  "dpre", "dcontent", "block", "lost", "lost_events", "held")
 
-    def __init__(self, session, direction: int, known: bool, preface: bool) -> None:
+    def __init__(self, session: Owner, direction: int, known: bool, preface: bool) -> None:
         self.session = session
         self.direction = direction
         self.hpack = HpackTable(known)
