@@ -84,7 +84,7 @@ fuzz: setup
 
 # nginx, wrk: tests/bench/test_bench_nginx.py (the real CLI on nginx)
 bench-micro: setup
-	@$(MAKE) -s apt APT_PKGS="nginx-light wrk gcc"
+	@$(MAKE) -s apt APT_PKGS="nginx-light wrk gcc valgrind"
 	$(VENV)/bin/tox -e bench
 
 lint: setup
