@@ -47,6 +47,7 @@ log = logging.getLogger("tracer.agent")
 
 IDLE_EXPIRY_NS = 300 * 1_000_000_000  # connections with no event for 5 min are dropped
 HOUSEKEEPING_S = 1.0
+POLL_MS = 500  # longest wait for the ring between wake-ups (the kernel wakes us at fill)
 # Records per consume call: under sustained overload the ring never empties, and
 # an unbounded drain would starve housekeeping (expiry, counters, sampling).
 # Small enough that a turn of the loop stays short even when the agent is held
@@ -243,11 +244,18 @@ class Tracer:
         next_house = time.monotonic() + HOUSEKEEPING_S
         for a in self._running:
             a.begin()
+        # each wake-up costs (~150 us of CPU here, docs/performance.md): wait
+        # long; the kernel wakes us when the ring fills and a signal at once
+        wake = getattr(self.kernel.rb, "wake_on_signals", None)
+        if wake is not None:
+            wake()
         while not (stop and stop.is_set()):
             now = time.monotonic()
             if deadline and now >= deadline:
                 break
-            self.poll_once(100)
+            until = min(next_house, deadline) if deadline else next_house
+            self.poll_once(max(1, min(POLL_MS, int((until - now) * 1000))))
+            now = time.monotonic()
             if now >= next_house:
                 next_house = now + HOUSEKEEPING_S
                 self.housekeeping(time.monotonic_ns())

@@ -31,6 +31,7 @@ cdef class RingBuffer:
     cdef public Py_ssize_t size, mask, records, bytes, wrapped
     cdef Py_ssize_t _page
     cdef bint _owned
+    cdef int _wake_r, _wake_w
     cdef object _epoll, _cons, _prod
     cdef unsigned char[::1] _cv
     cdef const unsigned char[::1] _pv

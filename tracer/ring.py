@@ -10,7 +10,9 @@ to a callback instead, for the other rings (TLS execs, funcs, inject).
 from __future__ import annotations
 
 import mmap
+import os
 import select
+import signal
 import struct
 from collections.abc import Callable
 
@@ -102,6 +104,7 @@ class RingBuffer:
         self.fd = fd
         self._owned = owned  # mappings of our own, closed with the reader
         self._epoll = None
+        self._wake_r = self._wake_w = -1  # wake_on_signals' pipe
         self.size = size
         self.mask = size - 1
         self._page = page
@@ -121,15 +124,44 @@ class RingBuffer:
         self.wrapped = 0  # records copied because they wrapped around the end
 
     def poll(self, timeout_ms: int) -> bool:
-        """Wait until data is available or the timeout passes (no consumption)."""
+        """Wait until data is available, a signal arrives (wake_on_signals)
+        or the timeout passes (no consumption)."""
         if self.available():
             return True
         if self._epoll is None:
             return False
         try:
-            return bool(self._epoll.poll(timeout_ms / 1000.0))
+            ready = self._epoll.poll(timeout_ms / 1000.0)
         except InterruptedError:
             return False
+        if self._wake_r >= 0 and ready:
+            try:
+                os.read(self._wake_r, 512)  # the signal numbers: the handler ran already
+            except BlockingIOError:
+                pass
+        return bool(self.available())
+
+    def wake_on_signals(self) -> bool:
+        """Make a signal end poll() at once (signal.set_wakeup_fd on a pipe
+        the epoll watches), so that a long poll timeout does not delay a stop.
+        Only from the main thread, and only if nobody set a wakeup fd yet;
+        False when not. close() puts the previous state back."""
+        if self._epoll is None or self._wake_r >= 0:
+            return False
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            old = signal.set_wakeup_fd(w)
+        except ValueError:  # not the main thread
+            old = None
+        if old is None or old != -1:
+            if old is not None:
+                signal.set_wakeup_fd(old)
+            os.close(r)
+            os.close(w)
+            return False
+        self._epoll.register(r, select.EPOLLIN)
+        self._wake_r, self._wake_w = r, w
+        return True
 
     def available(self) -> int:
         if self._pv is None:
@@ -214,6 +246,16 @@ class RingBuffer:
         self._cv = None
         self._pv = None
         self.data.release()
+        if self._wake_r >= 0:
+            try:
+                cur = signal.set_wakeup_fd(-1)
+                if cur != self._wake_w:
+                    signal.set_wakeup_fd(cur)  # someone set theirs since: keep it
+            except ValueError:
+                pass  # closed from another thread: the process is going away
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         if self._epoll is not None:
             self._epoll.close()
         if self._owned:

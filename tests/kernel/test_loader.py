@@ -316,3 +316,27 @@ def test_records_that_wrap_the_ring_arrive_whole(sock_obj, listener):
     assert got == msgs
     assert rb.wrapped >= 3, rb.wrapped
     assert sock_obj.map("counters").percpu_sum(events.Counter.CTR_DROPPED) == 0
+
+
+def test_a_signal_ends_a_long_poll_and_the_wakeup_fd_is_put_back(sock_obj):
+    """The agent waits up to POLL_MS for the ring; a signal (SIGINT, SIGTERM:
+    a stop) must not wait for that timeout. Nothing is attached, so the ring
+    stays empty: only the signal can end the poll before its 20 s."""
+    import signal
+    import time
+
+    load_sock(sock_obj)
+    rb = sock_obj.ring_buffer("events")
+    old = signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        assert rb.wake_on_signals()
+        assert not rb.wake_on_signals()  # once per ring
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        t0 = time.monotonic()
+        assert rb.poll(20_000) is False  # woken, and nothing to read
+        assert time.monotonic() - t0 < 10
+        rb.close()
+        assert signal.set_wakeup_fd(-1) == -1  # close() put the previous state back
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
