@@ -8,6 +8,7 @@ from tracer.events cimport DataEvent
 from tracer.protocols.http1 cimport Message
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport signbit
 from libc.string cimport memcpy
 
 # JSON text exactly as orjson writes it (tests/unit/test_span_json.py pins the

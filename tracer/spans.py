@@ -345,6 +345,10 @@ def _jval(p, cap: int, pos: int, v, depth: int) -> int:
             return -2
         return pos + _spans_json_u64(p + pos, u)  # noqa: F821 (C, in spans.pxd)
     if type(v) is float:
+        if v == 1.0:  # the usual confidences: no repr
+            return _jraw(p, cap, pos, b"1.0")
+        if v == 0.0 and not signbit(v):  # noqa: F821 (C, in spans.pxd)
+            return _jraw(p, cap, pos, b"0.0")
         r = repr(v)  # the shortest round trip, as orjson's; its exponent form differs
         n = len(r)
         for i in range(n):

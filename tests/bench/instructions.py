@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# the ring's consume call, as the compiled ring names it: everything below it counts
-TOGGLE = "__pyx_pw_6tracer_4ring_10RingBuffer_13consume_events"
+# the ring's consume call, as the compiled ring names it (the number is the
+# method's index in the class): everything below it counts
+TOGGLE = "__pyx_pw_6tracer_4ring_10RingBuffer_*consume_events"
 RUNS = 2  # counted workloads after the first one (which is counted too, see count())
 
 _CHILD = """
@@ -59,6 +60,8 @@ def count(protocol: str) -> dict:
             raise BenchError(f"callgrind run failed: {p.stderr[-400:]}")
     spans = int(m.group(1))
     total = int(c.group(1))
+    if not total:
+        raise BenchError(f"nothing counted: no function matches {TOGGLE} (is the ring compiled?)")
     # RUNS + 1 workloads were counted, each of spans / RUNS spans
     per_span = total / (spans * (RUNS + 1) / RUNS)
     return {"protocol": protocol, "spans": spans, "instructions": total,
