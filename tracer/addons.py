@@ -19,6 +19,14 @@ implements what it needs. The agent calls, in this order:
     close()                after the last events; counters() still answers
     counters()             its summary entries, at any time
 
+Split into broker and agent (tracer/broker.py), after start:
+    separated(broker)      in the agent: the channel to the privileged broker,
+                           through which run-time attaching goes (tls.py)
+    bpf_objects()          in the broker: the objects it detaches and closes
+    broker_ops()           in the broker: the requests the add-on answers there,
+                           {op: ({field: type}, handler(**fields) -> reply dict)};
+                           the fds of links made meanwhile go with the reply
+
 `idle()` gives the summary entries of a feature that is not in use, so that
 the summary's keys do not depend on the command line.
 """
@@ -66,4 +74,13 @@ class Addon:
         pass
 
     def counters(self) -> dict:
+        return {}
+
+    def separated(self, broker) -> None:
+        pass
+
+    def bpf_objects(self) -> list:
+        return []
+
+    def broker_ops(self) -> dict:
         return {}

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from . import core, events, loader
 from .addons import Addon
 from .conn import ConnectionTable
+from .golang import GoRuntime
 from .inject import Injection
 from .sampling import AdaptiveController, AdaptiveSampling
 from .sock import (  # noqa: F401 (EXIT_PROGRAMS, comm_key, descendants: re-exported)
@@ -54,7 +55,8 @@ POLL_MS = 500  # longest wait for the ring between wake-ups (the kernel wakes us
 # to a CPU quota (overload scenario: 8192 records took seconds of wall time).
 CONSUME_BATCH = 1024
 # every add-on kind: one not in use still gives its idle() summary entries
-ADDON_KINDS: tuple[type[Addon], ...] = (SpanStacks, AdaptiveSampling, TlsPlaintext, Injection)
+ADDON_KINDS: tuple[type[Addon], ...] = (SpanStacks, AdaptiveSampling, TlsPlaintext, Injection,
+                                        GoRuntime)
 
 
 def clock_offset_ns() -> int:
@@ -80,7 +82,8 @@ class Tracer:
                  inject_headers: bool = False, inject_sample_rate: float = 1.0,
                  policy: Callable | None = None, adaptive: AdaptiveController | None = None,
                  on_sampling: Callable[[AdaptiveController], None] | None = None,
-                 span_stacks: bool = False, source=None, addons: Sequence[Addon] = ()):
+                 span_stacks: bool = False, go_runtime: bool = True, source=None,
+                 addons: Sequence[Addon] = ()):
         """The flags choose the built-in add-ons; `addons` adds more (after
         them); `source` replaces sock.bpf.o's ring (tracer/sock.py)."""
         if not 16 <= capture_bytes <= events.MAX_PAYLOAD:
@@ -93,6 +96,7 @@ class Tracer:
             self.sampling,
             *([TlsPlaintext()] if tls_plaintext else []),
             *([Injection(inject_sample_rate)] if inject_headers else []),
+            *([GoRuntime()] if go_runtime else []),
             *addons,
         ]
         self._running: list[Addon] = []  # started and available, until stop()
@@ -111,6 +115,7 @@ class Tracer:
         # filters and head sampling (tracer/sampling.py), swapped on reload
         self.table.correlator.policy = policy
         self._handler = self.table.handle  # what each decoded event goes to
+        self.broker = None  # broker.BrokerClient once split from the privileged broker
         self.started_at = 0.0
         self.stopped_at = 0.0
         self._last_poll = 0.0
@@ -208,6 +213,13 @@ class Tracer:
         if a.unavailable and a.warning:
             log.warning("%s (%s); tracing the rest", a.warning, a.unavailable)
 
+    def separate(self, broker) -> None:
+        """Run-time attaching goes through the privileged broker from now on
+        (tracer/broker.py: this process keeps no capability)."""
+        self.broker = broker
+        for a in self._running:
+            a.separated(broker)
+
     def reconfigure(self, filters: Filters, policy: Callable | None,
                     adaptive: AdaptiveController | None) -> None:
         """SIGHUP: new filters and sampling without detaching anything. The
@@ -267,6 +279,8 @@ class Tracer:
         self.table.expire(now_ns, IDLE_EXPIRY_NS)
         self.table.correlator.flush(now_ns)
         self.read_kernel_counters()
+        if self.broker is not None:
+            self.broker.check()  # gone: said once, what is attached stays traced
         for a in self._running:
             a.tick(now_ns)
 
@@ -281,6 +295,8 @@ class Tracer:
         """Detach, drain what is left, close connections, return the summary."""
         self._polled()  # a run loop that never polled shows here
         running, self._running = self._running, []
+        if self.broker is not None:
+            self.broker.detach()  # its copies of the links go first: ours are then the last
         for a in running:
             a.stop()  # before the kernel side: nothing half-seen, nothing more written
         rb = self.kernel.rb

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-tls", action="store_true",
                    help="do not attach OpenSSL uprobes (TLS stays ciphertext; after start no "
                         "capability is kept for discovering libraries)")
+    r.add_argument("--no-go", action="store_true",
+                   help="do not follow goroutines in Go executables (their client calls then "
+                        "take the thread links only)")
     r.add_argument("--user", default=None, metavar="NAME|UID",
                    help="after attach, switch to this unprivileged user")
     r.add_argument("--no-drop-privileges", action="store_true",
@@ -187,31 +190,62 @@ def _check_lockdown() -> None:
 
 
 def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
-    """After attach: keep only what the features in use need (tracer/privileges.py).
-    Returns the lines to show once tracing is announced, and the summary entry."""
+    """After attach: split into the privileged broker and the agent
+    (tracer/broker.py). The broker keeps what attaching to processes started
+    later needs; this process, the agent, keeps nothing else than what its
+    own features read (tracer/privileges.py), sets no_new_privs and loads its
+    seccomp filter (tracer/seccomp.py). Returns the lines to show once
+    tracing is announced, and the summary entry."""
     args.summary_file = None
+    args.broker = None
     if args.no_drop_privileges:
         return [], {"dropped": False}
     # loader.detach_all imports this at exit; an interpreter under /root (pyenv)
     # is unreadable to --user once CAP_DAC_READ_SEARCH is gone
     from concurrent.futures import ThreadPoolExecutor  # noqa: F401
 
-    from . import privileges
+    from . import broker, privileges, seccomp
 
     if args.output != "-":  # written at exit, when the directory may be out of reach
         args.summary_file = open(args.output + ".summary.json", "w")  # noqa: SIM115
     counters = tracer.obj.map("counters")
     library = next(iter(tracer.tls.libraries.values()), None) if tracer.tls else None
     needs = privileges.probe_runtime_needs(lambda: counters.percpu_sum(0), library)
-    keep = privileges.runtime_caps(tls_discovery=tracer.tls is not None,
+    go = tracer.addon("go")
+    # the broker attaches to processes started later: TLS libraries and Go executables
+    follows = tracer.tls is not None or (go is not None and not go.unavailable)
+    broker_keep = privileges.broker_caps(tls_discovery=follows, kernel=needs)
+    keep = privileges.runtime_caps(tls_discovery=False,
                                    exe_names=bool(args.service_names
                                                   or args.cfg.filter.executables),
                                    span_stacks=args.span_stacks, kernel=needs)
+    try:
+        client = broker.split(tracer, broker_keep)
+    except OSError as e:
+        raise UsageError(f"cannot start the privileged broker: {e.strerror or e}") from None
+    args.broker = client
     res = privileges.drop(keep, user=args.user)
     if exports.metrics is not None:
         exports.metrics.respawn()  # its thread predates the drop
     privileges.check_threads(res)
-    return res.report()
+    try:
+        rules = seccomp.install()
+    except OSError as e:  # never trace without it: the broker sees us go and detaches
+        raise UsageError(f"seccomp filter not loaded ({e.strerror or e}); not tracing") from None
+    tracer.separate(client)
+    try:
+        hello, _ = client.request("hello")
+    except broker.BrokerGone as e:
+        raise UsageError(f"the privileged broker did not start ({e})") from None
+    lines, info = res.report()
+    info["seccomp"] = rules
+    info["broker"] = {"pid": client.pid, "kept": hello.get("kept"), "user": hello.get("user", ""),
+                      "warnings": len(hello.get("warnings") or [])}
+    kept = ", ".join(hello.get("kept") or []) or "nothing"
+    lines.append(f"privileges: seccomp filter on every thread ({rules} rules); the broker "
+                 f"(pid {client.pid}) keeps {kept}, has no network socket, reads no traffic")
+    lines += [f"privileges: broker: {w}" for w in hello.get("warnings") or []]
+    return lines, info
 
 
 def _runtime(cfg, stats):
@@ -298,7 +332,7 @@ def cmd_run(args) -> int:
                     inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate,
                     tls_plaintext=not args.no_tls, stats=stats, policy=policy,
                     adaptive=adaptive, on_sampling=_on_sampling,
-                    span_stacks=args.span_stacks)
+                    span_stacks=args.span_stacks, go_runtime=not args.no_go)
     try:
         tracer.start()
     except loader.LoaderError as e:
@@ -334,6 +368,8 @@ def cmd_run(args) -> int:
         writer.close()
         exports.close()  # sends what is queued (bounded wait), then counts the rest
     summary.update(exports.summary())
+    if args.broker is not None:
+        privileges_info["broker"].update(args.broker.final, gone=args.broker.gone)
     summary["privileges"] = privileges_info
     line = _summary_line(summary)
     if "spans_exported" in summary:
@@ -351,6 +387,8 @@ def cmd_run(args) -> int:
     if args.output != "-":
         with args.summary_file or open(args.output + ".summary.json", "w") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
+    if args.broker is not None:
+        args.broker.close()  # it closes what it holds and exits; reaped here
     return EXIT_OK
 
 

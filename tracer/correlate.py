@@ -30,6 +30,9 @@ Sources of a parent, strongest first:
   request (grpcio writes from its event-engine thread when the call's own
   thread finds the channel busy or not yet connected) takes the one request of
   the process that is waiting for its first call (confidence 0.6).
+  In a Go process the thread is the goroutine (`go_parent`, tracer/golang.py):
+  the server request whose goroutine (or an ancestor) made the call is the
+  parent, exactly (confidence 1.0; the contract's source is still "thread").
 """
 
 from __future__ import annotations
@@ -162,6 +165,9 @@ class Correlator:
         # --inject: (pid, tid, lport, rport, start_ts) -> the ids the kernel wrote
         # into this client request's traceparent (tracer.inject.Injected) or None
         self.injected: Callable | None = None
+        # Go processes (tracer/golang.py): (conn, pid, start_ts) -> the server
+        # request whose goroutine made this client request, or None
+        self.go_parent: Callable | None = None
         # filters and head sampling (tracer.sampling.SpanPolicy): (ctx, span)
         # -> keep?; None keeps every span. Swapped on SIGHUP.
         self.policy: Callable | None = None
@@ -217,8 +223,12 @@ class Correlator:
         else:
             inj = (self.injected(pid, tid, conn.lport, conn.rport, ts)
                    if self.injected is not None and ids is None else None)
+            parent = (self.go_parent(conn, pid, ts)
+                      if self.go_parent is not None and ids is None and inj is None else None)
             if inj is not None:
                 self._link_injected(ctx, inj)
+            elif parent is not None:
+                ctx.adopt(parent, "thread", 1.0)
             else:
                 self._link_client(ctx, pid, tid)
             if key is not None:

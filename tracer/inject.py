@@ -315,6 +315,9 @@ class Injection(Addon):
     def drain(self) -> None:
         self.injector.drain()
 
+    def bpf_objects(self) -> list:
+        return [self.injector.obj] if self.injector is not None else []
+
     def tick(self, now_ns: int) -> None:
         self.injector.tick(now_ns)
 

@@ -129,6 +129,19 @@ def runtime_caps(*, tls_discovery: bool, exe_names: bool = False, span_stacks: b
     return keep
 
 
+# `tracer run` splits after attach (tracer/broker.py): the features here are the
+# broker's, which attaches for the agent; the agent keeps runtime_caps() of the rest.
+BROKER_FEATURES = ("tls_discovery",)
+
+
+def broker_caps(*, tls_discovery: bool, kernel: KernelNeeds = KernelNeeds()) -> dict[str, str]:
+    """Capability -> why, for the privileged broker of `tracer run`: what
+    attaching to processes started later needs. It runs no map command, so
+    kernel.bpf_cmds does not apply."""
+    return runtime_caps(tls_discovery=tls_discovery,
+                        kernel=KernelNeeds(uprobe=kernel.uprobe, bpf_cmds=False))
+
+
 def start_caps(*, inject: bool = False, user: bool = False) -> list[str]:
     """The start-up set for a given command line (all of START for deployments)."""
     skip = set()
@@ -414,5 +427,5 @@ def describe(res: DropResult) -> str:
     return f"privileges dropped: kept {kept}; no_new_privs{who}"
 
 
-__all__ = ["START", "RUNTIME", "KernelNeeds", "probe_runtime_needs", "runtime_caps", "start_caps", "drop", "DropResult", "describe",
+__all__ = ["START", "RUNTIME", "BROKER_FEATURES", "broker_caps", "KernelNeeds", "probe_runtime_needs", "runtime_caps", "start_caps", "drop", "DropResult", "describe",
            "check_threads", "join_task", "parse_status", "read_status", "mask", "names", "check_user", "threads_with_caps"]

@@ -14,6 +14,10 @@ attached once per inode (pid -1), whichever process revealed it. Candidates:
 
 Symbols come from .dynsym and .symtab (read with struct); their virtual
 addresses are turned into the file offsets that uprobes take.
+
+Split into broker and agent (tracer/broker.py), the agent drains the exec
+ring and asks; the broker reads /proc/<pid>/maps, parses the ELF files it
+found itself and attaches (`discover`, `consider`, on its copy of TlsProbes).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ SYSTEM_LIBS = (
 )
 RESCAN_AFTER_S = (0.5, 3.0)  # after an exec: the loader, then lazy dlopen()s
 MAX_RESCANS = 4096  # an exec storm: later rescans are dropped (counted in `rescans_dropped`)
+MAX_DISCOVERED = 1 << 16  # files the broker remembers having found (what attach may name)
 _EXEC_SIZE = ctypes.sizeof(events.ExecEventC)
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
@@ -180,6 +185,10 @@ class TlsProbes:
     execs: loader.RingBuffer | None = None
     rescans_dropped: int = 0
     unreadable: int = 0  # processes whose maps we may not read (privileges): not scanned
+    # (dev, inode) -> path, as found by this process itself: what attaching may name
+    discovered: dict[tuple[int, int], str] = field(default_factory=dict)
+    broker: object = None  # the agent's broker.BrokerClient once split: it scans for us
+    held: list[int] = field(default_factory=list)  # fds of links the broker attached
 
     @classmethod
     def load(cls, sock: loader.BPFObject, **rodata: int) -> TlsProbes:
@@ -209,6 +218,7 @@ class TlsProbes:
                 st = os.stat(path)
             except OSError:
                 continue
+            self.discovered[(st.st_dev, st.st_ino)] = path
             self.consider(path, st.st_dev, st.st_ino, strict=not self.libraries)
         for pid in self.candidates():
             if pid != os.getpid():
@@ -229,14 +239,50 @@ class TlsProbes:
             pids = [p for p in pids if _comm_key(p) in names]
         return sorted(pids)
 
+    def discover(self, pid: int) -> list[tuple[str, int, int]]:
+        """exec_mappings(pid), remembered as found here (PermissionError raised)."""
+        found = exec_mappings(pid)
+        for path, dev, ino in found:
+            if len(self.discovered) < MAX_DISCOVERED or (dev, ino) in self.discovered:
+                self.discovered[(dev, ino)] = path
+        return found
+
     def scan_pid(self, pid: int) -> None:
+        if self.broker is not None:
+            self._scan_via_broker(pid)
+            return
         try:
-            found = exec_mappings(pid)
+            found = self.discover(pid)
         except PermissionError:
             self.unreadable += 1
             return
         for path, dev, ino in found:
             self.consider(path, dev, ino)
+
+    def _scan_via_broker(self, pid: int) -> None:
+        """The agent's scan: the broker reads the maps and attaches; the agent
+        keeps the fds of the new links (they outlive a broker that dies)."""
+        from .broker import BrokerGone
+
+        try:
+            reply, _ = self.broker.request("maps", pid=pid)
+            if not reply.get("ok"):
+                self.unreadable += reply.get("error") == "unreadable"
+                return
+            for path, dev, ino in reply["mappings"]:
+                key = (dev, ino)
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                r, fds = self.broker.request("attach_tls", path=path, dev=dev, ino=ino)
+                self.held.extend(fds)
+                if r.get("attached"):
+                    self.libraries[key] = path
+                    log.info("TLS: attached to %s (through the broker)", path)
+                elif r.get("error"):
+                    self.failed[path] = r["error"]
+        except BrokerGone:
+            return  # said once by the client
 
     def consider(self, path: str, dev: int, ino: int, strict: bool = False) -> bool:
         """Attach to the file if it has the OpenSSL API and is new; strict:
@@ -302,6 +348,9 @@ class TlsProbes:
         self.obj.detach_all()
 
     def close(self) -> None:
+        for fd in self.held:
+            os.close(fd)
+        self.held.clear()
         self.obj.close()
 
 
@@ -327,6 +376,12 @@ class TlsPlaintext(Addon):
         self.probes = TlsProbes.load(kernel.loaded(), capture_bytes=kernel.capture_bytes,
                                      wakeup_bytes=kernel.wakeup_bytes, self_tgid=os.getpid())
         self.probes.start()
+
+    def separated(self, broker) -> None:
+        self.probes.broker = broker
+
+    def bpf_objects(self) -> list:
+        return [self.probes.obj] if self.probes is not None else []
 
     def tick(self, now_ns: int) -> None:
         self.probes.tick(now_ns / 1e9)

@@ -44,8 +44,23 @@ def _libssl() -> str:
 
 
 def _expected(tls_discovery: bool) -> int:
+    """The agent's set: TLS discovery is the broker's (tracer/broker.py), so
+    the agent keeps nothing for it."""
     needs = privileges.probe_runtime_needs(library=_libssl())
-    return privileges.mask(privileges.runtime_caps(tls_discovery=tls_discovery, kernel=needs))
+    return privileges.mask(privileges.runtime_caps(tls_discovery=False, kernel=needs))
+
+
+def _broker_expected(tls_discovery: bool) -> int:
+    needs = privileges.probe_runtime_needs(library=_libssl())
+    return privileges.mask(privileges.broker_caps(tls_discovery=tls_discovery, kernel=needs))
+
+
+def broker_of(agent: int) -> int:
+    """The broker: the agent's one child process."""
+    with open(f"/proc/{agent}/task/{agent}/children") as f:
+        kids = [int(x) for x in f.read().split()]
+    assert len(kids) == 1, kids
+    return kids[0]
 
 
 def _status(pid: int) -> list[dict]:
@@ -84,19 +99,26 @@ def _assert_23(tr: TracerRun, srv_pid: int, kept: int) -> None:
     assert "Traceback" not in tr.stderr
 
 
-def test_default_drop_keeps_the_tls_discovery_set_and_spans_flow(tmp_path):
+def test_default_drop_leaves_the_tls_discovery_set_to_the_broker_and_spans_flow(tmp_path):
     port = free_port()
     want = _expected(tls_discovery=True)
+    assert want == 0
     with py_server(port) as srv, TracerRun(tmp_path, "--port", str(port)) as tr:
         _assert_dropped(tr.proc.pid, want)
+        broker = broker_of(tr.proc.pid)
+        _assert_dropped(broker, _broker_expected(tls_discovery=True))
         _requests_23(port)
     _assert_23(tr, srv.pid, want)
+    b = tr.summary["privileges"]["broker"]
+    assert (b["pid"], b["kept"]) == (broker, sorted(privileges.names(_broker_expected(True))))
 
 
-def test_no_tls_keeps_no_capability_and_spans_flow(tmp_path):
+def test_no_tls_no_go_keeps_no_capability_and_spans_flow(tmp_path):
     port = free_port()
-    with py_server(port) as srv, TracerRun(tmp_path, "--port", str(port), "--no-tls") as tr:
+    with py_server(port) as srv, TracerRun(tmp_path, "--port", str(port), "--no-tls",
+                                           "--no-go") as tr:
         _assert_dropped(tr.proc.pid, 0)
+        _assert_dropped(broker_of(tr.proc.pid), 0)  # nothing to attach later: it keeps nothing
         _requests_23(port)
     _assert_23(tr, srv.pid, 0)
 

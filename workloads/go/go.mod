@@ -1,0 +1,3 @@
+module tracer/workloads/go
+
+go 1.19
