@@ -30,19 +30,22 @@ def _tree(pid: int) -> list[psutil.Process]:
 @dataclass
 class TreeSample:
     cpu_s: float  # user+sys seconds, summed over the tree
-    rss: int  # bytes, summed over the tree
+    rss: int  # bytes: the root's RSS plus each descendant's private memory
 
 
 def sample_tree(pid: int) -> TreeSample:
+    """A forked child (the tracer's broker, a gunicorn worker) shares its
+    parent's pages until either writes them: summing RSS would count those
+    twice, so a descendant adds only its private memory (USS)."""
     cpu = 0.0
     rss = 0
-    for p in _tree(pid):
+    for i, p in enumerate(_tree(pid)):
         try:
             with p.oneshot():
                 t = p.cpu_times()
                 cpu += t.user + t.system
-                rss += p.memory_info().rss
-        except psutil.NoSuchProcess:
+                rss += p.memory_info().rss if i == 0 else p.memory_full_info().uss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue  # exited between listing and reading: its time is lost, as with ps
     return TreeSample(cpu, rss)
 
