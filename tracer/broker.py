@@ -40,6 +40,7 @@ symbol offsets computed by the broker. A request that fails a check gets
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -350,6 +351,9 @@ def split(tracer, broker_keep: dict[str, str] | None) -> BrokerClient:
     agent_end, broker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     agent_pid = os.getpid()
     sys.stderr.flush()
+    # what start-up made stays shared: a collection in either process would
+    # write every object's GC header and copy those pages (gc.freeze's use)
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         code = 1

@@ -279,6 +279,8 @@ class Correlator:
         del table[key]
         return None
 
+    # A thread's list and a process's set stay when they empty (a server
+    # thread handles request after request): flush() drops the empty ones.
     def _activate(self, ctx: Context) -> None:
         act = self.active.get((ctx.pid, ctx.tid))
         if act is None:
@@ -292,17 +294,15 @@ class Correlator:
             inflight.add(ctx)
 
     def _deactivate(self, ctx: Context) -> None:
-        key = (ctx.pid, ctx.tid)
-        act = self.active.get(key)
-        if act is not None and ctx in act:
-            act.remove(ctx)
-            if not act:
-                del self.active[key]
+        act = self.active.get((ctx.pid, ctx.tid))
+        if act:
+            if act[-1] is ctx:
+                act.pop()
+            elif ctx in act:
+                act.remove(ctx)
         inflight = self.active_pid.get(ctx.pid)
-        if inflight is not None:
+        if inflight:
             inflight.discard(ctx)
-            if not inflight:
-                del self.active_pid[ctx.pid]
 
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
@@ -470,6 +470,9 @@ class Correlator:
                         self.stats.correlation_unresolved += 1
                     c = c.parent
             self._release()
+        for d in (self.active, self.active_pid):
+            for k in [k for k, v in d.items() if not v]:
+                del d[k]
         old = now_ktime - max_age_ns
         done = now_ktime - HOLD_NS
         for table in (self.clients, self.pending):
