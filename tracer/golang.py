@@ -486,12 +486,8 @@ class GoProbes:
 
     @classmethod
     def load(cls, sock: loader.BPFObject, **rodata: int) -> GoProbes:
-        obj = loader.BPFObject.open(loader.object_path("golang"))
+        obj = loader.BPFObject.load_on("golang", sock, SHARED_MAPS, **rodata)
         try:
-            for name in SHARED_MAPS:
-                obj.reuse_map(name, sock.map(name))
-            obj.set_rodata(**rodata)
-            obj.load()
             probes = cls(obj)
             probes.records = obj.ring_buffer("go_records")
             probes.execs = obj.ring_buffer("go_execs")

@@ -205,16 +205,8 @@ class Injector:
         """Open and load inject.bpf.o on sock_obj's filter maps (LoaderError)."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample rate must be within 0..1")
-        obj = loader.BPFObject.open(loader.object_path("inject"))
-        try:
-            obj.set_rodata(self_tgid=self_tgid, sample_per_10k=round(sample_rate * 10000))
-            for name in SHARED_MAPS:
-                obj.reuse_map(name, sock_obj.map(name))
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
-        return cls(obj)
+        return cls(loader.BPFObject.load_on("inject", sock_obj, SHARED_MAPS, self_tgid=self_tgid,
+                                            sample_per_10k=round(sample_rate * 10000)))
 
     def start(self) -> None:
         """Attach everything, or nothing (AttachError): a half-attached

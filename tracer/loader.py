@@ -343,6 +343,21 @@ class BPFObject:
                             log_text=_capture.take())
         return cls(ptr, path)
 
+    @classmethod
+    def load_on(cls, name: str, sock: BPFObject, maps, **rodata: int) -> BPFObject:
+        """Object `name` loaded on `sock`'s maps: the maps named in `maps`
+        are sock's own (reuse_map), rodata set; closed again if loading fails."""
+        obj = cls.open(object_path(name))
+        try:
+            for m in maps:
+                obj.reuse_map(m, sock.map(m))
+            obj.set_rodata(**rodata)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
     def __enter__(self) -> BPFObject:
         return self
 

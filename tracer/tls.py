@@ -192,12 +192,8 @@ class TlsProbes:
 
     @classmethod
     def load(cls, sock: loader.BPFObject, **rodata: int) -> TlsProbes:
-        obj = loader.BPFObject.open(loader.object_path("tls"))
+        obj = loader.BPFObject.load_on("tls", sock, SHARED_MAPS, **rodata)
         try:
-            for name in SHARED_MAPS:
-                obj.reuse_map(name, sock.map(name))
-            obj.set_rodata(**rodata)
-            obj.load()
             probes = cls(obj)
             probes.execs = obj.ring_buffer("tls_execs")
         except BaseException:
