@@ -213,16 +213,6 @@ def test_no_drop_privileges_keeps_everything(tmp_path):
     assert tr.summary["privileges"] == {"dropped": False}
 
 
-@pytest.fixture
-def cert(tmp_path):
-    if not shutil.which("openssl"):
-        pytest.skip("the openssl command is not installed")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-
 
 def test_tls_library_found_after_the_drop_as_nobody(tmp_path, cert):
     """The kept set is enough for what discovery does after start: node (its

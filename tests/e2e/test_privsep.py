@@ -28,16 +28,6 @@ def _needs_kernel():
     require("btf", "ringbuf", "tracepoint_syscalls", "uprobe")
 
 
-@pytest.fixture
-def cert(tmp_path):
-    if not shutil.which("openssl"):
-        pytest.skip("the openssl command is not installed")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-
 
 def _sockets(pid: int) -> list[int]:
     """Socket inodes among pid's fds."""

@@ -40,19 +40,6 @@ def _needs_kernel():
     require("btf", "ringbuf", "tracepoint_syscalls", "uprobe")
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    if not shutil.which("openssl"):
-        pytest.skip("the openssl command is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
-                    "-subj", "/CN=localhost", "-addext",
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(d / "cert.pem"), str(d / "key.pem")
-
 
 def _no_ciphertext_parsed(s: dict) -> None:
     assert s["unparsed_connections"] == 0, s
