@@ -108,3 +108,84 @@ def test_writer_dropped_without_close_still_writes_its_batch(tmp_path):
     del w
     gc.collect()
     assert out.read_bytes() == orjson.dumps(s.to_dict()) + b"\n"
+
+
+def _resident_pages(path) -> int:
+    """Pages of the file in the page cache (mincore on a mapping of it)."""
+    import ctypes
+    import mmap
+    import os
+
+    size = os.path.getsize(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = ctypes.create_string_buffer(pages)
+        assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw)
+
+
+def test_span_file_bypasses_the_page_cache(tmp_path):
+    """Batches go with O_DIRECT: after 2 MB of spans only the partial last
+    block that flush() wrote through the page cache is cached, and the file
+    holds exactly the lines."""
+    out = tmp_path / "s.jsonl"
+    w = JsonlWriter(str(out), batch_bytes=1 << 16)
+    assert w.direct
+    spans = [make_span(path="/" + "y" * (i % 97), attributes_extra={"k": i}) for i in range(2700)]
+    for s in spans:
+        w(s)
+    w.flush()
+    want = b"".join(orjson.dumps(s.to_dict()) + b"\n" for s in spans)
+    assert len(want) > 2 << 20
+    assert out.read_bytes() == want
+    w(spans[0])
+    w.close()
+    assert out.read_bytes() == want + orjson.dumps(spans[0].to_dict()) + b"\n"
+
+
+def test_span_file_pages_are_not_kept(tmp_path):
+    out = tmp_path / "s.jsonl"
+    w = JsonlWriter(str(out), batch_bytes=1 << 16)
+    s = make_span(path="/" + "z" * 300)
+    for _ in range(3000):
+        w(s)
+    w.flush()
+    assert _resident_pages(out) <= 1  # the flushed partial block at most
+    w.close()
+
+
+def test_span_file_falls_back_to_the_page_cache_when_direct_io_is_refused(tmp_path,
+                                                                           monkeypatch):
+    """A device that refuses the alignment (EINVAL) mid-run: the kept partial
+    block and every later batch go through the page cache, nothing lost."""
+    import errno
+
+    from tracer.export import jsonl
+
+    out = tmp_path / "s.jsonl"
+    w = JsonlWriter(str(out), batch_bytes=1 << 14)
+    assert w.direct
+    spans = [make_span(path="/" + "w" * (i % 53), attributes_extra={"k": i}) for i in range(400)]
+    for s in spans[:200]:
+        w(s)
+
+    def refuse(self, n):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(jsonl._Direct, "_pwrite", refuse)
+    for s in spans[200:]:
+        w(s)
+    assert not w.direct
+    w.close()
+    assert out.read_bytes() == b"".join(orjson.dumps(s.to_dict()) + b"\n" for s in spans)

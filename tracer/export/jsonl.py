@@ -6,11 +6,20 @@ orjson's encoding of Span.to_dict, without building the dicts); orjson encodes
 the rest. This runs once per span on the agent's only thread. The lines are
 gathered in one fixed buffer, reused for the whole run, and written a batch at
 a time: no write call per span, and no memory taken and given back per batch.
+
+A span file is written once and read later, if at all, so where the file
+system allows it the batches bypass the page cache (O_DIRECT, `_Direct`):
+every page-cache page is new memory to fill, and that first touch cost more
+than the rest of the write here (docs/performance.md). Elsewhere the written
+pages are dropped behind the writer.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import mmap
 import os
 import stat
 import sys
@@ -22,6 +31,65 @@ import orjson
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE  # the line's "\n" without a copy of the line
 BATCH_BYTES = 1 << 18  # a write per this much; flush() writes what is left
+# O_DIRECT offsets and lengths are multiples of the device's logical block
+# size: 4096 covers 512-byte and 4K devices.
+DIO_ALIGN = 4096
+
+
+class _Direct:
+    """Whole aligned blocks of a regular file written with O_DIRECT from one
+    aligned buffer. The last partial block stays in the buffer; flush() writes
+    it through the page cache so that readers see every line, and the next
+    direct write of that block replaces it."""
+
+    def __init__(self, fd: int, capacity: int) -> None:
+        self.off = os.lseek(fd, 0, os.SEEK_CUR)
+        if self.off % DIO_ALIGN:
+            raise OSError(errno.EINVAL, "not at a block boundary")
+        self.fd = fd
+        self.flags = fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT
+        self.buf = mmap.mmap(-1, capacity + DIO_ALIGN)  # page aligned
+        self.view = memoryview(self.buf)
+        self.tail = 0
+        fcntl.fcntl(fd, fcntl.F_SETFL, self.flags | os.O_DIRECT)
+
+    def write(self, data) -> None:
+        """data: at most `capacity` bytes."""
+        t = self.tail
+        total = t + len(data)
+        self.view[t:total] = data
+        full = total - total % DIO_ALIGN
+        if full:
+            self._pwrite(full)
+            # the partial block moves to the front (rem < DIO_ALIGN <= full: no overlap)
+            rem = total - full
+            self.view[:rem] = self.view[full:total]
+            self.off += full
+            total = rem
+        self.tail = total
+
+    def _pwrite(self, n: int) -> None:
+        done = 0
+        while done < n:
+            w = os.pwrite(self.fd, self.view[done:n], self.off + done)
+            if w % DIO_ALIGN:  # a short write leaves no block boundary to go on from
+                raise OSError(errno.EIO, f"short direct write ({w} of {n - done} bytes)")
+            done += w
+
+    def flush(self) -> None:
+        if self.tail:
+            self.buffered()
+            try:
+                os.pwrite(self.fd, self.view[:self.tail], self.off)
+            finally:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, self.flags | os.O_DIRECT)
+
+    def buffered(self) -> None:
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, self.flags)
+
+    def close(self) -> None:
+        self.view.release()
+        self.buf.close()
 
 
 class JsonlWriter:
@@ -39,15 +107,19 @@ class JsonlWriter:
         self._buf = bytearray(max(batch_bytes, 1))
         self._pos = 0
         self.written = 0
-        # A span file is written once and read later, if at all: its pages are
-        # dropped from the page cache behind the writer (docs/performance.md)
-        self._fd = -1
+        self._direct = None
+        self._fd = -1  # a regular file's, for the page-cache drop
         self._end = self._advised = 0
         try:
             fd = self._f.fileno()
             if stat.S_ISREG(os.fstat(fd).st_mode):
-                self._fd = fd
-                self._end = self._advised = os.lseek(fd, 0, os.SEEK_CUR)
+                self._f.flush()
+                try:
+                    self._direct = _Direct(fd, len(self._buf))
+                except OSError:
+                    # no O_DIRECT here (tmpfs before 6.6, some FUSE): drop behind
+                    self._fd = fd
+                    self._end = self._advised = os.lseek(fd, 0, os.SEEK_CUR)
         except (OSError, ValueError, io.UnsupportedOperation):
             pass  # not a file (a pipe, a terminal, a test's stream)
 
@@ -70,7 +142,9 @@ class JsonlWriter:
             self._drain()
             pos = 0
             if n > len(self._buf):  # a span larger than a batch goes alone
-                self._f.write(line)
+                with memoryview(line) as view:
+                    for i in range(0, n, len(self._buf)):
+                        self._write(view[i:i + len(self._buf)])
                 self.written += 1
                 return
         self._buf[pos:pos + n] = line
@@ -82,10 +156,31 @@ class JsonlWriter:
         if pos:
             self._pos = 0  # a failed write loses this batch, never repeats it
             with memoryview(self._buf) as view:
-                self._f.write(view[:pos])
-            if self._fd >= 0:
-                self._end += pos
-                self._drop_behind()
+                self._write(view[:pos])
+
+    def _write(self, data) -> None:
+        """data: at most one batch."""
+        d = self._direct
+        if d is not None:
+            try:
+                d.write(data)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+            # refused after all (the device wants a larger alignment): from
+            # here on through the page cache, the kept partial block first
+            self._direct = None
+            d.buffered()
+            self._f.seek(d.off)
+            self._f.write(d.view[:d.tail])
+            d.close()
+            self._fd = self._f.fileno()
+            self._end = self._advised = d.off
+        self._f.write(data)
+        if self._fd >= 0:
+            self._end += len(data)
+            self._drop_behind()
 
     def _drop_behind(self) -> None:
         """Drops what lies two batches behind the end. DONTNEED starts the
@@ -103,12 +198,23 @@ class JsonlWriter:
             return
         self._advised = upto
 
+    @property
+    def direct(self) -> bool:
+        """True while batches bypass the page cache."""
+        return self._direct is not None
+
     def flush(self) -> None:
         self._drain()
-        self._f.flush()
+        if self._direct is not None:
+            self._direct.flush()
+        else:
+            self._f.flush()
 
     def close(self) -> None:
         self.flush()
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._own:
             self._f.close()
 
@@ -117,5 +223,7 @@ class JsonlWriter:
         # its batch is still written, as a buffered file's would be
         try:
             self._drain()
+            if self._direct is not None:
+                self._direct.flush()
         except (OSError, ValueError):
             pass
