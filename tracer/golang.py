@@ -42,11 +42,14 @@ import sys
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import events, loader
 from .addons import Addon
 from .correlate import conn_key
-from .symbols.rawelf import ElfFormatError, RawElf, file_reader
+
+if TYPE_CHECKING:
+    from .symbols.rawelf import RawElf
 
 log = logging.getLogger("tracer.golang")
 
@@ -407,6 +410,10 @@ class GoBinary:
 def _go_functions(f) -> tuple[RawElf, str, dict[str, tuple[int, int]]]:
     """The cheap part: ELF headers, version, the functions; NotGo unless a
     Go executable with a net/http server and client."""
+    # here, not at import: the symbols package costs the tracer's start-up
+    # (it runs in the inspecting child)
+    from .symbols.rawelf import ElfFormatError, RawElf, file_reader
+
     try:
         elf = RawElf(file_reader(f.fileno()))
     except ElfFormatError as e:
