@@ -3,11 +3,12 @@
 
 cimport cython
 from tracer.connstate cimport Conn
+from tracer.spans cimport Span
 
-cdef tuple _LOOPBACK_PREFIXES
 
 @cython.locals(key=tuple, laddr=object, raddr=object)
 cpdef tuple conn_key(Conn conn, bint server)
+cdef bint _loopback(str addr) except -1
 
 
 @cython.final
@@ -23,6 +24,8 @@ cdef class Context:
     cdef public object start_ts, done_ts
     cdef public tuple header
     cdef public object flag, sampled
+    cdef public list act
+    cdef public set inflight
 
     cdef int _init(self, span_id, bint server, pid, tid, start_ts) except -1
     cdef int adopt(self, Context parent, source, confidence) except -1
@@ -49,7 +52,7 @@ cdef class Correlator:
     cpdef Context start(self, Conn conn, bint server, pid, tid, headers, seq=*, ts=*)
     @cython.locals(q=object, other=Context, ts=object)
     cdef Context _take(self, dict table, tuple key, Context ctx)
-    @cython.locals(act=list, inflight=set)
+    @cython.locals(act=list, inflight=set, key=tuple)
     cdef int _activate(self, Context ctx) except -1
     @cython.locals(key=tuple, act=list, inflight=set)
     cdef int _deactivate(self, Context ctx) except -1
@@ -66,7 +69,7 @@ cdef class Correlator:
     cpdef finish(self, Context ctx, span)
     @cython.locals(q=object)
     cpdef abandon(self, Context ctx)
-    @cython.locals(span=object, policy=object, keep=bint)
+    @cython.locals(span=Span, policy=object, keep=bint)
     cdef void _emit(self, Context ctx)
     @cython.locals(held=list, ctx=Context)
     cdef int _release(self) except -1

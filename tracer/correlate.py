@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 HOLD_NS = 200_000_000  # longest a finished span waits for its pending parent
 
 
-_LOOPBACK_PREFIXES = ("127.", "::1")
 MAX_QUEUE = 64  # unmatched requests remembered per connection and side
 MAX_DEPTH = 64  # ancestors looked at for a pending one (real call chains are short)
 MAX_FANOUT_PIDS = 65536  # processes remembered as making several calls per request
@@ -69,9 +68,14 @@ def conn_key(conn: Conn, server: bool) -> tuple | None:
         key = (conn.raddr, conn.rport, conn.laddr, conn.lport)
     else:
         key = (conn.laddr, conn.lport, conn.raddr, conn.rport)
-    if conn.laddr.startswith(_LOOPBACK_PREFIXES):
+    if _loopback(conn.laddr):
         key += (conn.netns,)
     return key
+
+
+def _loopback(addr: str) -> bool:
+    # one prefix at a time: with a str argument these compile to C calls
+    return addr.startswith("127.") or addr.startswith("::1")
 
 
 @cython.freelist(64)  # one per request
@@ -82,7 +86,7 @@ class Context:
 
     __slots__ = ("trace_id", "span_id", "parent_span_id", "source", "confidence",
                  "pending", "parent", "children", "span", "server", "pid", "tid",
-                 "key", "start_ts", "done_ts", "header", "flag", "sampled")
+                 "key", "start_ts", "done_ts", "header", "flag", "sampled", "act", "inflight")
 
     def __init__(self, span_id: str, server: bool, pid: int, tid: int, start_ts: int) -> None:
         self._init(span_id, server, pid, tid, start_ts)
@@ -106,6 +110,10 @@ class Context:
         self.header: tuple[str, str] | None = None  # (trace id, parent) from the request
         self.flag: bool | None = None  # the request header's sampled flag, if any
         self.sampled: bool | None = None  # head sampling decision (tracer/sampling.py)
+        # while a server request is active: its thread's list and its process's
+        # set in Correlator.active(_pid), so that ending it needs no lookup
+        self.act: list[Context] | None = None
+        self.inflight: set[Context] | None = None
 
     def adopt(self, parent: Context, source: str, confidence: float) -> None:
         self.parent = parent
@@ -175,12 +183,11 @@ class Correlator:
     def note_client(self, addr: str, netns: int) -> None:
         """A traced process connects from addr (seen at connect, before the
         server can read anything, and again at each client request)."""
-        self.client_addrs.add((addr, netns if addr.startswith(_LOOPBACK_PREFIXES) else 0))
+        self.client_addrs.add((addr, netns if _loopback(addr) else 0))
 
     def _client_traced(self, conn: Conn) -> bool:
         addr = conn.raddr
-        return (addr, conn.netns if addr.startswith(_LOOPBACK_PREFIXES) else 0) \
-            in self.client_addrs
+        return (addr, conn.netns if _loopback(addr) else 0) in self.client_addrs
 
     # ---- hooks -------------------------------------------------------------------
     def start(self, conn: Conn, server: bool, pid: int, tid: int, headers: Mapping[str, str],
@@ -190,7 +197,9 @@ class Correlator:
         the request's start (client: write entry; server: read exit)."""
         ctx = Context.__new__(Context)  # without the generic call of Context(...)
         ctx._init(new_span_id(), server, pid, tid, ts)
-        tp = headers.get("traceparent")
+        # a dict (every protocol's): its get without a method lookup
+        tp = cython.cast(dict, headers).get("traceparent") if type(headers) is dict \
+            else headers.get("traceparent")
         ids = None
         if tp is not None:
             tids = traceparent_ids(tp)  # parsed once: the flag comes with the ids
@@ -282,27 +291,31 @@ class Correlator:
     # A thread's list and a process's set stay when they empty (a server
     # thread handles request after request): flush() drops the empty ones.
     def _activate(self, ctx: Context) -> None:
-        act = self.active.get((ctx.pid, ctx.tid))
+        key = (ctx.pid, ctx.tid)
+        act = self.active.get(key)
         if act is None:
-            self.active[(ctx.pid, ctx.tid)] = [ctx]
+            act = self.active[key] = [ctx]
         else:
             act.append(ctx)
+        ctx.act = act
         inflight = self.active_pid.get(ctx.pid)
         if inflight is None:
-            self.active_pid[ctx.pid] = {ctx}
+            inflight = self.active_pid[ctx.pid] = {ctx}
         else:
             inflight.add(ctx)
+        ctx.inflight = inflight
 
     def _deactivate(self, ctx: Context) -> None:
-        act = self.active.get((ctx.pid, ctx.tid))
+        act = ctx.act
         if act:
             if act[-1] is ctx:
                 act.pop()
             elif ctx in act:
                 act.remove(ctx)
-        inflight = self.active_pid.get(ctx.pid)
+        inflight = ctx.inflight
         if inflight:
             inflight.discard(ctx)
+        ctx.act = ctx.inflight = None
 
     def _link_client(self, ctx: Context, pid: int, tid: int) -> None:
         """In-process parent of an outgoing request: the one server request
