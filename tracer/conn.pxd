@@ -4,6 +4,8 @@
 from tracer.connstate cimport Conn
 from tracer.correlate cimport Correlator
 from tracer.events cimport CloseEvent, DataEvent, OpenEvent
+from tracer.session_http1 cimport Http1Session
+from tracer.session_http2 cimport Http2Session
 from tracer.stats cimport Stats
 
 cdef int ROLE_UNKNOWN, ROLE_SERVER, ROLE_CLIENT, INGRESS, EGRESS, SNIFF_LIMIT

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import cython
+
 from tracer.connstate import Conn
 from tracer.correlate import Correlator
 from tracer.events import (
@@ -228,7 +230,14 @@ class ConnectionTable:
             if data.syscall >= _SYS_FIRST_TLS:
                 conn.tls = True
             if data.size:
-                conn.proto.on_data(ev)
+                proto = conn.proto
+                # the sessions by their C methods; anything else (the sniffer) by name
+                if type(proto) is Http1Session:
+                    cython.cast(Http1Session, proto).on_data(data)
+                elif type(proto) is Http2Session:
+                    cython.cast(Http2Session, proto).on_data(data)
+                else:
+                    proto.on_data(ev)
         elif kind is OpenEvent:
             opened: OpenEvent = ev
             conn = self.conns.get(opened.conn_id)
