@@ -84,7 +84,7 @@ class Http1Session(Listener):
             self.pending.append(msg)
             ev = msg.first_ev
             msg.ctx = self.correlator.start(
-                self.conn, self.server, ev.pid, ev.tid, msg.headers, None,
+                self.conn, self.server, ev.pid, ev.tid, msg._headers_dict(), None,
                 ev.ts_exit if self.server else ev.ts_enter)
         else:
             req = self.req

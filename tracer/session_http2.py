@@ -266,6 +266,5 @@ def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
     s.status = st.status
     s.version = "2"
     s.request_headers = req
-    s.response_headers = st.resp_hdrs
     s.attributes_extra = extra
     return s

@@ -83,7 +83,7 @@ cdef class Span:
     cdef public object pid, tid, comm, netns, cgroup_id
     cdef public object local_addr, local_port, peer_addr, peer_port, tls
     cdef public object correlation_source, correlation_confidence
-    cdef public dict request_headers, response_headers
+    cdef public dict request_headers
     cdef public object conn_id
     cdef public object req_first_enter, req_first_exit, req_last_exit
     cdef public object resp_first_enter, resp_first_exit, resp_last_enter, resp_last_exit

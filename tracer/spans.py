@@ -42,7 +42,7 @@ class Span:
         "pid", "tid", "comm", "netns", "cgroup_id",
         "local_addr", "local_port", "peer_addr", "peer_port", "tls",
         "correlation_source", "correlation_confidence",
-        "request_headers", "response_headers", "conn_id",
+        "request_headers", "conn_id",
         # raw ktimes of the syscalls that bound the exchange (correlation stage)
         "req_first_enter", "req_first_exit", "req_last_exit",
         "resp_first_enter", "resp_first_exit", "resp_last_enter", "resp_last_exit",
@@ -74,7 +74,6 @@ class Span:
         self.correlation_source = "none"
         self.correlation_confidence = 0.0
         self.request_headers = {}
-        self.response_headers = {}
         self.conn_id = 0
         self.req_first_enter = self.req_first_exit = self.req_last_exit = 0
         self.resp_first_enter = self.resp_first_exit = 0
@@ -466,7 +465,6 @@ def http1_span(conn: Conn, req: Message, resp: Message, clock_offset_ns: int) ->
     s.query = req.query
     s.status = resp.status
     s.version = req.version or resp.version
-    s.request_headers = req.headers
-    s.response_headers = resp.headers
+    s.request_headers = req._headers_dict()
     s.stack_id = first.stack
     return s

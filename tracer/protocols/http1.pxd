@@ -41,10 +41,19 @@ cdef class Message:
     cdef public bint is_request
     cdef public object method, path, query, target, version
     cdef public int status
-    cdef public dict headers
+    cdef dict _headers
+    cdef bytes _raw
+    cdef unsigned int _seen
+    cdef Py_ssize_t _vs[14]
+    cdef Py_ssize_t _ve[14]
     cdef public long long content_length
     cdef public bint chunked, close, truncated
     cdef public object first_ev, last_ev, ctx
+
+    cdef int _init(self, bint is_request, first_ev) except -1
+    @cython.locals(h=dict, k=Py_ssize_t)
+    cpdef dict _headers_dict(self)
+    cdef str _value(self, Py_ssize_t k)
 
 
 cdef class Listener:
@@ -76,7 +85,7 @@ cdef class Http1Parser:
                           Py_ssize_t size) except -1
     @cython.locals(le=Py_ssize_t, msg=Message, sp=Py_ssize_t, sp2=Py_ssize_t, ts=Py_ssize_t,
                    te=Py_ssize_t, slashes=Py_ssize_t, slash=Py_ssize_t, q=Py_ssize_t,
-                   target=str, d0=int, d1=int, d2=int, hdrs=dict, i=Py_ssize_t, e=Py_ssize_t,
+                   target=str, d0=int, d1=int, d2=int, seen=cython.uint, i=Py_ssize_t, e=Py_ssize_t,
                    c=Py_ssize_t, k=Py_ssize_t, vs=Py_ssize_t, ve=Py_ssize_t,
                    cl_s=Py_ssize_t, cl_e=Py_ssize_t, te_s=Py_ssize_t, te_e=Py_ssize_t,
                    co_s=Py_ssize_t, co_e=Py_ssize_t, n=cython.longlong)

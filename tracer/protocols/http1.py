@@ -64,6 +64,8 @@ _METHODS = {m.encode(): m for m in _METHOD_NAMES}
 _NAMES = ("host", "user-agent", "traceparent", "tracestate", "b3", "x-b3-traceid",
           "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-request-id",
           "content-type", "content-length", "transfer-encoding", "connection")
+# Message keeps each name's value bounds in C arrays of this size (http1.pxd)
+assert len(_NAMES) == 14
 _K_CONTENT_LENGTH = _NAMES.index("content-length")
 _K_TRANSFER_ENCODING = _NAMES.index("transfer-encoding")
 _K_CONNECTION = _NAMES.index("connection")
@@ -319,13 +321,18 @@ def _is_digits(s: str) -> bool:
 
 class Message:
     """One HTTP/1 message. first_ev/last_ev: the DataEvents that carried its
-    first and (so far) last byte; the span takes timestamps and pid/tid from them."""
+    first and (so far) last byte; the span takes timestamps and pid/tid from them.
+    headers: the selected ones (_NAMES), the last of each name, decoded when
+    first read (a response's usually never are)."""
 
     __slots__ = ("is_request", "method", "path", "query", "target", "version", "status",
-                 "headers", "content_length", "chunked", "close", "truncated",
-                 "first_ev", "last_ev", "ctx")
+                 "_headers", "_raw", "_seen", "_vs", "_ve", "content_length", "chunked",
+                 "close", "truncated", "first_ev", "last_ev", "ctx")
 
     def __init__(self, is_request: bool, first_ev: DataEvent) -> None:
+        self._init(is_request, first_ev)
+
+    def _init(self, is_request: bool, first_ev: DataEvent) -> None:
         self.is_request = is_request
         self.method = ""
         self.path = ""
@@ -333,7 +340,12 @@ class Message:
         self.target = ""
         self.version = ""
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self._headers: dict[str, str] | None = None
+        self._raw = b""  # the head's bytes: value k is _raw[_vs[k]:_ve[k]] if bit k of _seen
+        self._seen = 0
+        if not cython.compiled:
+            self._vs = [0] * len(_NAMES)  # C arrays when compiled
+            self._ve = [0] * len(_NAMES)
         self.content_length = -1  # -1: absent
         self.chunked = False
         self.close = False
@@ -341,6 +353,22 @@ class Message:
         self.first_ev = first_ev
         self.last_ev = first_ev
         self.ctx = None  # correlate.Context of a request, set when its head is parsed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers_dict()
+
+    def _headers_dict(self) -> dict[str, str]:
+        h = self._headers
+        if h is None:
+            h = self._headers = {}
+            for k in range(len(_NAMES)):
+                if self._seen >> k & 1:
+                    h[_NAMES[k]] = self._value(k)
+        return h
+
+    def _value(self, k: int) -> str:
+        return self._raw[self._vs[k]:self._ve[k]].decode("latin-1")
 
     def __repr__(self) -> str:
         if self.is_request:
@@ -584,7 +612,8 @@ class Http1Parser:
         if pos < 0 or pos > end or end > len(data):
             return None
         le = _line_end(data, pos, end)  # the start line is data[pos:le]
-        msg = Message(self.is_request, ev)
+        msg = Message.__new__(Message)  # without the generic call of Message(...)
+        msg._init(self.is_request, ev)
         msg.truncated = truncated
         if self.is_request:
             sp = _find(data, pos, le, 32)
@@ -626,8 +655,9 @@ class Http1Parser:
                 return None
             msg.status = d0 * 100 + d1 * 10 + d2
             msg.version = _version(data, pos + 5, pos + 8)
-        hdrs = msg.headers
-        # where the last value of each framing header is (the one the dict keeps)
+        msg._raw = data
+        seen = 0
+        # where the last value of each framing header is (the one headers keeps)
         cl_s = cl_e = te_s = te_e = co_s = co_e = -1
         i = le + 2
         while i < end:
@@ -655,7 +685,9 @@ class Http1Parser:
                     vs += 1
                 while ve > vs and data[ve - 1] in b" \t\n\r\x0b\x0c":
                     ve -= 1
-                hdrs[_NAMES[k]] = data[vs:ve].decode("latin-1")
+                seen |= 1 << k
+                msg._vs[k] = vs
+                msg._ve[k] = ve
                 if k == _K_CONTENT_LENGTH:
                     cl_s, cl_e = vs, ve
                 elif k == _K_TRANSFER_ENCODING:
@@ -663,13 +695,14 @@ class Http1Parser:
                 elif k == _K_CONNECTION:
                     co_s, co_e = vs, ve
             i = e + 2
+        msg._seen = seen
         if te_s >= 0:
             msg.chunked = _iendswith(data, te_s, te_e, b"chunked")
         elif cl_s >= 0:
             n = _digits(data, cl_s, cl_e)
             if n < 0:
                 # "5, 5": duplicates are allowed if equal (RFC 9110 8.6)
-                vals = {v.strip() for v in hdrs["content-length"].split(",")}
+                vals = {v.strip() for v in msg._value(_K_CONTENT_LENGTH).split(",")}
                 if len(vals) != 1 or not _is_digits(cl := vals.pop()):
                     return None
                 n = min(int(cl), _MAX_LENGTH)
