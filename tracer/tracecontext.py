@@ -48,8 +48,11 @@ _HEX_OR_DASH = _HEX_DIGITS + "-"
 def traceparent_ids(value: str) -> tuple[str, str, bool] | None:
     """(trace_id, parent_span_id, sampled flag) of a valid W3C traceparent,
     else None: the correlator's one pass over the header."""
-    v = value.strip()
+    v = value
     n = len(v)
+    if n and (v[0].isspace() or v[n - 1].isspace()):  # strip() only when it strips
+        v = v.strip()
+        n = len(v)
     if n < 55 or v[2] != "-" or v[35] != "-" or v[52] != "-":
         return None
     if v[0] == "f" and v[1] == "f":
@@ -58,10 +61,18 @@ def traceparent_ids(value: str) -> tuple[str, str, bool] | None:
         return None
     # lowercase hex everywhere else
     if cython.compiled:
-        for i in range(55):
-            c = v[i]
-            if not ("0" <= c <= "9" or "a" <= c <= "f") and i != 2 and i != 35 and i != 52:
-                return None
+        if PyUnicode_KIND(v) == PyUnicode_1BYTE_KIND:  # noqa: F821 (C, in tracecontext.pxd)
+            p = PyUnicode_1BYTE_DATA(v)  # noqa: F821 (C, in tracecontext.pxd)
+            for i in range(55):
+                b = p[i]
+                if not (48 <= b <= 57 or 97 <= b <= 102) and i != 2 and i != 35 and i != 52:
+                    return None
+        else:
+            for i in range(55):
+                c = v[i]
+                if not ("0" <= c <= "9" or "a" <= c <= "f") and i != 2 and i != 35 \
+                        and i != 52:
+                    return None
     else:
         # strip() stops at the first other char, and the count rules out
         # dashes inside the fields
