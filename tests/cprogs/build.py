@@ -12,6 +12,16 @@ Variants (gcc defaults otherwise, so PIE):
 - "debugframe":    "nofp" with -fno-asynchronous-unwind-tables: the CFI of
                    target.c's functions is in .debug_frame only (crt code keeps
                    its .eh_frame)
+- "split":         "nofp", its symbols and DWARF moved to a separate debug file
+                   (objcopy --only-keep-debug, as distributions' -dbgsym and
+                   -debuginfo packages do), then strip --strip-all and a
+                   .gnu_debuglink to it named debuglink_name(source); the
+                   debug file is written beside the binary as
+                   debug_file_of(binary)
+- "split-fp":      "split" of the "fp" build (frame pointers: for stacks the
+                   kernel walks, as --span-stacks takes them)
+- "split-debugframe": "split" of the "debugframe" build (the CFI of the
+                   program's functions only in the debug file's .debug_frame)
 
 Outputs are cached in outdir by a hash of the source, this file and the
 variant; a finished binary is renamed into place, so concurrent builds are safe.
@@ -35,6 +45,9 @@ VARIANTS = {
     "stripped-bare": ["-O2", "-g", "-fomit-frame-pointer"],
     # not in the shared interface: CFI of our functions only in .debug_frame
     "debugframe": ["-O2", "-g", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables"],
+    "split": ["-O2", "-g", "-fomit-frame-pointer"],
+    "split-fp": ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    "split-debugframe": ["-O2", "-g", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables"],
 }
 TOOLS = ("gcc", "strip", "objcopy", "nm", "xz")
 
@@ -71,6 +84,9 @@ def build(variant: str, outdir, source: str = "target.c") -> Path:
             _add_minidebuginfo(exe, tmp)
         elif variant == "stripped-bare":
             _run(["strip", "--strip-all", str(exe)])
+        elif variant.startswith("split"):
+            # the debug file first: the binary in place means both are
+            os.replace(_split_debug(exe, tmp, debuglink_name(source)), debug_file_of(out))
         os.replace(exe, out)
     return out
 
@@ -88,6 +104,26 @@ def _add_minidebuginfo(exe: Path, tmp: Path) -> None:
     _run(["strip", "--strip-all", "--remove-section", ".comment", str(exe)])
     _run(["xz", "--keep", "--force", str(mini)])
     _run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)])
+
+
+def debuglink_name(source: str = "target.c") -> str:
+    """The file name a "split" build's .gnu_debuglink records."""
+    return f"{Path(source).stem}.debug"
+
+
+def debug_file_of(binary) -> Path:
+    """Where build() left a "split" binary's debug file."""
+    return Path(f"{binary}.debug")
+
+
+def _split_debug(exe: Path, tmp: Path, name: str) -> Path:
+    """The separate debug file recipe (debhelper's dh_strip, Fedora's
+    find-debuginfo): keep the debug sections aside, strip, link to them."""
+    debug = tmp / name
+    _run(["objcopy", "--only-keep-debug", str(exe), str(debug)])
+    _run(["strip", "--strip-all", str(exe)])
+    _run(["objcopy", f"--add-gnu-debuglink={debug}", str(exe)])
+    return debug
 
 
 def _nm(exe: Path, flag: str | None, kinds: tuple[str, ...] | None = None) -> list[str]:

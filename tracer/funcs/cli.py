@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
                    help="stop after S seconds (default: until SIGINT/SIGTERM)")
     f.add_argument("--output", default="-", metavar="FILE|-",
                    help="JSON lines, one per call (default stdout); FILE.summary.json too")
+    f.add_argument("--debug-dir", action="append", default=None, metavar="DIR",
+                   help="where separate debug files are looked for by build-id and "
+                        ".gnu_debuglink (repeatable; default: TRACER_DEBUG_DIRS, else "
+                        "/usr/lib/debug); DEBUGINFOD_URLS adds debuginfod servers")
     f.add_argument("--no-drop-privileges", action="store_true",
                    help="keep every capability after attach (default: keep only what "
                         "--stack needs, set no_new_privs)")
@@ -85,10 +89,16 @@ def _user_tracer(targets: list[str], args, writer_for, netns, cgroups):
     """User-space targets -> (FuncsTracer, its writer, the ready line, the
     warnings to show once attached)."""
     from tracer import probe
+    from tracer.symbols import debugfile
 
     from .targets import TargetError, parse_target, resolve
     from .tracer import FuncsTracer
 
+    if args.debug_dir is not None:
+        for d in args.debug_dir:
+            if not os.path.isdir(d):
+                raise UsageError(f"--debug-dir {d}: no such directory")
+        debugfile.configure(roots=args.debug_dir)
     try:
         probes = resolve([parse_target(t) for t in targets], args.pid)
     except TargetError as e:

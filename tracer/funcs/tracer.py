@@ -240,6 +240,8 @@ class FuncsTracer:
         self._uprobes = 0
 
     def counters(self) -> dict:
+        from tracer.symbols import debugfile
+
         c = self.obj.map("funcs_counters")
 
         def get(k):
@@ -265,6 +267,10 @@ class FuncsTracer:
             "string_faults": get(Counter.FCTR_STR_FAULT),
             "decode_errors": self.decode_errors,
             "probes_attached": len(self.probes) * 2 * max(1, len(self.pids)),
+            # distinct symbols named (targets, frames) per source, and the
+            # debug-file lookups behind them (tracer/symbols/debugfile.py)
+            "symbol_sources": debugfile.symbol_sources(),
+            "debug_files": debugfile.counters(),
         }
         if self.stack:
             out.update({

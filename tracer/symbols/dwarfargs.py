@@ -5,6 +5,8 @@ type or pointer: char * (any qualifiers) is "str", other pointers "ptr",
 signed integers/enums "int", unsigned/bool "uint", floating point "float".
 A struct or union passed by value has no register kind of its own: it is
 reported as "uint" with its byte size (the tracer shows the raw register).
+A binary without .debug_info is read through its separate debug file
+(tracer/symbols/debugfile.py).
 """
 
 from __future__ import annotations
@@ -66,10 +68,25 @@ def dwarf_params(binary: str, func: str) -> list[Param] | None:
 
 
 def _find(binary: str, func: str) -> list[Param] | None:
-    with open(binary, "rb") as f:
+    """From the binary's own DWARF, else from its separate debug file's."""
+    found = _find_in(binary, func)
+    if found is not _NO_DWARF:
+        return found
+    debug = _debug_file(binary)
+    found = _find_in(debug, func) if debug is not None else None
+    return None if found is _NO_DWARF else found
+
+
+_NO_DWARF = object()
+
+
+def _find_in(path: str, func: str):
+    """Parameters of func in path's .debug_info, None without them there,
+    _NO_DWARF when path has no .debug_info."""
+    with open(path, "rb") as f:
         elf = ELFFile(f)
         if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
-            return None
+            return _NO_DWARF
         dwarf = elf.get_dwarf_info()
         budget = [MAX_DIES]
         want = func.encode()
@@ -78,6 +95,18 @@ def _find(binary: str, func: str) -> list[Param] | None:
             if params is not None:
                 return params
     return None
+
+
+def _debug_file(binary: str) -> str | None:
+    """The debug file tracer/symbols/debugfile.py finds for binary (cached
+    per build-id with the binary's symbols)."""
+    from .elf import ElfSymbols
+
+    try:
+        df = ElfSymbols.open(binary).debug_file()
+    except (OSError, ValueError):
+        return None
+    return df.path if df is not None else None
 
 
 def _scan_cu(cu, want: bytes, budget: list[int]) -> list[Param] | None:

@@ -3,8 +3,10 @@
 Names come from, in order of preference: .symtab, the MiniDebugInfo
 .gnu_debugdata section (an xz-compressed ELF whose .symtab has the local
 function names a distribution strip keeps: same vaddrs as the outer file),
-.dynsym. Code that no symbol covers but an .eh_frame FDE describes gets
-``func_0x<vaddr>`` (the FDE's start), so stripped binaries still have
+.dynsym, then, for a file without .symtab, the .symtab of its separate debug
+file (tracer/symbols/debugfile.py: build-id, .gnu_debuglink, debuginfod;
+same vaddrs too). Code that no symbol covers but an .eh_frame FDE describes
+gets ``func_0x<vaddr>`` (the FDE's start), so stripped binaries still have
 function boundaries to attach to and to symbolise with.
 """
 
@@ -13,20 +15,25 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import struct
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
-from . import minidebug
+from . import debugfile, minidebug
 from .ehframe import EhFrame, Fde, locate_eh_frame
 from .rawelf import SHT_DYNSYM, SHT_SYMTAB, STB_GLOBAL, STB_WEAK, ElfFormatError, RawElf, SymTable
 
 CACHE_MAX = 512  # modules: a host has a few hundred distinct libraries at most
 MAX_DEBUG_FRAME = 16 << 20  # .debug_frame kept for unwinding (CFI only: small)
 _BIND_RANK = {STB_GLOBAL: 0, STB_WEAK: 1}
-SOURCES = ("symtab", "debugdata", "dynsym", "eh_frame")  # in order of preference
-DEBUGDATA, EH_FRAME = 1, 3
+# in order of preference; a name in several tables counts for the first
+SOURCES = ("symtab", "debugdata", "dynsym", "debug_file", "debuginfod", "eh_frame")
+DEBUGDATA, DEBUG_FILE, DEBUGINFOD, EH_FRAME = 1, 3, 4, 5
+# where a Sym's name came from, as symbol_sources counts it
+ORIGIN = {"symtab": "binary", "debugdata": "binary", "dynsym": "binary",
+          "debug_file": "debug_file", "debuginfod": "debuginfod", "eh_frame": "none"}
 HOT_SYMS = 4096  # Sym objects kept per module for addr_to_sym
 
 
@@ -39,7 +46,7 @@ class Sym(NamedTuple):
     vaddr: int
     size: int
     file_offset: int | None
-    source: str  # "symtab" | "dynsym" | "debugdata" | "eh_frame"
+    source: str  # one of SOURCES
 
 
 class ElfSymbols:
@@ -67,7 +74,9 @@ class ElfSymbols:
         self._hot: dict[int, Sym] = {}  # symbols stacks resolved to lately
         self._eh: EhFrame | None | bool = False  # False: not read yet
         self._debug_frame: EhFrame | None | bool | bytes = False  # bytes: read, not parsed
-        self.counters = {"debugdata_errors": 0, "eh_frame_errors": 0}
+        self.counters = {"debugdata_errors": 0, "eh_frame_errors": 0, "debug_file_errors": 0}
+        self.debuglink: debugfile.Debuglink | None = None
+        self._debug: debugfile.DebugFile | None | bool = False  # False: not looked up yet
 
     # -- opening and caching ------------------------------------------------
 
@@ -91,10 +100,11 @@ class ElfSymbols:
                 hit = cls._cache.get(bid_key) if bid else None
             if hit is None:
                 hit = cls(path, raw, bid)
-                hit._load_symbols()  # reads the tables and .eh_frame while open
+                hit.debuglink = debugfile.read_debuglink(raw)
                 dbg = raw.section(".debug_frame")
                 if dbg is not None and 0 < dbg.size <= MAX_DEBUG_FRAME:
                     hit._debug_frame = raw.section_data(dbg)
+                hit._load_symbols()  # reads the tables and .eh_frame while open
             reader.fd = None
         with cls._lock:
             if len(cls._cache) >= CACHE_MAX:
@@ -108,13 +118,54 @@ class ElfSymbols:
     def clear_cache(cls) -> None:
         with cls._lock:
             cls._cache.clear()
+        debugfile.clear_cache()
+
+    def debug_file(self) -> debugfile.DebugFile | None:
+        """The separate debug file of this binary (looked up once)."""
+        if self._debug is False:
+            self._debug = debugfile.locate(self.path, self.build_id, self.debuglink)
+        return self._debug or None
+
+    def _debug_symbols(self) -> tuple[int, SymTable | None]:
+        """(table index, .symtab) of the debug file; its .debug_frame is
+        taken too when the binary has none. A corrupt file reads as far as
+        it can (clamped reads); one that stops the read is counted."""
+        df = self.debug_file()
+        if df is None:
+            return DEBUG_FILE, None
+        t = DEBUGINFOD if df.origin == "debuginfod" else DEBUG_FILE
+        try:
+            with open(df.path, "rb") as f:
+                reader = _FileReader(f.fileno())
+                raw = RawElf(reader)
+                tab = raw.function_table(SHT_SYMTAB)
+                dbg = raw.section(".debug_frame")
+                if (self._debug_frame is False and dbg is not None
+                        and 0 < dbg.size <= MAX_DEBUG_FRAME):
+                    self._debug_frame = raw.section_data(dbg)
+                reader.fd = None
+        except (OSError, ValueError, IndexError, struct.error):
+            self.counters["debug_file_errors"] += 1
+            return t, None
+        return t, tab
+
+    @property
+    def identity(self) -> str:
+        """Build-id, else path: a module's key for symbol_sources."""
+        return self.build_id or self.path
+
+    def count(self, sym: Sym) -> None:
+        """Count sym once for symbol_sources, by where its name came from."""
+        debugfile.count_symbol((self.identity, sym.vaddr), ORIGIN[sym.source])
 
     # -- symbols -------------------------------------------------------------
 
     def _load_symbols(self) -> None:
         raw = self._raw
         tables: list[SymTable | None] = [raw.function_table(SHT_SYMTAB), None,
-                                         raw.function_table(SHT_DYNSYM)]
+                                         raw.function_table(SHT_DYNSYM), None, None]
+        if tables[0] is None:  # stripped: the names are in the debug file, if any
+            t, tables[t] = self._debug_symbols()
         sec = raw.section(".gnu_debugdata")
         if sec is not None:
             try:
@@ -139,7 +190,7 @@ class ElfSymbols:
                 if _seen(tables, by_vaddr, v, name, t, i):
                     continue
                 under = min(len(name) - len(name.lstrip(b"_")), 15)
-                keys.append((v << 12) | (_BIND_RANK.get(tab.bind[i], 2) << 8) | (under << 4)
+                keys.append((v << 12) | (_BIND_RANK.get(tab.bind[i], 2) << 10) | (under << 6)
                             | t << 2)
                 ent_t.append(t)
                 ent_i.append(i)
@@ -165,7 +216,7 @@ class ElfSymbols:
         # the final arrays: symbols and FDE-only entries merged by vaddr
         nsym = len(keys)
         if extra:
-            keys += [(start << 12) | (3 << 8) | (EH_FRAME << 2) for start, _ in extra]
+            keys += [(start << 12) | (3 << 10) | (EH_FRAME << 2) for start, _ in extra]
             order = sorted(range(len(keys)), key=keys.__getitem__)
         del keys
         names = bytearray(b"\0")
@@ -221,6 +272,10 @@ class ElfSymbols:
                 if self._tb[i] == EH_FRAME:
                     return self._sym(i)
                 i += 1
+            # a debug file named that FDE since: the same function, by its name
+            j = bisect_left(self._starts, v)
+            if j < len(self._starts) and self._starts[j] == v:
+                return self._sym(self._best[j])
         needle = b"\0" + name.encode("utf-8", "surrogateescape") + b"\0"
         best = None
         p = self._names.find(needle)
@@ -336,7 +391,15 @@ class _FileReader:
 
 def resolve_targets(binary: str, spec: str) -> list[Sym]:
     """Functions of binary matching spec: "NAME", "0xADDR" (a vaddr in the
-    ELF) or a glob ("pat*"). Raises TargetError with a one-line message."""
+    ELF) or a glob ("pat*"). Raises TargetError with a one-line message.
+    Each symbol found is counted by where its name came from."""
+    elf, syms = _resolve(binary, spec)
+    for s in syms:
+        elf.count(s)
+    return syms
+
+
+def _resolve(binary: str, spec: str) -> tuple[ElfSymbols, list[Sym]]:
     try:
         elf = ElfSymbols.open(binary)
     except FileNotFoundError:
@@ -358,26 +421,29 @@ def resolve_targets(binary: str, spec: str) -> list[Sym]:
             raise TargetError(f"{binary}: address {spec} is not in a loadable segment")
         hit = elf.addr_to_sym(vaddr)
         if hit is None:
-            return [Sym(f"func_0x{vaddr:x}", vaddr, 0, off, "eh_frame")]
+            return elf, [Sym(f"func_0x{vaddr:x}", vaddr, 0, off, "eh_frame")]
         sym, delta = hit
         if delta == 0:
-            return [sym]
-        return [Sym(f"{sym.name}+0x{delta:x}", vaddr, max(sym.size - delta, 0), off, sym.source)]
+            return elf, [sym]
+        return elf, [Sym(f"{sym.name}+0x{delta:x}", vaddr, max(sym.size - delta, 0), off,
+                         sym.source)]
     if any(c in spec for c in "*?["):
         found = [s for s in elf.glob(spec) if s.file_offset is not None]
         if not found:
             raise TargetError(f"{binary}: no function matches {spec!r} "
                               f"({_describe(elf)})")
-        return found
+        return elf, found
     sym = elf.lookup(spec)
     if sym is None or sym.file_offset is None:
         raise TargetError(f"{binary}: no function named {spec!r} ({_describe(elf)}; "
                           f"try a glob such as '{spec[:3]}*' or a 0x<vaddr>)")
-    return [sym]
+    return elf, [sym]
 
 
 def _describe(elf: ElfSymbols) -> str:
     counts = {src: n for src, n in elf.source_counts.items() if n}
-    if not counts:
-        return "it has no function symbols and no .eh_frame"
-    return "it has " + ", ".join(f"{n} from {src}" for src, n in sorted(counts.items()))
+    have = ("it has " + ", ".join(f"{n} from {src}" for src, n in sorted(counts.items()))
+            if counts else "it has no function symbols and no .eh_frame")
+    if not counts.get("symtab") and elf.debug_file() is None:
+        have += "; " + debugfile.describe(elf.path, elf.build_id, elf.debuglink)
+    return have

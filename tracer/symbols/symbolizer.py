@@ -4,6 +4,8 @@ One Symbolizer per tracer run: it keeps each pid's /proc/<pid>/maps and
 reads it again when an address falls outside every known mapping (a
 library loaded since). Modules come from the process-wide ElfSymbols cache
 (per build-id), so a library shared by many processes is parsed once.
+Every frame's symbol is counted once for debugfile.symbol_sources (where
+its name came from: the binary, a debug file, debuginfod, or none).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
+from . import debugfile
 from .procmaps import ProcMaps
 
 MAX_PIDS = 4096  # maps kept (least recently used dropped first)
@@ -90,14 +93,18 @@ class Symbolizer:
     def _frame(self, maps: ProcMaps, m, addr: int, look: int) -> Frame:
         if m is None or not m.path:
             self.counters["frames_unknown"] += 1
+            debugfile.count_symbol(("", look), "none")
             return Frame(addr, None, None, 0, None)
         mod = maps.module(look) if m.file_backed else None
         if mod is None:  # [vdso], [heap], an unreadable file
             self.counters["frames_no_symbol"] += 1
+            debugfile.count_symbol((m.path, look - m.start), "none")
             return Frame(addr, m.path, None, addr - m.start, None)
         hit = mod.elf.addr_to_sym(mod.vaddr)
         if hit is None:
             self.counters["frames_no_symbol"] += 1
+            debugfile.count_symbol((mod.elf.identity, mod.vaddr), "none")
             return Frame(addr, m.path, None, mod.vaddr + addr - look, mod.elf.build_id)
         sym, off = hit
+        mod.elf.count(sym)
         return Frame(addr, m.path, sym.name, off + addr - look, mod.elf.build_id)
