@@ -21,20 +21,32 @@ the kernel's), a request and its reply in turn, the agent asking. Requests:
 
     {"op": "hello"}                                   the broker's drop result
     {"op": "maps", "pid": N}                          the files pid N maps executable:
-                                                      {"mappings": [[path, dev, ino], ...]}
+                                                      {"mappings": [[path, dev, ino], ...]},
+                                                      for a pid the kernel reported an exec
+                                                      of (ExecWatch), not any pid
     {"op": "attach_tls", "path": P, "dev": D, "ino": I}
                                                       attach tls.bpf.o to that file, if
                                                       the broker found it itself; the new
                                                       links' fds come with the reply
+    {"op": "config"}                                  the --config file named at start, opened
+                                                      by the broker (SIGHUP reload): its fd
+    {"op": "exe", "pid": N}                           /proc/N/exe of a process the filters
+                                                      trace (--service-name EXE=, exe filters)
+    {"op": "stack_maps", "pid": N}                    --span-stacks: /proc/N/maps opened by the
+                                                      broker (its fd), N a traced process
+    {"op": "stack_module", "pid": N, "path": P}       its fd of P in N's mount namespace, P a
+                                                      file the broker read in N's maps
     {"op": "detach"}                                  at stop: the broker closes its links
                                                       (nothing more is attached) and gives
                                                       its counters
     add-ons' requests (Addon.broker_ops, e.g. the Go runtime's attach_go {pid}),
-    checked the same way; the fds of the links they made go with the reply
+    checked the same way (a pid field: one the kernel reported an exec of); the
+    fds of the links they made go with the reply
 
 Everything is checked: exact fields and types, paths and inodes only as the
 broker itself discovered them (system libraries, /proc/PID/maps it read),
-symbol offsets computed by the broker. A request that fails a check gets
+pids only as the kernel reported them (the exec rings, read by the broker
+itself) or as the filters trace them, symbol offsets computed by the broker. A request that fails a check gets
 {"ok": false, "refused": why} and is counted (`refused`, per reason).
 """
 
@@ -43,13 +55,19 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import mmap
 import os
 import select
 import signal
 import socket
+import stat
 import sys
+import time
+from collections import OrderedDict
 
-from . import loader, privileges
+from . import events, loader, privileges
+from .ring import RingBuffer
+from .sock import proc_comm_key
 
 log = logging.getLogger("tracer.broker")
 
@@ -63,8 +81,19 @@ REQUESTS: dict[str, dict[str, type]] = {
     "hello": {},
     "maps": {"pid": int},
     "attach_tls": {"path": str, "dev": int, "ino": int},
+    "config": {},
+    "exe": {"pid": int},
+    "stack_maps": {"pid": int},
+    "stack_module": {"pid": int, "path": str},
     "detach": {},
 }
+# the exec rings of tls.bpf.c and golang.bpf.c (sched_process_exec, filtered
+# by process_wanted): struct exec_event, the pid first
+EXEC_RINGS = ("tls_execs", "go_execs")
+EXEC_KEEP_S = 60.0  # a reported pid may be asked about this long (tls.py rescans at +3 s)
+MAX_EXEC_PIDS = 1 << 16
+MAX_STACK_PIDS = 1024  # pids whose maps the broker read for --span-stacks (LRU)
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ProtocolError(ValueError):
@@ -124,6 +153,88 @@ def check_request(msg: dict, extra: dict | None = None) -> str:
     return op
 
 
+# ---- what the kernel reported --------------------------------------------------------
+
+def _u64(buf, off: int = 0) -> int:
+    return int.from_bytes(buf[off:off + 8], "little")
+
+
+class _ExecRing:
+    """One exec ring read at the broker's own position: `producer` is the
+    producer page and the data area, `consumer` the agent's consumer page
+    (read only here)."""
+
+    def __init__(self, consumer, producer, size: int, page: int = mmap.PAGESIZE) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.size = size
+        self.pos = bytearray(consumer[:8])  # from where the agent is now
+        self.rb = RingBuffer.over(self.pos, producer, size, page)
+
+    @classmethod
+    def map(cls, fd: int, size: int) -> _ExecRing:
+        page = mmap.PAGESIZE
+        cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ)
+        prod = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        return cls(cons, prod, size, page)
+
+
+class ExecWatch:
+    """The processes the kernel reported exec'ing, as the broker reads them
+    itself: the agent consumes the exec rings, but a record stays in the
+    ring's memory until the producer comes round again (64 KiB: 4096 execs),
+    so the broker reads them behind the agent at a position of its own and
+    answers for those pids only, never for a pid the agent merely names.
+    A lap it missed (an exec storm between two requests) is counted in
+    `lost`; the pids in it are then refused."""
+
+    def __init__(self, rings: list[_ExecRing], clock=time.monotonic) -> None:
+        self.rings = rings
+        self.clock = clock
+        self.pids: OrderedDict[int, float] = OrderedDict()  # pid -> when read
+        self.lost = 0
+
+    @classmethod
+    def of(cls, tracer) -> ExecWatch:
+        rings = []
+        for obj in bpf_objects(tracer):
+            for name in EXEC_RINGS:
+                if name in obj.maps():
+                    m = obj.map(name)
+                    rings.append(_ExecRing.map(m.fd, m.max_entries))
+        return cls(rings)
+
+    def _read(self, ring: _ExecRing) -> list[int]:
+        start = _u64(ring.pos)
+        if _u64(ring.producer) - start > ring.size:  # overwritten: resume where the agent is
+            self.lost += 1
+            ring.pos[:8] = ring.consumer[:8]
+            start = _u64(ring.pos)
+        got: list[int] = []
+
+        def on_exec(buf, off, size):
+            if size >= 4:
+                got.append(int.from_bytes(buf[off:off + 4], "little"))
+
+        ring.rb.consume(on_exec)
+        if _u64(ring.producer) - start > ring.size:  # came round while we read
+            self.lost += 1
+            return []
+        return got
+
+    def reported(self, pid: int) -> bool:
+        """True if the kernel reported an exec of pid in the last EXEC_KEEP_S."""
+        now = self.clock()
+        for ring in self.rings:
+            for p in self._read(ring):
+                self.pids[p] = now
+                self.pids.move_to_end(p)
+        while self.pids and (len(self.pids) > MAX_EXEC_PIDS
+                             or next(iter(self.pids.values())) < now - EXEC_KEEP_S):
+            self.pids.popitem(last=False)
+        return pid in self.pids
+
+
 # ---- the broker (the child) -------------------------------------------------------
 
 def agent_status(pid: int) -> int | None:
@@ -159,11 +270,16 @@ class Broker:
     """The privileged side: answers the agent's requests until it goes."""
 
     def __init__(self, tracer, sock: socket.socket, agent_pid: int,
-                 dropped: privileges.DropResult | None) -> None:
+                 dropped: privileges.DropResult | None, *, config: str | None = None,
+                 execs: ExecWatch | None = None) -> None:
         self.tracer = tracer
         self.sock = sock
         self.agent_pid = agent_pid
         self.dropped = dropped
+        self.config = config  # the --config path named at start: the only file "config" opens
+        self.execs = execs if execs is not None else ExecWatch([])
+        self.stack_paths: OrderedDict[int, set[str]] = OrderedDict()  # pid -> files in its maps
+        self._opened: list[int] = []  # fds opened for the reply being sent
         self.requests = 0
         self.refused = 0
         self.refusals: dict[str, int] = {}
@@ -177,7 +293,8 @@ class Broker:
 
     def counters(self) -> dict:
         return {"pid": os.getpid(), "requests": self.requests, "refused": self.refused,
-                "refusals": dict(self.refusals), "libraries_attached": self.attached}
+                "refusals": dict(self.refusals), "libraries_attached": self.attached,
+                "exec_laps_lost": self.execs.lost}
 
     def refuse(self, why: str) -> tuple[dict, list[int]]:
         self.refused += 1
@@ -199,6 +316,8 @@ class Broker:
 
     def _addon_op(self, op: str, fields: dict) -> tuple[dict, list[int]]:
         _, handler, addon = self.addon_ops[op]
+        if "pid" in fields and not self.execs.reported(fields["pid"]):
+            return self.refuse(f"{op}: not a process the kernel reported an exec of")
         objs = addon.bpf_objects()
         before = [set(o.attached) for o in objs]
         try:
@@ -224,6 +343,8 @@ class Broker:
             return self.refuse("maps: TLS discovery is off")
         if pid <= 0:
             return self.refuse("maps: not a process id")
+        if not self.execs.reported(pid):
+            return self.refuse("maps: not a process the kernel reported an exec of")
         try:
             found = probes.discover(pid)
         except PermissionError:
@@ -242,6 +363,91 @@ class Broker:
         self.attached += attached
         return {"ok": True, "attached": (dev, ino) in probes.libraries,
                 "error": probes.failed.get(path, "")}, fds
+
+    def _traced(self, op: str, pid: int) -> str:
+        """'' if the tracer traces pid (the kernel's process filter, pid and
+        comm), else the refusal."""
+        if pid <= 0 or pid in (self.agent_pid, os.getpid()):
+            return f"{op}: not a process the tracer traces"
+        obj = self.tracer.kernel.obj
+        if obj is None:
+            return ""
+        raw = obj.map("filter_cfg").lookup(0)
+        cfg = events.FilterConfigC.from_buffer_copy(raw) if raw else events.FilterConfigC()
+        if cfg.by_pid and obj.map("filter_pids").lookup(pid) is None:
+            return f"{op}: not a process the tracer traces"
+        if cfg.by_comm:
+            key = proc_comm_key(pid)
+            if not key or obj.map("filter_comms").lookup(key) is None:
+                return f"{op}: not a process the tracer traces"
+        return ""
+
+    def _config(self) -> tuple[dict, list[int]]:
+        if not self.config:
+            return self.refuse("config: no --config file was given")
+        try:
+            fd = os.open(self.config, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as e:
+            return {"ok": False, "error": f"{e.strerror or e}"}, []
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return {"ok": False, "error": "not a regular file"}, []
+        return self._pass(fd)
+
+    def _pass(self, fd: int) -> tuple[dict, list[int]]:
+        self._opened.append(fd)
+        return {"ok": True}, [fd]
+
+    def _exe(self, pid: int) -> tuple[dict, list[int]]:
+        why = self._traced("exe", pid)
+        if why:
+            return self.refuse(why)
+        try:
+            return {"ok": True, "exe": os.readlink(f"/proc/{pid}/exe")}, []
+        except OSError as e:
+            return {"ok": False, "error": e.strerror or str(e)}, []
+
+    def _stack_maps(self, pid: int) -> tuple[dict, list[int]]:
+        """The maps of a traced process, read here once for the files it
+        maps (what stack_module may then open), and the fd passed on: reads
+        through it need no privilege (checked when it is opened)."""
+        why = self._traced("stack_maps", pid)
+        if why:
+            return self.refuse(why)
+        try:
+            fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            return {"ok": False, "error": e.strerror or str(e)}, []
+        try:
+            with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as e:
+            os.close(fd)
+            return {"ok": False, "error": e.strerror or str(e)}, []
+        paths = set()
+        for line in text.splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                paths.add(parts[5])
+        self.stack_paths[pid] = paths
+        self.stack_paths.move_to_end(pid)
+        while len(self.stack_paths) > MAX_STACK_PIDS:
+            self.stack_paths.popitem(last=False)
+        return self._pass(fd)
+
+    def _stack_module(self, pid: int, path: str) -> tuple[dict, list[int]]:
+        if path not in self.stack_paths.get(pid, ()):
+            return self.refuse("stack_module: not a file the broker read in that process's maps")
+        try:
+            fd = os.open(f"/proc/{pid}/root{path}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+                         | os.O_NONBLOCK)
+        except OSError as e:
+            return {"ok": False, "error": e.strerror or str(e)}, []
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return {"ok": False, "error": "not a regular file"}, []
+        return self._pass(fd)
 
     def _detach(self) -> tuple[dict, list[int]]:
         self.detached = True
@@ -267,6 +473,9 @@ class Broker:
                 send(self.sock, reply, fds)
             except OSError:
                 break
+            finally:
+                while self._opened:  # opened for this reply: the agent has its copies
+                    os.close(self._opened.pop())
         clean = self.detached
         n = close_all(self.tracer)
         if not clean:
@@ -297,21 +506,12 @@ def close_all(tracer) -> int:
     return len(objs)
 
 
-_link_fd = None
-
-
 def link_fds(obj: loader.BPFObject, keys) -> list[int]:
     """The fds of the named links of obj (sent to the agent, which keeps
     them: a broker that dies does not detach what it attached)."""
-    global _link_fd
-    if _link_fd is None:
-        import ctypes
-
-        _link_fd = loader.libbpf().bpf_link__fd
-        _link_fd.argtypes, _link_fd.restype = [ctypes.c_void_p], ctypes.c_int
     out = []
     for key in keys:
-        fd = _link_fd(obj._links[key])
+        fd = obj.link_fd(key)
         if fd >= 0:
             out.append(fd)
     return out
@@ -337,17 +537,20 @@ def _sanitize_fds(channel: int) -> None:
         os.close(null)
 
 
-def _broker_main(tracer, sock: socket.socket, agent_pid: int, keep: dict[str, str]) -> int:
+def _broker_main(tracer, sock: socket.socket, agent_pid: int, keep: dict[str, str],
+                 config: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the agent decides when to stop
     _sanitize_fds(sock.fileno())
+    execs = ExecWatch.of(tracer)  # before the agent reads the exec rings
     dropped = privileges.drop(keep) if keep is not None else None
-    return Broker(tracer, sock, agent_pid, dropped).serve()
+    return Broker(tracer, sock, agent_pid, dropped, config=config, execs=execs).serve()
 
 
-def split(tracer, broker_keep: dict[str, str] | None) -> BrokerClient:
+def split(tracer, broker_keep: dict[str, str] | None, config: str | None = None) -> BrokerClient:
     """Fork the broker; return, in the agent only, the channel to it.
-    `broker_keep`: the capabilities the broker keeps (None: it keeps all)."""
+    `broker_keep`: the capabilities the broker keeps (None: it keeps all);
+    `config`: the --config file it opens on request (SIGHUP reloads)."""
     agent_end, broker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     agent_pid = os.getpid()
     sys.stderr.flush()
@@ -359,7 +562,8 @@ def split(tracer, broker_keep: dict[str, str] | None) -> BrokerClient:
         code = 1
         try:
             agent_end.close()
-            code = _broker_main(tracer, broker_end, agent_pid, broker_keep)
+            code = _broker_main(tracer, broker_end, agent_pid, broker_keep,
+                                os.path.abspath(config) if config else None)
         except BaseException as e:  # noqa: BLE001 - one line, never a traceback
             sys.stderr.write(f"tracer: broker failed: {e!r}\n")
         finally:
@@ -396,6 +600,30 @@ class BrokerClient:
             self.lost("it closed the channel")
             raise BrokerGone(self.gone)
         return reply, fds
+
+    def open_file(self, op: str, **fields) -> tuple[int | None, str]:
+        """A file the broker opens for this process (config, stack_maps,
+        stack_module): (its fd, "") or (None, why not)."""
+        try:
+            reply, fds = self.request(op, **fields)
+        except BrokerGone as e:
+            return None, f"the broker is gone ({e})"
+        if not reply.get("ok") or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return None, str(reply.get("refused") or reply.get("error") or "no file came")
+        return fds[0], ""
+
+    def exe(self, pid: int) -> str:
+        """/proc/pid/exe read by the broker; "" if it may not or cannot."""
+        try:
+            reply, fds = self.request("exe", pid=pid)
+        except BrokerGone:
+            return ""
+        for fd in fds:
+            os.close(fd)
+        exe = reply.get("exe") if reply.get("ok") else ""
+        return exe if isinstance(exe, str) else ""
 
     def lost(self, why: str) -> None:
         if self.gone:

@@ -130,16 +130,71 @@ def runtime_caps(*, tls_discovery: bool, exe_names: bool = False, span_stacks: b
 
 
 # `tracer run` splits after attach (tracer/broker.py): the features here are the
-# broker's, which attaches for the agent; the agent keeps runtime_caps() of the rest.
-BROKER_FEATURES = ("tls_discovery",)
+# broker's, which attaches, reads /proc and opens files for the agent; the agent
+# keeps runtime_caps() with none of them (only CAP_BPF where the kernel checks
+# every bpf() command).
+BROKER_FEATURES = ("tls_discovery", "exe_names", "span_stacks")
 
 
-def broker_caps(*, tls_discovery: bool, kernel: KernelNeeds = KernelNeeds()) -> dict[str, str]:
+def broker_caps(*, tls_discovery: bool, exe_names: bool = False, span_stacks: bool = False,
+                kernel: KernelNeeds = KernelNeeds()) -> dict[str, str]:
     """Capability -> why, for the privileged broker of `tracer run`: what
-    attaching to processes started later needs. It runs no map command, so
-    kernel.bpf_cmds does not apply."""
-    return runtime_caps(tls_discovery=tls_discovery,
-                        kernel=KernelNeeds(uprobe=kernel.uprobe, bpf_cmds=False))
+    attaching to processes started later, their /proc entries and their
+    files need. Its map commands (the filter maps, read to check a pid) are
+    lookups only, done for exe names and stacks."""
+    return runtime_caps(tls_discovery=tls_discovery, exe_names=exe_names,
+                        span_stacks=span_stacks,
+                        kernel=KernelNeeds(uprobe=kernel.uprobe,
+                                           bpf_cmds=kernel.bpf_cmds and (exe_names
+                                                                         or span_stacks)))
+
+
+# `tracer run` started as root runs its agent as this user unless --user names
+# another ("--user root" keeps root); started as another user it stays that user.
+DEFAULT_USER = "nobody"
+
+
+def default_user() -> str | None:
+    """The user the agent becomes when --user is not given: DEFAULT_USER if
+    this process runs as root and the user exists, else None (stay)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(DEFAULT_USER)
+    except KeyError:
+        return None
+    return DEFAULT_USER
+
+
+def user_ids(user: str) -> tuple[int, int, str]:
+    """(uid, gid, name) of NAME|UID (ValueError, one line, if unknown)."""
+    return _resolve_user(user)
+
+
+def dir_writable_by(path: str, uid: int, gid: int) -> bool:
+    """Whether uid (primary group gid, no other groups: the drop clears them)
+    may create and rename files in the directory `path`, by the mode bits of
+    it and its parents (ACLs are not read). Capabilities aside: the agent
+    keeps none."""
+    path = os.path.abspath(path)
+    parts = [path]
+    while parts[-1] != "/":
+        parts.append(os.path.dirname(parts[-1]))
+    for i, p in enumerate(parts):
+        try:
+            st = os.stat(p)
+        except OSError:
+            return False
+        if st.st_uid == uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid == gid:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        need = 0o3 if i == 0 else 0o1  # write+search the directory, search its parents
+        if bits & need != need:
+            return False
+    return True
 
 
 def start_caps(*, inject: bool = False, user: bool = False) -> list[str]:
@@ -427,5 +482,6 @@ def describe(res: DropResult) -> str:
     return f"privileges dropped: kept {kept}; no_new_privs{who}"
 
 
-__all__ = ["START", "RUNTIME", "BROKER_FEATURES", "broker_caps", "KernelNeeds", "probe_runtime_needs", "runtime_caps", "start_caps", "drop", "DropResult", "describe",
+__all__ = ["START", "RUNTIME", "BROKER_FEATURES", "broker_caps", "DEFAULT_USER", "default_user",
+           "user_ids", "dir_writable_by", "KernelNeeds", "probe_runtime_needs", "runtime_caps", "start_caps", "drop", "DropResult", "describe",
            "check_threads", "join_task", "parse_status", "read_status", "mask", "names", "check_user", "threads_with_caps"]

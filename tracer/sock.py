@@ -63,6 +63,16 @@ def comm_key(comm: str) -> bytes:
     return comm.encode()[:events.TASK_COMM_LEN - 1].ljust(events.TASK_COMM_LEN, b"\0")
 
 
+def proc_comm_key(pid: int) -> bytes:
+    """/proc/<pid>/comm as a filter_comms key (its bytes as they are), b"" if gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().rstrip(b"\n")
+    except OSError:
+        return b""
+    return name[:events.TASK_COMM_LEN - 1].ljust(events.TASK_COMM_LEN, b"\0")
+
+
 def descendants(pid: int) -> list[int]:
     """Living descendants of pid, from /proc (new ones are followed in the kernel)."""
     children: dict[int, list[int]] = {}

@@ -18,6 +18,11 @@ skipped (the wrapper sets up no frame).
 
 SpanStacks is an add-on of the agent (tracer/addons.py): it turns the knob on,
 wraps the sink and reads the map of the loaded sock.bpf.o.
+
+Split from the privileged broker (tracer/broker.py), the agent may not read
+other processes' /proc/<pid>/maps nor files under directories it cannot
+search: the broker opens them (`stack_maps`, then `stack_module` for a file
+it read in those maps) and passes the fds; the agent reads and parses.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ class SpanStacks(Addon):
     warning = "spans carry no stack"
 
     def __init__(self, symbolizer=None):
-        if symbolizer is None:
-            from .symbols import Symbolizer
+        # the symbols package (pyelftools, the debug-file lookup) only with
+        # --span-stacks, imported here: before the privilege drop
+        from .symbols import Symbolizer
+        from .symbols.brokered import BrokerSymbolizer
 
-            symbolizer = Symbolizer()
-        self.symbolizer = symbolizer
+        self._brokered = BrokerSymbolizer
+        self.symbolizer = symbolizer if symbolizer is not None else Symbolizer()
         self.map = None  # loader.Map of user_stacks, set once sock.bpf.o is loaded
         self._cache: OrderedDict[tuple[int, int], list[dict] | None] = OrderedDict()
         self._unpack = struct.Struct(f"<{SPAN_STACK_DEPTH}Q").unpack_from
@@ -55,6 +62,10 @@ class SpanStacks(Addon):
 
     def start(self, kernel, table) -> None:
         self.attach(kernel.map("user_stacks"))
+
+    def separated(self, broker) -> None:
+        self.symbolizer = self._brokered(broker)
+        self._cache.clear()  # frames named before the split stay right, but start afresh
 
     def addresses(self, stack: int) -> list[int] | None:
         """Return addresses (innermost first) of stack id `stack - 1`."""

@@ -68,7 +68,19 @@ def _status(pid: int) -> list[dict]:
     return [privileges.read_status(f"{pid}/task/{tid}") for tid in os.listdir(f"/proc/{pid}/task")]
 
 
-def _assert_dropped(pid: int, want: int, uid: int = 0) -> None:
+def nobody() -> tuple[int, int]:
+    """(uid, gid) of the agent's default user (started as root)."""
+    try:
+        pw = pwd.getpwnam(privileges.DEFAULT_USER)
+    except KeyError:
+        pytest.skip(f"no user '{privileges.DEFAULT_USER}' on this machine")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _assert_dropped(pid: int, want: int, uid: int | None = None) -> None:
+    """Every thread of pid: the capability sets, no_new_privs, and the uid
+    (default: the agent's default user; the broker stays root: uid=0)."""
+    uid = nobody()[0] if uid is None else uid
     for st in _status(pid):
         assert (st["CapEff"], st["CapPrm"], st["CapBnd"]) == (want, want, want), \
             (privileges.names(st["CapEff"]), privileges.names(want))
@@ -106,7 +118,7 @@ def test_default_drop_leaves_the_tls_discovery_set_to_the_broker_and_spans_flow(
     with py_server(port) as srv, TracerRun(tmp_path, "--port", str(port)) as tr:
         _assert_dropped(tr.proc.pid, want)
         broker = broker_of(tr.proc.pid)
-        _assert_dropped(broker, _broker_expected(tls_discovery=True))
+        _assert_dropped(broker, _broker_expected(tls_discovery=True), uid=0)
         _requests_23(port)
     _assert_23(tr, srv.pid, want)
     b = tr.summary["privileges"]["broker"]
@@ -118,7 +130,8 @@ def test_no_tls_no_go_keeps_no_capability_and_spans_flow(tmp_path):
     with py_server(port) as srv, TracerRun(tmp_path, "--port", str(port), "--no-tls",
                                            "--no-go") as tr:
         _assert_dropped(tr.proc.pid, 0)
-        _assert_dropped(broker_of(tr.proc.pid), 0)  # nothing to attach later: it keeps nothing
+        # nothing to attach later: it keeps nothing
+        _assert_dropped(broker_of(tr.proc.pid), 0, uid=0)
         _requests_23(port)
     _assert_23(tr, srv.pid, 0)
 
@@ -175,8 +188,9 @@ def test_exporter_threads_take_the_dropped_set(tmp_path):
 
 def test_span_stacks_symbolized_after_the_drop_as_nobody(tmp_path):
     """--span-stacks symbolizes while tracing: /proc/<pid>/maps of root
-    processes and a client binary under root's 0700 pytest directory, read as
-    nobody with only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH left."""
+    processes and a client binary under root's 0700 pytest directory, opened
+    by the broker (which keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for it)
+    and read by the agent as nobody with no capability."""
     from tests.cprogs import build
 
     try:
@@ -184,11 +198,12 @@ def test_span_stacks_symbolized_after_the_drop_as_nobody(tmp_path):
     except build.BuildError as e:
         pytest.skip(str(e))
     port = free_port()
-    want = privileges.mask(privileges.runtime_caps(tls_discovery=False, span_stacks=True))
-    assert privileges.names(want) == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
+    broker_want = privileges.mask(privileges.broker_caps(tls_discovery=False, span_stacks=True))
+    assert privileges.names(broker_want) == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
     with py_server(port, 1) as srv, TracerRun(tmp_path, "--port", str(port), "--no-tls",
-                                              "--span-stacks", "--user", "nobody") as tr:
-        _assert_dropped(tr.proc.pid, want, uid=pwd.getpwnam("nobody").pw_uid)
+                                              "--no-go", "--span-stacks") as tr:
+        _assert_dropped(tr.proc.pid, 0)  # nobody, by default
+        _assert_dropped(broker_of(tr.proc.pid), broker_want, uid=0)
         c = subprocess.run([str(client), str(port), str(N)], capture_output=True, text=True,
                            timeout=60)
         assert c.returncode == 0, c.stderr
@@ -198,6 +213,7 @@ def test_span_stacks_symbolized_after_the_drop_as_nobody(tmp_path):
         syms = [f["symbol"] for f in s["stack"]]
         assert "do_request" in syms and "main" in syms, s["stack"]
     assert tr.summary["spans_with_stack"] == 2 * N
+    assert tr.summary["privileges"]["broker"]["refused"] == 0
     assert tr.returncode == 0 and "Traceback" not in tr.stderr
 
 
@@ -208,6 +224,7 @@ def test_no_drop_privileges_keeps_everything(tmp_path):
                                            "--no-drop-privileges") as tr:
         st = privileges.read_status(tr.proc.pid)
         assert (st["CapEff"], st["NoNewPrivs"]) == (before["CapEff"], before["NoNewPrivs"])
+        assert st["Uid"] == before["Uid"]  # no default user either
         _requests_23(port)
     assert len(tr.by("server", srv.pid)) == N
     assert tr.summary["privileges"] == {"dropped": False}

@@ -10,12 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_privileges import _broker_expected, _status, broker_of
+from tests.e2e.test_privileges import _broker_expected, _status, broker_of, nobody
 from tests.e2e.tracing import TracerRun, free_port, py_server, server
 from tests.kernel.conftest import require
 
@@ -49,7 +50,10 @@ def test_agent_holds_nothing_broker_attaches_later_tls_46_server_spans(tmp_path,
     started after the tracer, so hooked through the broker) and 23 HTTP
     requests, all from curl: 46 server and 46 client spans. Meanwhile every
     agent thread has no capability, no_new_privs and the seccomp filter; the
-    broker alone holds capabilities, one thread and no network socket."""
+    broker alone holds capabilities, one thread and no network socket. The
+    agent runs as the default user (nobody: uid and gid 65534 here), the
+    broker stays root; spans and summary reach root's 0700 pytest directory
+    (opened before the drop)."""
     node = shutil.which("node")
     if not node:
         pytest.skip("node is not installed")
@@ -57,8 +61,11 @@ def test_agent_holds_nothing_broker_attaches_later_tls_46_server_spans(tmp_path,
     with py_server(hport) as http, \
             TracerRun(tmp_path, "--port", str(hport), "--port", str(sport)) as tr:
         agent = tr.proc.pid
+        uid, gid = nobody()
+        assert uid != 0 and gid != 0
         for st in _status(agent):
             assert (st["CapEff"], st["CapPrm"], st["CapBnd"], st["NoNewPrivs"]) == (0, 0, 0, 1)
+            assert (st["Uid"], st["Gid"]) == ([uid] * 4, [gid] * 4)
         for tid in os.listdir(f"/proc/{agent}/task"):
             with open(f"/proc/{agent}/task/{tid}/status") as f:
                 assert "Seccomp:\t2\n" in f.read(), tid
@@ -81,6 +88,8 @@ def test_agent_holds_nothing_broker_attaches_later_tls_46_server_spans(tmp_path,
             time.sleep(0.5)
         for st in _status(agent):  # still nothing, after the broker attached for us
             assert (st["CapEff"], st["CapPrm"], st["CapBnd"]) == (0, 0, 0)
+            assert (st["Uid"], st["Gid"]) == ([uid] * 4, [gid] * 4)
+        assert _status(broker)[0]["Uid"] == [0] * 4
     assert tr.returncode == 0 and "Traceback" not in tr.stderr, tr.stderr
     want_paths = [f"/ok/{i}" for i in range(N)]
     https = tr.by("server", tls.pid)
@@ -96,6 +105,7 @@ def test_agent_holds_nothing_broker_attaches_later_tls_46_server_spans(tmp_path,
     # what the TLS discovery and the Go add-on asked was never refused
     assert b["refusals"] == {}, b
     assert b["gone"] == "" and s["privileges"]["kept"] == [] and s["privileges"]["seccomp"] > 0
+    assert s["privileges"]["user"] == "nobody" and s["privileges"]["warnings"] == 0
     assert not os.path.exists(f"/proc/{broker}")  # reaped by the agent at its exit
 
 
@@ -158,3 +168,97 @@ def test_agent_killed_broker_detaches_everything_and_exits(tmp_path):
     assert not progs & {p["id"] for p in _bpftool("prog", "show")}
     assert not links & {k["id"] for k in _bpftool("link", "show")}
     assert not progs & {p.get("prog_id") for p in _bpftool("perf", "show")}
+
+
+def _jaeger_services(path: Path) -> dict[int, str]:
+    """pid -> serviceName in a jaeger-json file."""
+    out = {}
+    for trace in json.loads(path.read_text())["data"]:
+        for p in trace["processes"].values():
+            tags = {t["key"]: t["value"] for t in p["tags"]}
+            out[int(tags["process.pid"])] = p["serviceName"]
+    return out
+
+
+def test_exe_names_and_jaeger_file_as_nobody(tmp_path):
+    """--service-name EXE=NAME names a root process by its executable, read
+    by the broker (the agent, nobody with no capability, may not read root's
+    /proc/PID/exe); the jaeger-json file is rewritten in a directory nobody
+    can write."""
+    import sys
+
+    exe = os.path.basename(os.path.realpath(sys.executable))
+    out = Path(tempfile.mkdtemp(prefix="httptrace-", dir="/tmp"))
+    out.chmod(0o777)
+    try:
+        port = free_port()
+        jaeger = out / "traces.json"
+        with py_server(port) as srv, \
+                TracerRun(tmp_path, "--port", str(port), "--no-tls", "--no-go",
+                          "--service-name", f"{exe}=checkout",
+                          "--export", f"jaeger-json:{jaeger}") as tr:
+            with open(f"/proc/{srv.pid}/comm") as f:
+                assert f.read().strip() != exe  # the name comes from the executable only
+            for st in _status(tr.proc.pid):
+                assert st["Uid"] == [nobody()[0]] * 4 and st["CapEff"] == 0
+            subprocess.run(["curl", "-s", *[f"http://127.0.0.1:{port}/ok/{i}" for i in range(N)],
+                            *["-o", "/dev/null"] * N], check=True, timeout=30)
+        assert tr.returncode == 0 and "Traceback" not in tr.stderr, tr.stderr
+        assert len(tr.by("server", srv.pid)) == N
+        assert _jaeger_services(jaeger)[srv.pid] == "checkout"
+        assert tr.summary["privileges"]["broker"]["refused"] == 0
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_jaeger_file_where_nobody_cannot_write(tmp_path):
+    """jaeger-json rewrites its file through FILE.tmp: in root's 0700 pytest
+    directory the default user could not, so the agent stays root and says so
+    in one counted line; an explicit --user that cannot is refused at start."""
+    import sys
+
+    port = free_port()
+    jaeger = tmp_path / "traces.json"
+    with py_server(port) as srv, \
+            TracerRun(tmp_path, "--port", str(port), "--no-tls", "--no-go",
+                      "--export", f"jaeger-json:{jaeger}") as tr:
+        assert _status(tr.proc.pid)[0]["Uid"] == [0] * 4
+        subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/ok/0", "-o", "/dev/null"],
+                       check=True, timeout=30)
+    assert tr.summary["privileges"]["warnings"] == 1 and tr.summary["privileges"]["user"] == ""
+    assert srv.pid in _jaeger_services(jaeger)
+    p = subprocess.run([sys.executable, "-m", "tracer", "run", "--port", "1", "--no-tls",
+                        "--no-go", "--export", f"jaeger-json:{jaeger}", "--duration", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"tracer: privileges: the agent stays uid 0: nobody cannot write {tmp_path} " \
+        "(--export jaeger-json): pass --user with a user who can, or choose another " \
+        "directory\n" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "tracer", "run", "--user", "nobody", "--export",
+                        f"jaeger-json:{jaeger}", "--duration", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr.strip().splitlines()) == (2, [
+        f"tracer: --user nobody: cannot write {tmp_path} (jaeger-json rewrites its file there "
+        "while tracing): choose a directory that user can write, or another --user"])
+
+
+def test_sighup_reload_reads_a_root_only_config_through_the_broker(tmp_path):
+    """The agent (nobody) may not read a 0600 config under root's 0700
+    directory: on SIGHUP the broker opens the file named at start and passes
+    the fd; the new scope applies."""
+    port_a, port_b = free_port(), free_port()
+    cfg = tmp_path / "tracer.toml"
+    cfg.write_text(f"[scope]\nports = [{port_a}]\n")
+    cfg.chmod(0o600)
+    with py_server(port_b) as srv_b, TracerRun(tmp_path, "--config", str(cfg)) as tr:
+        assert _status(tr.proc.pid)[0]["Uid"] == [nobody()[0]] * 4
+        cfg.write_text(f"[scope]\nports = [{port_b}]\n")
+        tr.proc.send_signal(signal.SIGHUP)
+        line = tr.proc.stderr.readline()
+        while "config reloaded" not in line and "reload failed" not in line and line:
+            line = tr.proc.stderr.readline()
+        assert line.startswith(f"tracer: config reloaded from {cfg}"), line
+        subprocess.run(["curl", "-s", *[f"http://127.0.0.1:{port_b}/ok/{i}" for i in range(N)],
+                        *["-o", "/dev/null"] * N], check=True, timeout=30)
+    assert len(tr.by("server", srv_b.pid)) == N
+    assert (tr.summary["config_reloads"], tr.summary["config_reload_errors"]) == (1, 0)

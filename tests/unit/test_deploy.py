@@ -172,3 +172,15 @@ def test_what_the_agent_keeps_is_within_every_deployment():
         assert kept <= set(_unit_values("CapabilityBoundingSet"))
         assert kept <= {"CAP_" + c for c in
                         _agent(_docs())["securityContext"]["capabilities"]["add"]}
+
+
+def test_what_the_broker_keeps_is_within_every_deployment():
+    """The broker of `tracer run` holds what the agent no longer does (TLS and
+    Go attaching, exe names, span stacks): still within what each deployment
+    grants at start."""
+    for kernel in (KernelNeeds(), KernelNeeds(uprobe="CAP_PERFMON", bpf_cmds=True)):
+        kept = set(privileges.broker_caps(tls_discovery=True, exe_names=True, span_stacks=True,
+                                          kernel=kernel))
+        assert kept <= set(_unit_values("CapabilityBoundingSet"))
+        assert kept <= {"CAP_" + c for c in
+                        _agent(_docs())["securityContext"]["capabilities"]["add"]}

@@ -81,3 +81,58 @@ def test_describe():
 def test_unknown_user_is_one_line():
     with pytest.raises(ValueError, match=r"^--user no-such-user-h5: no such user"):
         P.check_user("no-such-user-h5")
+
+
+def test_broker_holds_what_the_agent_no_longer_does():
+    """Split: the agent keeps nothing for TLS discovery, exe names or span
+    stacks (only CAP_BPF where every bpf() command is checked); the broker
+    keeps what those need."""
+    for kernel in (KernelNeeds(), KernelNeeds(uprobe="CAP_PERFMON", bpf_cmds=True)):
+        agent = P.runtime_caps(tls_discovery=False, kernel=kernel)
+        assert sorted(agent) == (["CAP_BPF"] if kernel.bpf_cmds else [])
+    assert sorted(P.broker_caps(tls_discovery=False, exe_names=True)) == ["CAP_SYS_PTRACE"]
+    assert sorted(P.broker_caps(tls_discovery=False, span_stacks=True)) == \
+        ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
+    assert sorted(P.broker_caps(tls_discovery=True)) == \
+        ["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
+    # map lookups (the filter maps, to check a pid) only for exe names and stacks
+    old = KernelNeeds(uprobe="CAP_PERFMON", bpf_cmds=True)
+    assert "CAP_BPF" not in P.broker_caps(tls_discovery=True, kernel=old)
+    assert "CAP_BPF" in P.broker_caps(tls_discovery=True, span_stacks=True, kernel=old)
+
+
+def test_default_user(monkeypatch):
+    monkeypatch.setattr(P.os, "geteuid", lambda: 0)
+    assert P.default_user() == ("nobody" if _has("nobody") else None)
+    monkeypatch.setattr(P.os, "geteuid", lambda: 1000)
+    assert P.default_user() is None  # not root: stays who it is
+
+
+def _has(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def test_dir_writable_by_mode_bits(tmp_path):
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True)
+    st = d.stat()
+    other = st.st_uid + 12345
+    (tmp_path / "a").chmod(0o755)
+    d.chmod(0o777)
+    tmp_path.chmod(0o755)
+    parents_open = all(p.stat().st_mode & 0o001 for p in tmp_path.parents)
+    assert P.dir_writable_by(str(d), st.st_uid, st.st_gid)
+    assert P.dir_writable_by(str(d), other, other) == parents_open
+    d.chmod(0o755)  # the owner only
+    assert P.dir_writable_by(str(d), st.st_uid, st.st_gid)
+    assert not P.dir_writable_by(str(d), other, other)
+    d.chmod(0o777)
+    (tmp_path / "a").chmod(0o700)  # a parent others cannot search
+    assert not P.dir_writable_by(str(d), other, other)
+    assert not P.dir_writable_by(str(tmp_path / "missing"), st.st_uid, st.st_gid)
