@@ -46,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default="-", metavar="FILE|-", help="span output (default stdout)")
     r.add_argument("--format", default="jsonl", choices=["jsonl"])
     r.add_argument("--export", action="append", default=[], metavar="URL",
-                   help="otlp-grpc://host:4317, otlp-http://host:4318/v1/traces, jaeger-json:FILE")
+                   help="otlp-grpc://host:4317, otlp-http://host:4318/v1/traces, over TLS "
+                        "otlp-grpcs://host:443, otlp-https://host/v1/traces; jaeger-json:FILE "
+                        "(default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, if set)")
+    r.add_argument("--export-header", action="append", default=[], metavar="KEY=VALUE",
+                   help="header sent with every OTLP export, e.g. authorization=Bearer... "
+                        "(repeatable; replaces OTEL_EXPORTER_OTLP_[TRACES_]HEADERS; "
+                        "never logged)")
+    r.add_argument("--export-ca", default="", metavar="FILE",
+                   help="PEM CA bundle that OTLP TLS receivers are checked against "
+                        "(default: OTEL_EXPORTER_OTLP_CERTIFICATE, else the system's CAs)")
+    r.add_argument("--export-client-cert", default="", metavar="FILE",
+                   help="PEM client certificate for mutual TLS (with --export-client-key)")
+    r.add_argument("--export-client-key", default="", metavar="FILE",
+                   help="PEM key of --export-client-cert (unencrypted)")
+    r.add_argument("--export-compression", default="", choices=["gzip", "none"],
+                   help="OTLP compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)")
     r.add_argument("--metrics", default=None, metavar="HOST:PORT",
                    help="serve Prometheus /metrics (e.g. :9464)")
     r.add_argument("--service-name", action="append", default=[], metavar="COMM=NAME",
@@ -72,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not follow goroutines in Go executables (their client calls then "
                         "take the thread links only)")
     r.add_argument("--user", default=None, metavar="NAME|UID",
-                   help="after attach, switch to this unprivileged user")
+                   help="after attach, the agent (which parses traffic) runs as this user "
+                        "(default: nobody when started as root, else the user it started as; "
+                        "'root' keeps root)")
     r.add_argument("--no-drop-privileges", action="store_true",
                    help="keep every capability after attach (default: keep only what the "
                         "features in use need, set no_new_privs)")
@@ -113,7 +130,9 @@ def _check_args(args) -> None:
     from .export import semconv, targets
 
     try:
-        args.export_targets = [targets.parse_export(u) for u in args.export]
+        flags = targets.ExportFlags(args.export_header, args.export_ca, args.export_client_cert,
+                                    args.export_client_key, args.export_compression)
+        args.export_targets = targets.export_targets(args.export, flags, os.environ)
         args.metrics_addr = targets.parse_metrics(args.metrics) if args.metrics else None
         args.service_names = semconv.parse_service_names(args.service_name)
     except ValueError as e:
@@ -128,6 +147,29 @@ def _check_args(args) -> None:
         for pid in args.cfg.scope.pids:
             if not os.path.exists(f"/proc/{pid}"):
                 raise UsageError(f"config {args.config}: scope.pids {pid}: no such process")
+    if args.user is not None:
+        from . import privileges
+
+        uid, gid, _ = privileges.user_ids(args.user)
+        blocked = _unwritable_output(args, uid, gid)
+        if blocked:
+            raise UsageError(f"--user {args.user}: cannot write {blocked} (jaeger-json rewrites "
+                             "its file there while tracing): choose a directory that user can "
+                             "write, or another --user")
+
+
+def _unwritable_output(args, uid: int, gid: int) -> str:
+    """The first directory an output written by path after the drop is in
+    (jaeger-json: FILE.tmp renamed over FILE) that uid cannot write, or ''.
+    Files opened at start (--output, the summary) are written through their fds."""
+    from . import privileges
+
+    for t in args.export_targets:
+        if t.kind == "jaeger-json":
+            d = os.path.dirname(os.path.abspath(t.path))
+            if not privileges.dir_writable_by(d, uid, gid):
+                return d
+    return ""
 
 
 # ---- commands ----------------------------------------------------------------------
@@ -158,16 +200,20 @@ def _summary_line(s: dict) -> str:
 def _open_exports(args, writer):
     """The exporters and the metrics endpoint; a file or port that cannot be
     opened is a usage error (exit 2), found before tracing starts."""
-    from .export.sinks import Exports, pipeline_options
+    from .export.sinks import Exports, pipeline_options, resource_options
 
     try:
         opts = pipeline_options(os.environ)
+        resource = resource_options(os.environ)
     except ValueError as e:
         writer.close()
         raise UsageError(str(e)) from None
     try:
         return Exports(args.export_targets, args.metrics_addr, args.service_names,
-                       pipeline_opts=opts)
+                       pipeline_opts=opts, resource=resource)
+    except ValueError as e:  # TLS files (targets.TargetError): one line naming the file
+        writer.close()
+        raise UsageError(str(e)) from None
     except OSError as e:
         writer.close()
         what = (f"--metrics {args.metrics}" if e.filename is None and args.metrics
@@ -208,23 +254,36 @@ def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
 
     if args.output != "-":  # written at exit, when the directory may be out of reach
         args.summary_file = open(args.output + ".summary.json", "w")  # noqa: SIM115
+    user, stay = args.user, ""
+    if user is None:
+        user = privileges.default_user()
+        if user is not None:
+            uid, gid, _ = privileges.user_ids(user)
+            blocked = _unwritable_output(args, uid, gid)
+            if blocked:
+                user, stay = None, (f"the agent stays uid {os.getuid()}: {privileges.DEFAULT_USER} "
+                                    f"cannot write {blocked} (--export jaeger-json): pass --user "
+                                    "with a user who can, or choose another directory")
     counters = tracer.obj.map("counters")
     library = next(iter(tracer.tls.libraries.values()), None) if tracer.tls else None
     needs = privileges.probe_runtime_needs(lambda: counters.percpu_sum(0), library)
     go = tracer.addon("go")
-    # the broker attaches to processes started later: TLS libraries and Go executables
+    # the broker attaches to processes started later (TLS libraries, Go
+    # executables) and reads /proc and files for exe names and span stacks
     follows = tracer.tls is not None or (go is not None and not go.unavailable)
-    broker_keep = privileges.broker_caps(tls_discovery=follows, kernel=needs)
-    keep = privileges.runtime_caps(tls_discovery=False,
-                                   exe_names=bool(args.service_names
-                                                  or args.cfg.filter.executables),
-                                   span_stacks=args.span_stacks, kernel=needs)
+    exe_names = bool(args.service_names or args.cfg.filter.executables)
+    broker_keep = privileges.broker_caps(tls_discovery=follows, exe_names=exe_names,
+                                         span_stacks=args.span_stacks, kernel=needs)
+    keep = privileges.runtime_caps(tls_discovery=False, kernel=needs)
     try:
-        client = broker.split(tracer, broker_keep)
+        client = broker.split(tracer, broker_keep, config=args.config)
     except OSError as e:
         raise UsageError(f"cannot start the privileged broker: {e.strerror or e}") from None
     args.broker = client
-    res = privileges.drop(keep, user=args.user)
+    res = privileges.drop(keep, user=user)
+    if stay:
+        res.warnings.insert(0, stay)
+    _exe_names_through(client)
     if exports.metrics is not None:
         exports.metrics.respawn()  # its thread predates the drop
     privileges.check_threads(res)
@@ -248,16 +307,42 @@ def _drop_privileges(args, tracer, exports) -> tuple[list[str], dict]:
     return lines, info
 
 
+def _exe_names_through(client) -> None:
+    """The agent may not read other users' /proc/<pid>/exe: executable names
+    (--service-name EXE=NAME, filter.executables) come from the broker."""
+    from .export import semconv
+
+    def exe(pid: int) -> str:
+        return os.path.basename(client.exe(pid))
+
+    # semconv.Resources reads the module's exe_name; sinks.EnvResources its import of it
+    for mod in (semconv, sys.modules.get("tracer.export.sinks")):
+        if mod is not None and hasattr(mod, "exe_name"):
+            mod.exe_name = exe
+    _exe_reader[0] = client.exe
+
+
+_exe_reader = [None]  # the broker's exe read once split (None: /proc here)
+
+
+def _read_exe(pid: int) -> str:
+    from .sampling import _read_exe as here
+
+    return (_exe_reader[0] or here)(pid)
+
+
 def _runtime(cfg, stats):
     """The filters, span policy and adaptive controller of a merged Config."""
     from .agent import Filters
-    from .sampling import AdaptiveController, SpanPolicy
+    from .sampling import AdaptiveController, ProcInfo, SpanPolicy
 
     s = cfg.scope
     filters = Filters(pids=s.pids, netns=[resolve_netns(n) for n in s.netns],
                       cgroups=[resolve_cgroup(c) for c in s.cgroups], ports=s.ports,
                       comms=s.processes)
-    policy = (SpanPolicy(cfg.filter, cfg.ratio, stats)
+    # exe reads are looked up at each call: through the broker once split
+    proc = ProcInfo(read_exe=_read_exe)
+    policy = (SpanPolicy(cfg.filter, cfg.ratio, stats, proc=proc)
               if cfg.filter.active() or cfg.ratio is not None else None)
     adaptive = AdaptiveController(cfg.adaptive) if cfg.adaptive.enabled else None
     return filters, policy, adaptive
@@ -272,7 +357,7 @@ def _reload(args, tracer) -> str:
     if not args.config:
         return "tracer: SIGHUP ignored: there is no --config file to reload"
     try:
-        cfg = config.merge(config.load(args.config), args)
+        cfg = config.merge(_load_config(args), args)
         if cfg.filter.executables and not args.cfg.filter.executables \
                 and not args.service_names and not args.no_drop_privileges:
             raise UsageError(f"config {args.config}: filter.executables needs CAP_SYS_PTRACE "
@@ -286,6 +371,29 @@ def _reload(args, tracer) -> str:
     tracer.reconfigure(filters, policy, adaptive)
     tracer.stats.config_reloads += 1
     return f"tracer: config reloaded from {args.config} (reload {tracer.stats.config_reloads})"
+
+
+def _load_config(args):
+    """--config, opened by the broker once split (the agent's user may not
+    read it), parsed here."""
+    from . import config
+    from .broker import MAX_CONFIG_BYTES
+
+    client = getattr(args, "broker", None)
+    if client is None or client.gone:
+        return config.load(args.config)
+    fd, why = client.open_file("config")
+    if fd is None:
+        raise config.ConfigError(f"config {args.config}: {why}: give a readable TOML file")
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise config.ConfigError(f"config {args.config}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return config.parse(raw.decode("utf-8"), args.config)
+    except UnicodeDecodeError:
+        raise config.ConfigError(f"config {args.config}: not UTF-8 text: save it as UTF-8") \
+            from None
 
 
 def _on_sampling(ctl) -> None:
@@ -389,7 +497,9 @@ def cmd_run(args) -> int:
             json.dump(summary, f, indent=2, sort_keys=True)
     if args.broker is not None:
         args.broker.close()  # it closes what it holds and exits; reaped here
-    return EXIT_OK
+    # a receiver refused the credentials or the TLS handshake (said in one line
+    # when it happened): the environment is wrong
+    return EXIT_ENV if summary.get("export_batches_refused") else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

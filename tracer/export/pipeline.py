@@ -12,8 +12,10 @@ counted: after an outage the freshest spans are the useful ones.
 
 The sender retries a batch with exponential backoff (plus jitter) while the
 exporter raises RetryableError (gRPC UNAVAILABLE, HTTP 429/5xx, connection
-refused), for at most `max_retry_s`; then the batch counts as failed. Every
-span submitted ends in exactly one counter once closed:
+refused), for at most `max_retry_s`; then the batch counts as failed. A
+RefusedError (credentials or TLS refused: retrying cannot help) fails the
+batch at once and counts it in `export_batches_refused` too. Every span
+submitted ends in exactly one counter once closed:
     spans_submitted == spans_exported + spans_export_failed + spans_export_dropped
 """
 
@@ -31,6 +33,13 @@ log = logging.getLogger("tracer.export")
 
 class ExportError(Exception):
     """The batch cannot be delivered (bad request, encoding): not retried."""
+
+
+class RefusedError(ExportError):
+    """The receiver refuses this client (HTTP 401/403, gRPC UNAUTHENTICATED or
+    PERMISSION_DENIED, a failed TLS handshake): the same request would be
+    refused again, so it is not retried. str() names the endpoint, the cause
+    and the fix."""
 
 
 class RetryableError(ExportError):
@@ -70,9 +79,10 @@ class ExportPipeline:
         self.failed = 0
         self.batches = 0
         self.batches_failed = 0
+        self.batches_refused = 0
         self.retries = 0
         self.last_error = ""
-        self._failing = False
+        self._failing = ""  # "" | "refused" | "failed": the outage being reported
 
     # ---- producer side (agent thread) ----------------------------------------------
     def submit(self, span) -> None:
@@ -126,6 +136,7 @@ class ExportPipeline:
             "spans_export_dropped": self.dropped,
             "export_batches": self.batches,
             "export_batches_failed": self.batches_failed,
+            "export_batches_refused": self.batches_refused,
             "export_retries": self.retries,
             "export_queue_len": len(self._q),
         }
@@ -196,20 +207,34 @@ class ExportPipeline:
                 self.last_error = str(e)
                 self._fail(batch, e)
                 return
+            except Exception as e:  # noqa: BLE001 - a bug or the environment: the
+                # batch is counted and said in one line; the sender carries on
+                redact = getattr(self.exporter, "redact", str)
+                err = ExportError(redact(f"{type(e).__name__}: {e}"))
+                self.last_error = str(err)
+                self._fail(batch, err)
+                return
             rejected = min(max(int(rejected), 0), len(batch))
             self.exported += len(batch) - rejected
             self.failed += rejected
             self.batches += 1
             if self._failing:
-                self._failing = False
+                self._failing = ""
                 log.warning("%s: exporting again", self.name)
             return
 
     def _fail(self, batch: list, err: Exception) -> None:
-        # one line per outage, not per batch
-        if not self._failing:
-            self._failing = True
-            log.warning("%s: %d spans not exported: %s (more are counted, not logged)",
-                        self.name, len(batch), err)
+        # one line per outage (and per kind of failure), not per batch
+        kind = "refused" if isinstance(err, RefusedError) else "failed"
+        if self._failing != kind:
+            self._failing = kind
+            if kind == "refused":  # the message names the endpoint
+                log.warning("%s; not retried: %d spans not exported (refused batches are "
+                            "counted in export_batches_refused, not logged)", err, len(batch))
+            else:
+                log.warning("%s: %d spans not exported: %s (more are counted, not logged)",
+                            self.name, len(batch), err)
         self.failed += len(batch)
         self.batches_failed += 1
+        if kind == "refused":
+            self.batches_refused += 1

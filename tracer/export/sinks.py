@@ -15,7 +15,9 @@ JSONL-only path imports none of protobuf, grpcio or prometheus-client.
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import unquote
 
+from . import semconv
 from .pipeline import ExportPipeline
 from .semconv import Resources
 from .targets import ExportTarget
@@ -44,15 +46,64 @@ def pipeline_options(environ) -> dict:
     return opts
 
 
+def resource_options(environ) -> tuple[str, dict[str, str]]:
+    """(OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES as a dict): 'k1=v1,k2=v2',
+    percent-decoded. A malformed entry is a ValueError naming the variable."""
+    attrs = {}
+    raw = environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    for i, item in enumerate(raw.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key, value = unquote(key).strip(), unquote(value).strip()
+        if not sep or not key:
+            raise ValueError(f"OTEL_RESOURCE_ATTRIBUTES: entry {i} is not KEY=VALUE")
+        attrs[key] = value
+    return environ.get("OTEL_SERVICE_NAME", "").strip(), attrs
+
+
+class EnvResources(Resources):
+    """Resources with the OTel environment: service.name is the --service-name
+    mapping, else OTEL_SERVICE_NAME, else service.name of
+    OTEL_RESOURCE_ATTRIBUTES, else the comm; the other attributes of
+    OTEL_RESOURCE_ATTRIBUTES are added to every process's resource, except
+    where the tracer measured the value (process.*, container.id); host.name
+    from the environment replaces the detected one."""
+
+    def __init__(self, names: dict[str, str] | None, service: str, attrs: dict[str, str],
+                 host: str | None = None) -> None:
+        attrs = dict(attrs)
+        self.default_service = service or attrs.pop("service.name", "")
+        attrs.pop("service.name", None)
+        env_host = attrs.pop("host.name", None)
+        super().__init__(names, host=env_host if env_host is not None else host)
+        self.attrs = attrs
+
+    def _build(self, pid: int, comm: str) -> dict:
+        res = super()._build(pid, comm)
+        if self.default_service and comm not in self.names \
+                and not (self.names and semconv.exe_name(pid) in self.names):
+            res["service.name"] = self.default_service
+        for k, v in self.attrs.items():
+            res.setdefault(k, v)
+        return res
+
+
 SUMMED = ("spans_exported", "spans_export_failed", "spans_export_dropped", "export_batches",
-          "export_retries")
+          "export_batches_refused", "export_retries")
 
 
 class Exports:
     def __init__(self, targets: list[ExportTarget], metrics: tuple[str, int] | None = None,
                  service_names: dict[str, str] | None = None, *,
-                 pipeline_opts: dict | None = None) -> None:
-        self.resources = Resources(service_names)
+                 pipeline_opts: dict | None = None,
+                 resource: tuple[str, dict[str, str]] | None = None) -> None:
+        """resource: (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), see resource_options.
+        OSError: a file or port cannot be opened; TargetError: TLS files."""
+        if resource is not None and (resource[0] or resource[1]):
+            self.resources = EnvResources(service_names, *resource)
+        else:
+            self.resources = Resources(service_names)
         self.pipelines: list[ExportPipeline] = []
         self.metrics = None
         opts = pipeline_opts or {}
