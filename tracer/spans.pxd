@@ -54,11 +54,28 @@ cdef extern from *:
         return d - dst;
     }
     /* Decimal digits of v (at most 20 bytes). */
+    static const char _spans_digits2[201] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    /* v in decimal at dst, its length returned: the length first, then two
+     * digits per division written from the end */
     static Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) {
-        char tmp[20];
-        Py_ssize_t n = 0;
-        do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
-        for (Py_ssize_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+        Py_ssize_t n = 1;
+        for (unsigned long long t = v; t >= 10; t /= 10) n++;
+        char *d = dst + n;
+        while (v >= 100) {
+            unsigned int r = (unsigned int)(v % 100);
+            v /= 100;
+            d -= 2;
+            memcpy(d, _spans_digits2 + 2 * r, 2);
+        }
+        if (v >= 10) {
+            d -= 2;
+            memcpy(d, _spans_digits2 + 2 * v, 2);
+        } else {
+            *--d = (char)('0' + v);
+        }
         return n;
     }
     """

@@ -46,6 +46,9 @@ def _strings(rnd: random.Random) -> str:
 def _spans(n: int):
     rnd = random.Random(17)
     ints = [0, 1, -1, 200, 65535, (1 << 63) - 1, -(1 << 63), (1 << 64) - 1]
+    # every decimal length and its edges (digits are written two at a time)
+    ints += [v for k in range(1, 20) for v in (10 ** k - 1, 10 ** k, 10 ** k + 1)]
+    ints += [-10 ** k for k in range(1, 19)]
     for i in range(n):
         s = make_span(
             trace_id=_strings(rnd), span_id=f"{i:016x}",
