@@ -2,6 +2,7 @@
 # The directives are on the first line of http1.py.
 
 cimport cython
+from tracer.events cimport DataEvent
 from libc.string cimport memchr
 
 cdef int _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _LOST, _DEAD
@@ -77,7 +78,7 @@ cdef class Http1Parser:
     @cython.locals(state=int, data=bytes, size=Py_ssize_t, cap=Py_ssize_t, pos=Py_ssize_t,
                    rem=cython.longlong, avail=cython.longlong, cur=Message, nl=Py_ssize_t,
                    semi=Py_ssize_t, end=Py_ssize_t)
-    cpdef feed(self, ev)
+    cpdef feed(self, DataEvent ev)
     @cython.locals(cur=Message)
     cdef int _end_cur(self) except -1
     @cython.locals(end=Py_ssize_t, msg=Message, status=int, listener=Listener, method=object)
@@ -95,7 +96,7 @@ cdef class Http1Parser:
     cdef bint _plausible(self, bytes data, Py_ssize_t pos, Py_ssize_t cap) except -1
     cdef int _lose_framing(self, ev) except -1
     @cython.locals(data=bytes, soft=bint, cur=Message)
-    cdef bint _resync(self, ev) except -1
+    cdef bint _resync(self, DataEvent ev) except -1
     @cython.locals(cur=Message)
     cpdef bint finish_lost(self) except -1
     cdef int _malformed(self, Py_ssize_t nbytes) except -1
