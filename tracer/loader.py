@@ -38,6 +38,14 @@ BUILD_DIR = BPF_DIR / "build"
 # enum values from the kernel uapi (stable ABI)
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
+BPF_PROG_LOAD = 5
+BPF_LINK_CREATE = 28
+BPF_PROG_TYPE_KPROBE = 2
+BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type, Linux 6.6+
+BPF_F_UPROBE_MULTI_RETURN = 1
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+ENOTSUPP = 524  # the kernel's internal "not supported" (e.g. a uprobe at an offset it cannot probe)
+UPROBE_MULTI_ENV = "TRACER_UPROBE_MULTI"  # "0": per-function uprobe links even if the kernel has them
 
 
 class LoaderError(Exception):
@@ -95,6 +103,28 @@ class _UprobeOpts(ctypes.Structure):  # struct bpf_uprobe_opts (libbpf 1.1 field
     _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
                 ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
                 ("func_name", ctypes.c_char_p)]
+
+
+class _ProgLoadAttr(ctypes.Structure):  # union bpf_attr, BPF_PROG_LOAD (up to expected_attach_type)
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+
+
+class _LinkCreateUprobeMulti(ctypes.Structure):
+    """union bpf_attr, BPF_LINK_CREATE with link_create.uprobe_multi (Linux
+    6.6+; pid since 6.6 too): 64 bytes, the layout of include/uapi/linux/bpf.h
+    and of the running kernel's BTF. libbpf 1.1 has no API for this link."""
+
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("path", ctypes.c_uint64), ("offsets", ctypes.c_uint64),
+                ("ref_ctr_offsets", ctypes.c_uint64), ("cookies", ctypes.c_uint64),
+                ("cnt", ctypes.c_uint32), ("multi_flags", ctypes.c_uint32),
+                ("pid", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -163,7 +193,9 @@ def libbpf() -> ctypes.CDLL:
             "bpf_prog_attach": ([INT, INT, INT, U32], INT),
             "bpf_prog_detach2": ([INT, INT, INT], INT),
             "bpf_program__fd": ([P], INT),
+            "bpf_program__set_expected_attach_type": ([P, INT], INT),
             "bpf_link__destroy": ([P], INT),
+            "bpf_link__fd": ([P], INT),
             "bpf_map__fd": ([P], INT),
             "bpf_map__name": ([P], ctypes.c_char_p),
             "bpf_map__key_size": ([P], U32),
@@ -211,11 +243,74 @@ def libbpf() -> ctypes.CDLL:
 
 
 def _errno_msg(err: int) -> str:
+    if err == ENOTSUPP:
+        return "ENOTSUPP: not supported by the kernel for this target"
     return f"{errno.errorcode.get(err, err)}: {os.strerror(err)}"
 
 
 def _last_error() -> int:
     return ctypes.get_errno() or errno.EINVAL
+
+
+_libc = None
+_uprobe_multi: tuple[bool, str] | None = None
+
+
+def sys_bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """The bpf(2) system call, for what libbpf 1.1 cannot ask; -errno on failure."""
+    global _libc
+    nr = _SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        return -errno.ENOSYS
+    if _libc is None:  # the process's own libc: find_library would run ldconfig
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    return ret if ret >= 0 else -_last_error()
+
+
+def uprobe_multi() -> tuple[bool, str]:
+    """(usable, why): whether this kernel makes uprobe_multi links (6.6+).
+
+    Tried as libbpf's probe_uprobe_multi_link does: a two-instruction
+    program loaded for BPF_TRACE_UPROBE_MULTI, then a link asked for on "/".
+    A kernel that knows the link checks the file and refuses with EBADF (a
+    directory); one that does not refuses the attach type (EINVAL). No uprobe
+    is made, so the probe costs no release. Decided once per process, before
+    loading: a program loaded for these links cannot take plain uprobes.
+    TRACER_UPROBE_MULTI=0 chooses the per-function links."""
+    global _uprobe_multi
+    if os.environ.get(UPROBE_MULTI_ENV, "") == "0":
+        return False, f"off ({UPROBE_MULTI_ENV}=0)"
+    if _uprobe_multi is not None:
+        return _uprobe_multi
+    insns = ctypes.create_string_buffer(b"\xb7" + bytes(7) + b"\x95" + bytes(7))  # r0 = 0; exit
+    lic = ctypes.create_string_buffer(b"GPL")
+    load = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_KPROBE, insn_cnt=2,
+                         insns=ctypes.addressof(insns), license=ctypes.addressof(lic),
+                         expected_attach_type=BPF_TRACE_UPROBE_MULTI)
+    prog = sys_bpf(BPF_PROG_LOAD, load)
+    if prog < 0:
+        _uprobe_multi = (False, f"probe program refused ({_errno_msg(-prog)})")
+        return _uprobe_multi
+    try:
+        path = ctypes.create_string_buffer(b"/")
+        offset = ctypes.c_uint64(0)
+        attr = _LinkCreateUprobeMulti(prog_fd=prog, attach_type=BPF_TRACE_UPROBE_MULTI,
+                                      path=ctypes.addressof(path),
+                                      offsets=ctypes.addressof(offset), cnt=1)
+        link = sys_bpf(BPF_LINK_CREATE, attr)
+    finally:
+        os.close(prog)
+    if link >= 0:  # not expected; a link made is a link that works
+        os.close(link)
+        _uprobe_multi = (True, "uprobe_multi links (Linux 6.6+)")
+    elif link == -errno.EBADF:
+        _uprobe_multi = (True, "uprobe_multi links (Linux 6.6+)")
+    else:
+        _uprobe_multi = (False, f"kernel has no uprobe_multi links ({_errno_msg(-link)})")
+    return _uprobe_multi
 
 
 def ensure_tracefs() -> bool:
@@ -319,7 +414,8 @@ class BPFObject:
         self._ptr = ptr
         self.path = path
         self.loaded = False
-        self._links: dict[str, int] = {}
+        self._links: dict[str, int] = {}  # key -> libbpf struct bpf_link *
+        self._fd_links: dict[str, int] = {}  # key -> fd of a link made by bpf(2) itself
         self._rbs: list[RingBuffer] = []
         self._map_attach: list[tuple[int, int, int]] = []  # (prog fd, map fd, type)
         self.programs = self._programs()
@@ -344,14 +440,18 @@ class BPFObject:
         return cls(ptr, path)
 
     @classmethod
-    def load_on(cls, name: str, sock: BPFObject, maps, **rodata: int) -> BPFObject:
+    def load_on(cls, name: str, sock: BPFObject, maps, configure=None,
+                **rodata: int) -> BPFObject:
         """Object `name` loaded on `sock`'s maps: the maps named in `maps`
-        are sock's own (reuse_map), rodata set; closed again if loading fails."""
+        are sock's own (reuse_map), rodata set, then configure(obj) if given
+        (autoload, attach types); closed again if loading fails."""
         obj = cls.open(object_path(name))
         try:
             for m in maps:
                 obj.reuse_map(m, sock.map(m))
             obj.set_rodata(**rodata)
+            if configure is not None:
+                configure(obj)
             obj.load()
         except BaseException:
             obj.close()
@@ -434,6 +534,14 @@ class BPFObject:
             raw = int(value).to_bytes(vsize, "little", signed=value < 0)
             ctypes.memmove(data + off, raw, vsize)
 
+    def set_expected_attach_type(self, prog: str, attach_type: int) -> None:
+        """Before load: the attach type the kernel verifies the program for
+        (e.g. BPF_TRACE_UPROBE_MULTI, which libbpf 1.1's section names lack)."""
+        ret = self._lib.bpf_program__set_expected_attach_type(self.programs[prog], attach_type)
+        if ret:
+            err = -ret if ret < 0 else _last_error()
+            raise OpenError(f"cannot set the attach type of {prog}: {_errno_msg(err)}", err=err)
+
     def set_autoload(self, prog: str, enabled: bool) -> None:
         self._lib.bpf_program__set_autoload(self.programs[prog], enabled)
 
@@ -507,6 +615,36 @@ class BPFObject:
         # the cookie is part of the key: two probes at one address are two links
         self._links[f"{prog}@{binary}:{offset}:{pid}" + (f"#{cookie}" if cookie else "")] = link
 
+    def attach_uprobe_multi(self, prog: str, binary: str, offsets: list[int],
+                            cookies: list[int] | None = None, retprobe: bool = False,
+                            pid: int = -1) -> str:
+        """One uprobe_multi link (Linux 6.6+) at every file offset of `binary`,
+        cookies[i] being what bpf_get_attach_cookie returns at offsets[i];
+        pid -1: every process. `prog` must have been loaded with
+        BPF_TRACE_UPROBE_MULTI as its expected attach type. Returns the link's
+        key. Releasing it costs one synchronize for all its probes, where
+        per-offset links cost one each."""
+        n = len(offsets)
+        if not n or (cookies is not None and len(cookies) != n):
+            raise AttachError(f"uprobe_multi {prog}: {n} offsets, "
+                              f"{len(cookies or ())} cookies", program=prog, err=errno.EINVAL)
+        offs = (ctypes.c_uint64 * n)(*offsets)
+        cks = (ctypes.c_uint64 * n)(*cookies) if cookies is not None else None
+        path = ctypes.create_string_buffer(os.fsencode(binary))
+        attr = _LinkCreateUprobeMulti(
+            prog_fd=self.prog_fd(prog), attach_type=BPF_TRACE_UPROBE_MULTI,
+            path=ctypes.addressof(path), offsets=ctypes.addressof(offs),
+            cookies=ctypes.addressof(cks) if cks is not None else 0, cnt=n,
+            multi_flags=BPF_F_UPROBE_MULTI_RETURN if retprobe else 0, pid=max(pid, 0))
+        fd = sys_bpf(BPF_LINK_CREATE, attr)
+        if fd < 0:
+            where = f"{binary} ({n} offsets" + (")" if pid < 0 else f", pid {pid})")
+            raise AttachError(f"cannot attach uprobe_multi {'return ' if retprobe else ''}"
+                              f"{prog} to {where}: {_errno_msg(-fd)}", program=prog, err=-fd)
+        key = f"{prog}@{binary}:multi:{pid}"
+        self._fd_links[key] = fd
+        return key
+
     def set_attach_target(self, prog: str, func: str) -> None:
         """Before load: the kernel function an fentry/fexit program attaches to."""
         ret = self._lib.bpf_program__set_attach_target(self.programs[prog], 0, func.encode())
@@ -567,26 +705,46 @@ class BPFObject:
         link = self._links.pop(prog, None)
         if link:
             self._lib.bpf_link__destroy(link)
+        fd = self._fd_links.pop(prog, None)
+        if fd is not None:
+            os.close(fd)
+
+    def adopt_links(self, other: BPFObject, keys) -> None:
+        """Make links that `other` attached this object's: listed, detached
+        and closed with it (a link does not need its object once made)."""
+        for key in keys:
+            if key in other._links:
+                self._links[key] = other._links.pop(key)
+            elif key in other._fd_links:
+                self._fd_links[key] = other._fd_links.pop(key)
+
+    def link_fd(self, key: str) -> int:
+        """The fd of an attached link (e.g. to pass to another process)."""
+        if key in self._fd_links:
+            return self._fd_links[key]
+        return self._lib.bpf_link__fd(self._links[key])
 
     def detach_all(self) -> None:
         """Destroy every link, several at a time: each tracepoint or uprobe
         release waits for an RCU grace period in the kernel (~70 ms here), and
         ctypes drops the GIL, so concurrent releases overlap (24 links: 1.7 s
         one by one, 0.9 s this way)."""
-        links = list(self._links.values())
+        release = [(self._lib.bpf_link__destroy, link) for link in self._links.values()]
+        release += [(os.close, fd) for fd in self._fd_links.values()]
         self._links.clear()
-        if len(links) < 2:
-            for link in links:
-                self._lib.bpf_link__destroy(link)
+        self._fd_links.clear()
+        if len(release) < 2:
+            for fn, link in release:
+                fn(link)
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(len(links), 32)) as pool:
-            list(pool.map(self._lib.bpf_link__destroy, links))
+        with ThreadPoolExecutor(min(len(release), 32)) as pool:
+            list(pool.map(lambda r: r[0](r[1]), release))
 
     @property
     def attached(self) -> list[str]:
-        return list(self._links)
+        return [*self._links, *self._fd_links]
 
     # -- run time -----------------------------------------------------------------
     def map(self, name: str) -> Map:
@@ -614,6 +772,9 @@ class BPFObject:
         for link in self._links.values():
             self._lib.bpf_link__destroy(link)
         self._links.clear()
+        for fd in self._fd_links.values():
+            os.close(fd)
+        self._fd_links.clear()
         if self._ptr:
             self._lib.bpf_object__close(self._ptr)
             self._ptr = None

@@ -172,6 +172,7 @@ def probe() -> ProbeResult:
     put("kprobe", _try_program("probe_kprobe", lambda o: o.attach("probe_kprobe")))
     put("fentry", _try_program("probe_fentry", lambda o: o.attach("probe_fentry")))
     put("uprobe", _try_program("probe_uprobe", _attach_uprobe))
+    put("uprobe_multi", Feature("uprobe_multi", *loader.uprobe_multi()))
     put("tc", _probe_type("prog", BPF_PROG_TYPE_SCHED_CLS))
     put("sockops", _probe_type("prog", BPF_PROG_TYPE_SOCK_OPS))
     put("sk_msg", _probe_type("prog", BPF_PROG_TYPE_SK_MSG))
@@ -212,6 +213,11 @@ def decisions(res: ProbeResult) -> dict[str, str]:
     d["per-event core"] = core.info()["reason"]
     d["TLS plaintext"] = ("OpenSSL uprobes (libssl by inode, static copies by symbol)"
                           if res.ok("uprobe") else "unavailable: no uprobes (TLS connections count as unparsed)")
+    if res.ok("uprobe"):
+        multi = res.features.get("uprobe_multi")
+        d["TLS uprobes"] = ("uprobe_multi: an entry and a return link per library" if res.ok("uprobe_multi")
+                            else f"per-function links ({multi.detail if multi else 'not probed'}):"
+                            " stopping releases each")
     d["header injection"] = ("sockops + sk_msg" if res.ok("sockops") and res.ok("sk_msg")
                              else "unavailable")
     if not res.ok("probe_write_user"):

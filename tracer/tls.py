@@ -15,6 +15,14 @@ attached once per inode (pid -1), whichever process revealed it. Candidates:
 Symbols come from .dynsym and .symtab (read with struct); their virtual
 addresses are turned into the file offsets that uprobes take.
 
+A library takes two uprobe_multi links where the kernel has them (6.6+,
+`loader.uprobe_multi`, decided before loading): all its entry probes in one,
+all its return probes in the other, the cookie of each offset naming the
+function (`TlsHook`, tls.h). Releasing a link costs the kernel a synchronize,
+so stopping costs two of them per library instead of two per function.
+Elsewhere, or where the kernel refuses the multi link for a library, each
+function takes its own entry and return link (one line, counted).
+
 Split into broker and agent (tracer/broker.py), the agent drains the exec
 ring and asks; the broker reads /proc/<pid>/maps, parses the ELF files it
 found itself and attaches (`discover`, `consider`, on its copy of TlsProbes).
@@ -23,6 +31,7 @@ found itself and attaches (`discover`, `consider`, on its copy of TlsProbes).
 from __future__ import annotations
 
 import ctypes
+import enum
 import logging
 import os
 import struct
@@ -43,6 +52,23 @@ HOOKS = {
     "SSL_do_handshake": ("ssl_handshake_enter", "ssl_handshake_ret"),
 }
 REQUIRED = ("SSL_read", "SSL_write")
+
+
+class TlsHook(enum.IntEnum):
+    """enum tls_hook (tls.h): the bpf cookie that names the function under
+    uprobe_multi (tests/kernel/test_uprobe_multi.py checks it against BTF)."""
+
+    TLS_HOOK_NONE = 0
+    TLS_HOOK_SSL_READ = 1
+    TLS_HOOK_SSL_WRITE = 2
+    TLS_HOOK_SSL_READ_EX = 3
+    TLS_HOOK_SSL_WRITE_EX = 4
+    TLS_HOOK_SSL_DO_HANDSHAKE = 5
+
+
+HOOK_COOKIES = {name: TlsHook[f"TLS_HOOK_{name.upper()}"] for name in HOOKS}
+MULTI_ENTRY, MULTI_RETURN = "ssl_enter_multi", "ssl_ret_multi"  # the uprobe_multi pair
+MODE_MULTI, MODE_PER_FUNCTION = "uprobe_multi", "per-function"
 # maps of sock.bpf.o that tls.bpf.o shares (tracer/bpf/maps.h)
 SHARED_MAPS = ("events", "counters", "conns", "ssl_active", "ssl_fds", "ssl_last_read",
                "filter_cfg", "filter_pids", "filter_cgroups", "filter_netns", "filter_ports",
@@ -189,17 +215,53 @@ class TlsProbes:
     discovered: dict[tuple[int, int], str] = field(default_factory=dict)
     broker: object = None  # the agent's broker.BrokerClient once split: it scans for us
     held: list[int] = field(default_factory=list)  # fds of links the broker attached
+    multi: bool = False  # libraries take two uprobe_multi links (else a pair per function)
+    multi_why: str = ""  # why not, when not
+    multi_refused: int = 0  # libraries whose multi link the kernel refused: per-function links
+    # with multi: tls.bpf.o again, per-function programs only, loaded at the first
+    # refusal on the same maps (its links are adopted by obj)
+    fallback: loader.BPFObject | None = None
+    load_args: tuple = ()  # (sock, rodata) for the fallback
 
     @classmethod
-    def load(cls, sock: loader.BPFObject, **rodata: int) -> TlsProbes:
-        obj = loader.BPFObject.load_on("tls", sock, SHARED_MAPS, **rodata)
+    def load(cls, sock: loader.BPFObject, multi: bool | None = None,
+             **rodata: int) -> TlsProbes:
+        """tls.bpf.o on sock's maps. multi: use uprobe_multi links (None: if
+        the kernel has them). Only one set of programs is loaded: the multi
+        pair (loaded for those links, it cannot take plain uprobes), or the
+        per-function programs. A library whose multi link is refused gets
+        per-function programs from a second copy, loaded then."""
+        why = ""
+        if multi is None:
+            multi, why = loader.uprobe_multi()
+            why = "" if multi else why
+        elif not multi:
+            why = "off"
         try:
-            probes = cls(obj)
+            obj = loader.BPFObject.load_on("tls", sock, SHARED_MAPS,
+                                           configure=_configure(multi), **rodata)
+        except loader.LoadError as e:
+            if not multi:
+                raise
+            why = f"the kernel refused the uprobe_multi programs ({loader._errno_msg(e.err)})"
+            log.warning("TLS: %s: per-function uprobes", why)
+            multi = False
+            obj = loader.BPFObject.load_on("tls", sock, SHARED_MAPS,
+                                           configure=_configure(False), **rodata)
+        try:
+            probes = cls(obj, multi=multi, multi_why=why, load_args=(sock, rodata))
             probes.execs = obj.ring_buffer("tls_execs")
         except BaseException:
             obj.close()
             raise
+        if not multi:
+            log.info("TLS: per-function uprobe links (%s): stopping takes a synchronize per "
+                     "probe", why)
         return probes
+
+    @property
+    def mode(self) -> str:
+        return MODE_MULTI if self.multi else MODE_PER_FUNCTION
 
     def start(self) -> None:
         """Attach the exec watch and the system libraries, then scan every
@@ -312,10 +374,55 @@ class TlsProbes:
         return True
 
     def _attach(self, path: str, offsets: dict[str, int]) -> None:
-        for name, off in offsets.items():
-            entry, ret = HOOKS[name]
-            self.obj.attach_uprobe(entry, path, off, pid=-1)
-            self.obj.attach_uprobe(ret, path, off, pid=-1, retprobe=True)
+        """All of the library's probes or none (AttachError)."""
+        if self.multi and self._attach_multi(path, offsets):
+            return
+        obj = self._per_function_object()
+        before = set(obj.attached)
+        try:
+            for name, off in offsets.items():
+                entry, ret = HOOKS[name]
+                obj.attach_uprobe(entry, path, off, pid=-1)
+                obj.attach_uprobe(ret, path, off, pid=-1, retprobe=True)
+        except loader.AttachError:
+            for key in set(obj.attached) - before:
+                obj.detach(key)
+            raise
+        if obj is not self.obj:
+            self.obj.adopt_links(obj, set(obj.attached) - before)
+
+    def _per_function_object(self) -> loader.BPFObject:
+        if not self.multi:
+            return self.obj
+        if self.fallback is None:
+            sock, rodata = self.load_args
+            try:
+                self.fallback = loader.BPFObject.load_on(
+                    "tls", sock, SHARED_MAPS, configure=_configure(False, exec_watch=False),
+                    **rodata)
+            except loader.LoaderError as e:
+                raise loader.AttachError(f"per-function uprobes: {e}", program=MULTI_ENTRY,
+                                         err=e.err) from None
+        return self.fallback
+
+    def _attach_multi(self, path: str, offsets: dict[str, int]) -> bool:
+        """The library's entry probes as one uprobe_multi link, its return
+        probes as another; False (counted, one line) if the kernel refuses."""
+        names = sorted(offsets)
+        offs = [offsets[n] for n in names]
+        cookies = [int(HOOK_COOKIES[n]) for n in names]
+        entry = None
+        try:
+            entry = self.obj.attach_uprobe_multi(MULTI_ENTRY, path, offs, cookies)
+            self.obj.attach_uprobe_multi(MULTI_RETURN, path, offs, cookies, retprobe=True)
+        except loader.AttachError as e:
+            if entry is not None:
+                self.obj.detach(entry)
+            self.multi_refused += 1  # said once, counted always
+            (log.warning if self.multi_refused == 1 else log.debug)(
+                "TLS: %s: per-function uprobes for this library", e)
+            return False
+        return True
 
     def tick(self, now: float | None = None) -> None:
         """Housekeeping: look at processes that exec'd, and due rescans."""
@@ -341,13 +448,45 @@ class TlsProbes:
                 self.scan_pid(pid)
 
     def detach(self) -> None:
-        self.obj.detach_all()
+        """Release every link: this object's and those the broker attached
+        (their fds are held here), all at once, since each release waits for
+        the kernel."""
+        held, self.held = self.held, []
+        if not held:
+            self.obj.detach_all()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(held), 31) + 1) as pool:
+            ours = pool.submit(self.obj.detach_all)
+            list(pool.map(os.close, held))
+            ours.result()
 
     def close(self) -> None:
         for fd in self.held:
             os.close(fd)
         self.held.clear()
         self.obj.close()
+        if self.fallback is not None:
+            self.fallback.close()
+            self.fallback = None
+
+
+def _configure(multi: bool, exec_watch: bool = True):
+    """Before load: with multi, the uprobe_multi pair (verified for its link
+    type) and not the per-function programs; without, the reverse."""
+    def configure(obj: loader.BPFObject) -> None:
+        for prog in obj.programs:
+            if prog in (MULTI_ENTRY, MULTI_RETURN):
+                if multi:
+                    obj.set_expected_attach_type(prog, loader.BPF_TRACE_UPROBE_MULTI)
+                else:
+                    obj.set_autoload(prog, False)
+            elif prog == "tp_exec":
+                obj.set_autoload(prog, exec_watch)
+            elif multi:
+                obj.set_autoload(prog, False)
+    return configure
 
 
 class TlsPlaintext(Addon):
@@ -363,6 +502,8 @@ class TlsPlaintext(Addon):
         self.probes: TlsProbes | None = None
         self.libraries: list[str] = []  # files attached to, kept after close()
         self.unreadable = 0  # processes discovery could not inspect, kept after close()
+        self.mode = ""  # uprobe links: MODE_MULTI or MODE_PER_FUNCTION, kept after close()
+        self.multi_refused = 0  # kept after close()
 
     @classmethod
     def idle(cls) -> dict:
@@ -390,6 +531,7 @@ class TlsPlaintext(Addon):
         if self.probes is not None:
             self.libraries = sorted(self.probes.libraries.values())
             self.unreadable = self.probes.unreadable
+            self.mode, self.multi_refused = self.probes.mode, self.probes.multi_refused
             self.probes.close()
             self.probes = None
 
@@ -397,4 +539,6 @@ class TlsPlaintext(Addon):
         p = self.probes
         return {"tls_libraries": sorted(p.libraries.values()) if p else self.libraries,
                 "tls_unavailable": self.unavailable,
-                "tls_unreadable_processes": p.unreadable if p else self.unreadable}
+                "tls_unreadable_processes": p.unreadable if p else self.unreadable,
+                "tls_uprobes": p.mode if p else self.mode,
+                "tls_uprobe_multi_refused": p.multi_refused if p else self.multi_refused}

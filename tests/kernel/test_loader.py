@@ -340,3 +340,45 @@ def test_a_signal_ends_a_long_poll_and_the_wakeup_fd_is_put_back(sock_obj):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def _fdinfo(fd: int) -> dict[str, str]:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_uprobe_multi_link_is_an_fd_the_object_owns():
+    """attach_uprobe_multi makes one kernel link (bpf(2) BPF_LINK_CREATE, not
+    libbpf) holding every offset; link_fd gives it (the broker passes it on),
+    detach and close release it."""
+    require("uprobe")
+    ok, why = loader.uprobe_multi()
+    if not ok:
+        pytest.skip(f"kernel feature missing: uprobe_multi ({why})")
+    from tracer import tls
+
+    lib = next((p for p in tls.SYSTEM_LIBS if os.path.exists(p)), None)
+    if lib is None:
+        pytest.skip("no system libssl")
+    offs = tls.symbol_offsets(lib)
+    with loader.BPFObject.open(loader.object_path("features")) as obj:
+        for p in obj.programs:
+            obj.set_autoload(p, p == "probe_uprobe")
+        obj.set_expected_attach_type("probe_uprobe", loader.BPF_TRACE_UPROBE_MULTI)
+        obj.load()
+        # a program that returns 0, on two functions
+        key = obj.attach_uprobe_multi("probe_uprobe", lib, [offs["SSL_read"], offs["SSL_write"]],
+                                      [3, 4])
+        assert obj.attached == [key] == [f"probe_uprobe@{lib}:multi:-1"]
+        fd = obj.link_fd(key)
+        info = _fdinfo(fd)
+        assert info["link_type"] == "uprobe_multi"
+        assert info["prog_id"] == _fdinfo(obj.prog_fd("probe_uprobe"))["prog_id"]
+        obj.detach(key)
+        assert obj.attached == []
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        obj.attach_uprobe_multi("probe_uprobe", lib, [offs["SSL_read"]], retprobe=True)
+        fd = obj.link_fd(obj.attached[0])
+    with pytest.raises(OSError):  # closed with the object
+        os.fstat(fd)

@@ -1,9 +1,12 @@
 """tls.bpf.o on sock.bpf.o's maps, at the event level (root): uprobes on the
 system libssl, the SSL* -> fd join, reads served from buffered records, and
-the ciphertext of a TLS connection skipped and counted."""
+the ciphertext of a TLS connection skipped and counted. Each test runs with
+both kinds of links: uprobe_multi (the default where the kernel has it) and
+per-function links (forced with TRACER_UPROBE_MULTI=0)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,16 +56,16 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def traced():
+@contextlib.contextmanager
+def sock_for_children():
+    """sock.bpf.o loaded and attached, tracing only this process and its
+    children: other traffic on the machine must not fill the ring before the
+    test reads it."""
     require("btf", "ringbuf", "tracepoint_syscalls", "uprobe")
     sock = loader.BPFObject.open(loader.object_path("sock"))
-    probes = None
     try:
         sock.set_rodata(self_tgid=os.getpid())
         load_sock(sock)
-        # only the test's children: other traffic on the machine must not
-        # fill the ring before the test reads it
         sock.map("filter_cfg").update(0, bytes(events.FilterConfigC(1, 0, 0, 0)))
         sock.map("filter_pids").update(os.getpid(), b"\x01")
         for prog in sock.programs:
@@ -70,23 +73,44 @@ def traced():
                 sock.attach(prog)
             except loader.AttachError:
                 pass  # a syscall this kernel lacks: the test uses the common ones
-        probes = tls.TlsProbes.load(sock, self_tgid=os.getpid())
-        libs = [p for p in tls.SYSTEM_LIBS if os.path.exists(p)]
-        if not libs:
-            pytest.skip("no system libssl")
-        st = os.stat(libs[0])
-        assert probes.consider(libs[0], st.st_dev, st.st_ino, strict=True)
-        yield sock, probes
+        yield sock
     finally:
-        if probes:
-            probes.close()
         sock.close()
+
+
+def system_libssl() -> tuple[str, int, int]:
+    """(path, dev, inode) of the system libssl."""
+    libs = [p for p in tls.SYSTEM_LIBS if os.path.exists(p)]
+    if not libs:
+        pytest.skip("no system libssl")
+    st = os.stat(libs[0])
+    return libs[0], st.st_dev, st.st_ino
+
+
+@pytest.fixture(params=[tls.MODE_MULTI, tls.MODE_PER_FUNCTION])
+def traced(request, monkeypatch):
+    require("btf", "ringbuf", "tracepoint_syscalls", "uprobe")
+    if request.param == tls.MODE_MULTI:
+        require("uprobe_multi")
+    else:
+        monkeypatch.setenv(loader.UPROBE_MULTI_ENV, "0")
+    with sock_for_children() as sock:
+        probes = tls.TlsProbes.load(sock, self_tgid=os.getpid())
+        try:
+            assert probes.mode == request.param
+            path, dev, ino = system_libssl()
+            assert probes.consider(path, dev, ino, strict=True)
+            yield sock, probes
+        finally:
+            probes.close()
 
 
 def test_tls_plaintext_joins_the_socket_and_ciphertext_is_skipped(traced):
     sock, probes = traced
-    # 5 functions, an entry and a return probe each
-    assert len([link for link in probes.obj.attached if "@" in link]) == 10
+    # 5 functions: an entry and a return probe each, or one link for all
+    # entries and one for all returns
+    assert len([link for link in probes.obj.attached if "@" in link]) == \
+        (2 if probes.multi else 10)
     p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr

@@ -12,7 +12,10 @@
  * remembered SSL* -> fd pair joins it. The maps come from sock.bpf.o (maps.h).
  *
  * Programs are attached by user space (tracer/tls.py), once per library
- * inode, at offsets found in the ELF symbol tables.
+ * inode, at offsets found in the ELF symbol tables: ssl_enter_multi and
+ * ssl_ret_multi as two uprobe_multi links whose cookies name the function
+ * (tls.h), or, where the kernel lacks those links, one program per function
+ * and one perf-event link per probe.
  */
 /* No CO-RE here: the only kernel struct read is pt_regs, whose layout is
  * user ABI. Without relocations libbpf does not parse the kernel's BTF to
@@ -21,6 +24,7 @@
 #include "common.h"
 #include "sock.h"
 #include "maps.h"
+#include "tls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -30,6 +34,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 << 10);
 } tls_execs SEC(".maps");
+
+/* BTF anchor: keeps enum tls_hook in the object's BTF for the mirror's test. */
+const volatile enum tls_hook *tls_hook_anchor __attribute__((unused));
 
 struct tls_scratch {
 	struct data_event ev;
@@ -182,6 +189,16 @@ static __always_inline int ssl_exit(long ret, bool ex)
 	return 0;
 }
 
+static __always_inline int handshake_exit(void)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
+
+	if (call && call->op == SSL_OP_HANDSHAKE)
+		bpf_map_delete_elem(&ssl_active, &pid_tgid);
+	return 0;
+}
+
 SEC("uprobe")
 int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf)
 {
@@ -227,16 +244,59 @@ int BPF_KRETPROBE(ssl_ex_ret, long ret)
 SEC("uretprobe")
 int BPF_KRETPROBE(ssl_handshake_ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct ssl_call *call = bpf_map_lookup_elem(&ssl_active, &pid_tgid);
-
-	if (call && call->op == SSL_OP_HANDSHAKE)
-		bpf_map_delete_elem(&ssl_active, &pid_tgid);
-	return 0;
+	return handshake_exit();
 }
 
-SEC("tracepoint/sched/sched_process_exec")
-int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
+/* The uprobe_multi pair: one entry and one return program for every hooked
+ * function of a library, told apart by the cookie (enum tls_hook). The
+ * function's arguments are read as the widest of them (the _ex forms). */
+SEC("uprobe")
+int BPF_KPROBE(ssl_enter_multi, void *ssl, void *buf, __u64 num, void *nbytes)
+{
+	__u64 n = 0;
+	__u8 op;
+
+	switch (bpf_get_attach_cookie(ctx)) {
+	case TLS_HOOK_SSL_READ:
+		op = SSL_OP_READ;
+		break;
+	case TLS_HOOK_SSL_WRITE:
+		op = SSL_OP_WRITE;
+		break;
+	case TLS_HOOK_SSL_READ_EX:
+		op = SSL_OP_READ;
+		n = (__u64)nbytes;
+		break;
+	case TLS_HOOK_SSL_WRITE_EX:
+		op = SSL_OP_WRITE;
+		n = (__u64)nbytes;
+		break;
+	case TLS_HOOK_SSL_DO_HANDSHAKE:
+		op = SSL_OP_HANDSHAKE;
+		buf = 0;
+		break;
+	default:
+		return 0;
+	}
+	return ssl_enter(ssl, buf, n, op);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_ret_multi, long ret)
+{
+	__u64 hook = bpf_get_attach_cookie(ctx);
+
+	if (hook == TLS_HOOK_SSL_DO_HANDSHAKE)
+		return handshake_exit();
+	if (hook < TLS_HOOK_SSL_READ || hook > TLS_HOOK_SSL_WRITE_EX)
+		return 0;
+	return ssl_exit(ret, hook >= TLS_HOOK_SSL_READ_EX);
+}
+
+/* A raw tracepoint: its link is released at once, where a perf-event
+ * tracepoint link waits for grace periods when the tracer stops. */
+SEC("raw_tp/sched_process_exec")
+int tp_exec(void *ctx)
 {
 	struct exec_event ev = { .pid = bpf_get_current_pid_tgid() >> 32 };
 
