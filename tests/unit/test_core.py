@@ -120,7 +120,8 @@ def test_a_pure_module_takes_the_modules_that_cimport_it():
     pure = _run("import tracer.core as c; print(c.info()['pure'])",
                 TRACER_PURE="tracer.connstate")
     assert pure.strip() == str(["tracer.connstate", "tracer.conn", "tracer.session_http1",
-                                "tracer.session_http2", "tracer.spans", "tracer.correlate"])
+                                "tracer.session_http2", "tracer.spans", "tracer.correlate",
+                                "tracer.export.jsonl"])
     compiled = _run(SPANS)
     for mod in ("tracer.connstate", "tracer.protocols.http1", "tracer.protocols.http2",
                 "tracer.events"):

@@ -1,6 +1,7 @@
 # Types for the compiled JSON lines writer (Cython pure-Python mode, see tracer/core.py).
 
 cimport cython
+from tracer.spans cimport Span
 
 cdef object _dumps, _NEWLINE
 

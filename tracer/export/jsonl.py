@@ -28,6 +28,8 @@ from typing import BinaryIO
 import cython
 import orjson
 
+from tracer.spans import Span
+
 _dumps = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE  # the line's "\n" without a copy of the line
 BATCH_BYTES = 1 << 18  # a write per this much; flush() writes what is left
@@ -127,10 +129,16 @@ class JsonlWriter:
     def __call__(self, span) -> None:
         # the compiled span writes its own line into the batch (no dicts, no
         # bytes object); -1: no room left, -2: one of its values is orjson's
-        pos = span.write_json(self._buf, self._pos)
-        if pos == -1 and self._pos:
-            self._drain()
-            pos = span.write_json(self._buf, 0)
+        if type(span) is Span:  # the compiled span's method as a C call
+            pos = cython.cast(Span, span).write_json(self._buf, self._pos)
+            if pos == -1 and self._pos:
+                self._drain()
+                pos = cython.cast(Span, span).write_json(self._buf, 0)
+        else:
+            pos = span.write_json(self._buf, self._pos)
+            if pos == -1 and self._pos:
+                self._drain()
+                pos = span.write_json(self._buf, 0)
         if pos >= 0:
             self._pos = pos
             self.written += 1

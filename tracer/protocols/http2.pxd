@@ -1,8 +1,10 @@
 # Compiled form of tracer/protocols/http2.py (Cython pure-Python mode).
-# The owner is the cdef class Owner (its methods are C calls); events and
-# hpack_partial stay `object`.
+# The owner is the cdef class Owner, the HPACK table and the gRPC message
+# counter cimported (their methods are C calls); events stay `object`.
 cimport cython
 from tracer.stats cimport Stats
+from tracer.protocols.hpack_partial cimport HpackTable
+from tracer.protocols.grpc cimport MessageCounter
 
 cdef Py_ssize_t _PREFACE_LEN
 cdef int _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT
@@ -34,7 +36,7 @@ cdef class Owner:
 cdef class FrameReader:
     cdef public Owner session  # the owner (see the module docstring)
     cdef public int direction
-    cdef public object hpack
+    cdef public HpackTable hpack
     cdef public bytes buf
     cdef public object buf_ev
     cdef public bint preface
@@ -45,7 +47,7 @@ cdef class FrameReader:
     cdef public list body
     cdef public bint short
     cdef public Py_ssize_t held
-    cdef public object msgs
+    cdef public MessageCounter msgs
     cdef public Py_ssize_t dpre, dcontent
     cdef public list block
     cdef public bint lost
