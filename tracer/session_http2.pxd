@@ -5,6 +5,7 @@ from tracer.connstate cimport Conn
 from tracer.correlate cimport Correlator
 from tracer.events cimport DataEvent
 from tracer.protocols.http2 cimport FrameReader, Owner
+from tracer.protocols.grpc cimport MessageCounter
 
 cdef int _ROLE_SERVER, _ROLE_CLIENT, _ROLE_UNKNOWN, _INGRESS, _EGRESS
 
@@ -17,7 +18,7 @@ cdef class _Stream:
     cdef public object status, ctx
     cdef public bint lost, orphan, grpc
     cdef public object req_first, req_last, resp_first, resp_last
-    cdef public object req_msgs, resp_msgs
+    cdef public MessageCounter req_msgs, resp_msgs
 
 
 cdef class Http2Session(Owner):
@@ -55,6 +56,9 @@ cdef class Http2Session(Owner):
     cdef bint _learn_role(self, int direction, dict fields) except -1
 
     cdef _finish(self, _Stream st, long long reset_code=*)
+
+
+cdef int _direction(object reader) except? -1
 
 
 @cython.locals(req=dict, trailers=dict, extra=dict, target=str, path=str, query=str)

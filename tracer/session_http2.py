@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+import cython
+
 from tracer.connstate import Conn
 from tracer.events import ConnRole, DataDir, DataEvent
 from tracer.protocols import grpc
+from tracer.protocols.grpc import MessageCounter
 from tracer.protocols.http2 import MAX_STREAMS, FrameReader, Owner
 from tracer.spans import Span, exchange_span
 
@@ -105,16 +108,16 @@ class Http2Session(Owner):
         st = self.streams.get(sid)
         if st is None or not st.grpc:
             return None
-        return st.req_msgs if reader.direction == self.req_dir else st.resp_msgs
+        return st.req_msgs if _direction(reader) == self.req_dir else st.resp_msgs
 
     def on_headers(self, reader: FrameReader, sid: int, fields: dict[str, str], lost: bool,
                    end_stream: int, first: DataEvent, last: DataEvent) -> None:
-        if self.req_dir < 0 and not self._learn_role(reader.direction, fields):
+        if self.req_dir < 0 and not self._learn_role(_direction(reader), fields):
             self.stats.h2_headers_lost += 1  # neither a request nor a response we can tell
             return
         streams = self.streams
         st = streams.get(sid)
-        if reader.direction == self.req_dir:
+        if _direction(reader) == self.req_dir:
             if st is None:
                 if len(streams) >= MAX_STREAMS:
                     self.stats.requests_overflow += 1
@@ -130,8 +133,8 @@ class Http2Session(Owner):
                 ctype = fields.get("content-type", "")
                 st.grpc = ctype.startswith("application/grpc")
                 if st.grpc:
-                    st.req_msgs = grpc.MessageCounter()
-                    st.resp_msgs = grpc.MessageCounter()
+                    st.req_msgs = MessageCounter()
+                    st.resp_msgs = MessageCounter()
                 server = self.req_dir == _INGRESS
                 # the start time, as for HTTP/1: flush() ages waiting contexts by it
                 st.ctx = self.correlator.start(
@@ -178,7 +181,7 @@ class Http2Session(Owner):
         st = self.streams.get(sid)
         if st is None:
             return
-        if reader.direction == self.req_dir:
+        if _direction(reader) == self.req_dir:
             st.req_last = ev
             return
         if st.resp_hdrs is None:
@@ -198,7 +201,7 @@ class Http2Session(Owner):
             self.stats.incomplete_requests += 1
             return
         # reset after the response started: the span ends here, marked
-        if reader.direction != self.req_dir:
+        if _direction(reader) != self.req_dir:
             st.resp_last = ev
         self._finish(st, code)
 
@@ -235,6 +238,13 @@ class Http2Session(Owner):
                 (st.resp_msgs is not None and st.resp_msgs.lost):
             self.stats.grpc_framing_lost += 1
         self.correlator.finish(st.ctx, span)
+
+
+def _direction(reader) -> int:
+    # a FrameReader (a final type) read as a C field; anything else by name
+    if type(reader) is FrameReader:
+        return cython.cast(FrameReader, reader).direction
+    return reader.direction
 
 
 def h2_span(conn: Conn, st: _Stream, clock_offset_ns: int, server: bool,
