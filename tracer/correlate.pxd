@@ -52,7 +52,7 @@ cdef class Correlator:
     cpdef Context start(self, Conn conn, bint server, pid, tid, headers, seq=*, ts=*)
     @cython.locals(q=object, other=Context, ts=object)
     cdef Context _take(self, dict table, tuple key, Context ctx)
-    @cython.locals(act=list, inflight=set, key=tuple)
+    @cython.locals(act=list, inflight=set)
     cdef int _activate(self, Context ctx) except -1
     @cython.locals(key=tuple, act=list, inflight=set)
     cdef int _deactivate(self, Context ctx) except -1

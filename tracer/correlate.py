@@ -157,8 +157,10 @@ class Correlator:
         # server ones (pending) for their client side.
         self.clients: dict[tuple, deque[Context]] = {}
         self.pending: dict[tuple, deque[Context]] = {}
-        # server requests in progress per (pid, tid): in-process parent candidates
-        self.active: dict[tuple[int, int], list[Context]] = {}
+        # server requests in progress per thread: in-process parent candidates.
+        # Keyed by the tid alone: the kernel's (host namespace) tids are unique
+        # across processes, and an int hashes cheaper than a (pid, tid) tuple
+        self.active: dict[int, list[Context]] = {}
         # the same per process, for calls written by an I/O thread (a set:
         # an event loop may hold thousands)
         self.active_pid: dict[int, set[Context]] = {}
@@ -291,10 +293,9 @@ class Correlator:
     # A thread's list and a process's set stay when they empty (a server
     # thread handles request after request): flush() drops the empty ones.
     def _activate(self, ctx: Context) -> None:
-        key = (ctx.pid, ctx.tid)
-        act = self.active.get(key)
+        act = self.active.get(ctx.tid)
         if act is None:
-            act = self.active[key] = [ctx]
+            act = self.active[ctx.tid] = [ctx]
         else:
             act.append(ctx)
         ctx.act = act
@@ -323,7 +324,7 @@ class Correlator:
         worse than none), counted as ambiguous. None (an I/O thread writes the
         call, e.g. grpcio's event engine): the one request of the process
         waiting for its first call (0.6, see _io_parent)."""
-        act = self.active.get((pid, tid))
+        act = self.active.get(tid)
         header = ctx.header
         parent = None
         confidence = 0.9
@@ -392,7 +393,7 @@ class Correlator:
         self.stats.spans_injected += 1
         if inj.parent_id is None:
             return
-        act = self.active.get((ctx.pid, ctx.tid))
+        act = self.active.get(ctx.tid)
         if not act or len(act) != 1:
             return
         parent = act[0]
