@@ -22,7 +22,8 @@ import time
 
 LATENCY_FIELDS = ["request_id", "trace_id", "span_id", "method", "path", "status", "ok",
                   "start_unix_ns", "latency_us"]
-SCENARIOS = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak")
+SCENARIOS = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak",
+             "go-chain")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

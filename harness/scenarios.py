@@ -185,6 +185,29 @@ def build(name: str, workdir: Path) -> Scenario:
             chain=(Expected("frontend", "server", "load"),), plan=ACCURACY_PLAN,
             config={"server": "grpcio", "grpc_threads": 8},
         )
+    if name == "go-chain":
+        # http-chain with a Go net/http front (workloads/go/front, built stripped
+        # at server start): its calls share one keep-alive pool and forward
+        # x-request-id (for scoring) but no traceparent, so each call's parent
+        # comes from the goroutine links (tracer/golang.py, docs/golang.md).
+        return Scenario(
+            name, "gc",
+            servers=(
+                Server("backend", "backend",
+                       _gunicorn("workloads.flask_chain.backend:create_app()", f"{BACKEND}:8081"),
+                       8081, BACKEND, {"GT_PATH": gt, "DB_PATH": str(workdir / "backend.db")}),
+                Server("frontend", "frontend",
+                       (py, "-m", "workloads.go.run", str(workdir / "go"), "front", "--stripped",
+                        "--", "-listen", f"{FRONTEND}:8080", "-backend", f"http://{BACKEND}:8081",
+                        "-client", "shared", "-groundtruth", gt, "-service", "frontend"),
+                       8080, FRONTEND),
+            ),
+            load_host=f"http://{FRONTEND}:8080", traced_roles=("frontend", "backend"),
+            chain=http_chain_links, plan=ACCURACY_PLAN,
+            config={"server": "Go net/http (stripped, -ldflags=-s -w; system golang-go), "
+                              "shared keep-alive client + gunicorn backend",
+                    **GUNICORN, "db": "sqlite (WAL)"},
+        )
     if name == "stress":
         return Scenario(
             name, "st",
@@ -204,5 +227,6 @@ def build(name: str, workdir: Path) -> Scenario:
     raise KeyError(name)
 
 
-NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak")
+NAMES = ("http-chain", "stress", "grpc", "mixed", "http-chain-tls", "overload", "soak",
+         "go-chain")
 DEFAULT_SCENARIOS = ("stress", "http-chain", "grpc", "mixed")

@@ -5,9 +5,11 @@ The Go scheduler moves goroutines between OS threads, and a pooled
 connection is written by its own writeLoop goroutine: the thread link of the
 correlator ("the request the writing thread handles") is wrong or absent for
 Go. golang.bpf.o follows goroutines instead: a server request belongs to the
-goroutine in serverHandler.ServeHTTP and to the goroutines it creates
-(runtime.newproc1), and a (*persistConn).roundTrip on such a goroutine gives
-a record (client connection, server connection, times). The correlator asks
+goroutine in serverHandler.ServeHTTP (or, for a grpc-go RPC, in
+(*Server).handleStream: one HTTP/2 stream of the connection) and to the
+goroutines it creates (runtime.newproc1), and a (*persistConn).roundTrip on
+such a goroutine gives a record (client connection, server connection and
+stream, times). The correlator asks
 `GoRuntime.parent` at each client request (Correlator.go_parent): the record
 of the request's connection names the server connection, and the server
 request in flight on it is the parent (source "thread": a goroutine is Go's
@@ -22,7 +24,8 @@ What is read from each one:
   goroutine stacks, and the return address a uretprobe plants breaks that,
   so return probes sit on the RET instructions instead;
 - struct field offsets from DWARF when present, else from OFFSETS (by Go
-  version); neither: the binary is named in one line, its processes keep the
+  version) and GRPC_OFFSETS (by the grpc-go module version in the build
+  info); neither: the binary is named in one line, its processes keep the
   correlator's other links.
 The disassembly and the DWARF run in a child process without capabilities
 (inspect_isolated). amd64 only (register ABI, Go >= 1.17: g in r14).
@@ -54,9 +57,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracer.golang")
 
 SERVE = "net/http.serverHandler.ServeHTTP"
+GRPC_SERVE = "google.golang.org/grpc.(*Server).handleStream"
 ROUNDTRIP = "net/http.(*persistConn).roundTrip"
 NEWPROC = "runtime.newproc1"
 GOEXIT = "runtime.goexit1"
+GRPC_MODULE = "google.golang.org/grpc"
 # function -> (entry program, program at each RET or None) in golang.bpf.c;
 # attached in this order: the runtime first, so no goroutine is missed once
 # requests are followed
@@ -64,8 +69,11 @@ HOOKS: dict[str, tuple[str, str | None]] = {
     GOEXIT: ("go_exit", None),
     NEWPROC: ("go_newproc", "go_newproc_ret"),
     SERVE: ("go_serve", "go_serve_ret"),
+    GRPC_SERVE: ("go_grpc_serve", "go_grpc_serve_ret"),
     ROUNDTRIP: ("go_roundtrip", None),
 }
+SERVERS = (SERVE, GRPC_SERVE)  # a followed executable has one or both
+REQUIRED = (GOEXIT, NEWPROC, ROUNDTRIP)
 # maps of sock.bpf.o that golang.bpf.o shares (conns.h, filters.h)
 SHARED_MAPS = ("conns", "filter_cfg", "filter_pids", "filter_cgroups", "filter_netns",
                "filter_ports", "filter_comms")
@@ -89,13 +97,14 @@ class GoCallC(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint8), ("depth", ctypes.c_uint8), ("pad", ctypes.c_uint16),
                 ("pid", ctypes.c_uint32), ("ts", ctypes.c_uint64),
                 ("client_conn_id", ctypes.c_uint64), ("server_conn_id", ctypes.c_uint64),
-                ("serve_ts", ctypes.c_uint64)]
+                ("serve_ts", ctypes.c_uint64), ("stream_id", ctypes.c_uint32),
+                ("pad2", ctypes.c_uint32)]
 
 
 class GoOffsetsC(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint16) for name in (
         "response_conn", "conn_rwc", "conn_tls", "pconn_conn", "pconn_tls", "tcpconn_fd",
-        "netfd_sysfd", "valid")]
+        "netfd_sysfd", "grpc_stream_id", "grpc_st_conn", "valid")]
 
 
 class GoGkeyC(ctypes.Structure):
@@ -104,7 +113,7 @@ class GoGkeyC(ctypes.Structure):
 
 class GoServeC(ctypes.Structure):
     _fields_ = [("server_conn_id", ctypes.c_uint64), ("serve_ts", ctypes.c_uint64),
-                ("depth", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+                ("depth", ctypes.c_uint32), ("stream_id", ctypes.c_uint32)]
 
 
 STRUCTS = {"go_call": GoCallC, "go_offsets": GoOffsetsC, "go_gkey": GoGkeyC,
@@ -114,13 +123,13 @@ GO_MAX_BINARIES = 64
 GO_MAX_DEPTH = 8
 # enum go_counter, in order: summary key of each
 COUNTERS = ("hits_serve", "hits_serve_ret", "hits_newproc", "hits_newproc_ret", "hits_goexit",
-            "hits_roundtrip", "serve_no_conn", "serve_tls", "inherited", "depth_limit",
+            "hits_roundtrip", "hits_grpc_serve", "hits_grpc_serve_ret", "serve_no_conn", "serve_tls", "inherited", "depth_limit",
             "call_outside", "call_no_conn", "call_tls", "calls", "ring_full", "read_fault",
             "no_offsets")
 ENUMS = {"go_counter": {f"GO_{k.upper().replace('HITS_', 'HIT_')}": i
                         for i, k in enumerate(COUNTERS)} | {"GO_CTR_MAX": len(COUNTERS)},
          "go_record_type": {"GO_REC_CALL": GO_REC_CALL}}
-_CALL = struct.Struct("<BBHIQQQQ")
+_CALL = struct.Struct("<BBHIQQQQII")
 
 
 # -- what is read from a Go executable -----------------------------------------------
@@ -142,10 +151,19 @@ class Offsets:
     pconn_tls: int  # net/http.persistConn.tlsState
     tcpconn_fd: int  # net.TCPConn.conn + net.conn.fd
     netfd_sysfd: int  # net.netFD.pfd + internal/poll.FD.Sysfd
+    grpc_stream_id: int = 0  # grpc internal/transport.Stream.id (with GRPC_SERVE only)
+    grpc_st_conn: int = 0  # grpc internal/transport.http2Server.conn
 
     def c(self) -> GoOffsetsC:
         return GoOffsetsC(self.response_conn, self.conn_rwc, self.conn_tls, self.pconn_conn,
-                          self.pconn_tls, self.tcpconn_fd, self.netfd_sysfd, 1)
+                          self.pconn_tls, self.tcpconn_fd, self.netfd_sysfd,
+                          self.grpc_stream_id, self.grpc_st_conn, 1)
+
+
+@dataclass(frozen=True)
+class GrpcOffsets:
+    stream_id: int  # internal/transport.Stream.id
+    st_conn: int  # internal/transport.http2Server.conn
 
 
 # By Go version (inclusive range): the same from 1.17 through 1.24 (read from
@@ -155,6 +173,16 @@ OFFSETS: list[tuple[tuple[int, int], tuple[int, int], Offsets]] = [
     ((1, 17), (1, 24), Offsets(response_conn=0, conn_rwc=16, conn_tls=48, pconn_conn=80,
                                pconn_tls=96, tcpconn_fd=0, netfd_sysfd=16)),
 ]
+# By grpc-go module version (inclusive (major, minor, patch) range), for
+# executables without DWARF: read from the DWARF of a build of that version
+# here (workloads/go_grpc). Newer ones are followed only with their own DWARF.
+GRPC_OFFSETS: list[tuple[tuple[int, int, int], tuple[int, int, int], GrpcOffsets]] = [
+    ((1, 33, 0), (1, 33, 99), GrpcOffsets(stream_id=0, st_conn=32)),
+]
+_GRPC_STREAM = "google.golang.org/grpc/internal/transport.Stream"
+_GRPC_HTTP2SERVER = "google.golang.org/grpc/internal/transport.http2Server"
+_GRPC_DWARF_MEMBERS = {_GRPC_STREAM: ("id",), _GRPC_HTTP2SERVER: ("conn",)}
+_HTTP_SERVER_TYPES = ("net/http.response", "net/http.conn")
 # DWARF type -> members, and how they make up Offsets
 _DWARF_MEMBERS = {
     "net/http.response": ("conn",), "net/http.conn": ("rwc", "tlsState"),
@@ -176,6 +204,24 @@ def table_offsets(version: tuple[int, int]) -> Offsets | None:
     return None
 
 
+def parse_module_version(v: str) -> tuple[int, int, int] | None:
+    """"v1.33.3" -> (1, 33, 3); None for a pseudo-version or garbage."""
+    m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)(?:[-+].*)?", v)
+    if m is None or "-0." in v:  # v0.0.0-2020...-hash, v1.2.4-0.2020...: not a release
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def grpc_table_offsets(version: str) -> GrpcOffsets | None:
+    ver = parse_module_version(version)
+    if ver is None:
+        return None
+    for lo, hi, offs in GRPC_OFFSETS:
+        if lo <= ver <= hi:
+            return offs
+    return None
+
+
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 
 
@@ -192,29 +238,65 @@ def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def build_version(elf: RawElf) -> str | None:
-    """runtime.buildVersion from .go.buildinfo ("go1.19.8"), None if absent.
-    Go >= 1.18 writes the string inline (flags bit 2); older ones point to it."""
+    """runtime.buildVersion from .go.buildinfo ("go1.19.8"), None if absent."""
+    return build_info(elf)[0]
+
+
+def build_info(elf: RawElf) -> tuple[str | None, str]:
+    """runtime.buildVersion and runtime.modinfo from .go.buildinfo (both kept
+    by -ldflags=-s -w): ("go1.19.8", "path\t...\ndep\tgoogle.golang.org/grpc\t
+    v1.33.3\n..."), (None, "") if absent. Go >= 1.18 writes both strings
+    inline (flags bit 2); older ones point to them."""
     sec = elf.section(".go.buildinfo")
     if sec is None:
-        return None
-    data = elf.read(sec.offset, min(sec.size, 4096))
+        return None, ""
+    data = elf.read(sec.offset, min(sec.size, 64 << 10))
     if not data.startswith(_BUILDINFO_MAGIC) or len(data) < 32:
-        return None
+        return None, ""
     ptr, flags = data[14], data[15]
     if flags & 2:
         n, pos = _uvarint(data, 32)
-        return data[pos:pos + n].decode("utf-8", "replace")
+        version = data[pos:pos + n].decode("utf-8", "replace")
+        n, pos = _uvarint(data, pos + n)
+        return version, _strip_modinfo(data[pos:pos + n])
     if ptr != 8 or flags & 1:
-        return None  # a 32-bit or big-endian layout: not amd64 anyway
-    (addr,) = struct.unpack_from("<Q", data, 16)
-    off = elf.vaddr_to_offset(addr)
-    if off is None:
-        return None
-    sptr, slen = struct.unpack("<QQ", elf.read(off, 16))
-    soff = elf.vaddr_to_offset(sptr)
-    if soff is None or not 0 < slen < 256:
-        return None
-    return elf.read(soff, slen).decode("utf-8", "replace")
+        return None, ""  # a 32-bit or big-endian layout: not amd64 anyway
+    strings = []
+    for at in (16, 24):  # *string of buildVersion, then of modinfo
+        (addr,) = struct.unpack_from("<Q", data, at)
+        off = elf.vaddr_to_offset(addr)
+        if off is None:
+            strings.append(b"")
+            continue
+        sptr, slen = struct.unpack("<QQ", elf.read(off, 16))
+        soff = elf.vaddr_to_offset(sptr)
+        strings.append(elf.read(soff, slen) if soff is not None and 0 < slen < 1 << 20
+                       else b"")
+    version = strings[0].decode("utf-8", "replace") if 0 < len(strings[0]) < 256 else None
+    return version, _strip_modinfo(strings[1])
+
+
+def _strip_modinfo(raw: bytes) -> str:
+    # the linker frames modinfo with 16 bytes of sentinel at each end
+    # (debug/buildinfo does the same)
+    if len(raw) >= 33 and raw[-17] == 0x0A:
+        raw = raw[16:-16]
+    return raw.decode("utf-8", "replace")
+
+
+def module_version(modinfo: str, module: str) -> str | None:
+    """The version of a dependency in build info's modinfo: its `dep` line,
+    or the `=>` replacement after it when that one has a version."""
+    version = None
+    for line in modinfo.splitlines():
+        f = line.split("\t")
+        if version is not None:
+            if f[0] == "=>" and len(f) >= 3 and f[2] not in ("", "(devel)"):
+                version = f[2]
+            return version
+        if f[0] == "dep" and len(f) >= 3 and f[1] == module:
+            version = f[2]
+    return version
 
 
 def pclntab_functions(elf: RawElf, names) -> dict[str, tuple[int, int]]:
@@ -287,14 +369,20 @@ def ret_offsets(code: bytes, vaddr: int) -> list[int]:
     return rets
 
 
-def dwarf_offsets(f) -> Offsets | None:
+def dwarf_offsets(f, hooks=(SERVE,)) -> Offsets | None:
     """The offsets from the executable's own DWARF, or None (stripped, or a
-    type missing). Go writes names inline (DW_FORM_string) right after a
-    DIE's abbreviation code, so each type's DIE is found by its name in
+    type missing). Only the types of the hooked functions are needed (a
+    grpc-go server links no net/http server, and its types are gone): the
+    other fields stay 0. Go writes names inline (DW_FORM_string) right after
+    a DIE's abbreviation code, so each type's DIE is found by its name in
     .debug_info and parsed alone: 50 ms, where walking every DIE of a
     net/http binary takes a second."""
     from elftools.elf.elffile import ELFFile
 
+    wanted = {t: fs for t, fs in _DWARF_MEMBERS.items()
+              if SERVE in hooks or t not in _HTTP_SERVER_TYPES}
+    if GRPC_SERVE in hooks:
+        wanted.update(_GRPC_DWARF_MEMBERS)
     members: dict[tuple[str, str], int] = {}
     try:
         elf = ELFFile(f)
@@ -303,7 +391,7 @@ def dwarf_offsets(f) -> Offsets | None:
             return None
         dwarf = elf.get_dwarf_info()
         info = dwarf.debug_info_sec.stream.getvalue()
-        for tname, fields in _DWARF_MEMBERS.items():
+        for tname, fields in wanted.items():
             die = _find_struct(dwarf, info, tname)
             if die is None:
                 return None
@@ -318,15 +406,22 @@ def dwarf_offsets(f) -> Offsets | None:
         return None
     m = members
     try:
-        return Offsets(response_conn=m["net/http.response", "conn"],
-                       conn_rwc=m["net/http.conn", "rwc"],
-                       conn_tls=m["net/http.conn", "tlsState"],
-                       pconn_conn=m["net/http.persistConn", "conn"],
+        offs = Offsets(pconn_conn=m["net/http.persistConn", "conn"],
                        pconn_tls=m["net/http.persistConn", "tlsState"],
                        tcpconn_fd=m["net.TCPConn", "conn"] + m["net.conn", "fd"],
-                       netfd_sysfd=m["net.netFD", "pfd"] + m["internal/poll.FD", "Sysfd"])
+                       netfd_sysfd=m["net.netFD", "pfd"] + m["internal/poll.FD", "Sysfd"],
+                       response_conn=m.get(("net/http.response", "conn"), 0),
+                       conn_rwc=m.get(("net/http.conn", "rwc"), 0),
+                       conn_tls=m.get(("net/http.conn", "tlsState"), 0))
+        if GRPC_SERVE in hooks:
+            offs = dataclasses.replace(
+                offs, grpc_stream_id=m[_GRPC_STREAM, "id"],
+                grpc_st_conn=m[_GRPC_HTTP2SERVER, "conn"])
     except KeyError:
         return None
+    if SERVE in hooks and ("net/http.response", "conn") not in m:
+        return None
+    return offs
 
 
 def _find_struct(dwarf, info: bytes, name: str):
@@ -353,8 +448,10 @@ class GoBinary:
     version: str
     offsets: Offsets
     offsets_from: str  # "dwarf" or "table"
-    entry: dict[str, int]  # function -> file offset of its entry
+    entry: dict[str, int]  # function -> file offset of its entry (the hooked ones)
     rets: dict[str, list[int]]  # function -> file offsets of its RET instructions
+    grpc: str = ""  # grpc-go module version, from build info ("" if not linked)
+    notes: tuple[str, ...] = ()  # what of the executable is not followed, and why
 
     @classmethod
     def inspect(cls, path: str) -> GoBinary:
@@ -366,15 +463,36 @@ class GoBinary:
     @classmethod
     def inspect_file(cls, f) -> GoBinary:
         """inspect() of an open executable (a binary file object)."""
-        elf, version, funcs = _go_functions(f)
+        elf, version, funcs, modinfo = _go_functions(f)
         if elf.machine != EM_X86_64:
             raise Unsupported(f"{version}: only amd64 is supported")
         ver = parse_version(version)
         if ver is not None and ver < MIN_GO:
             raise Unsupported(f"{version}: Go before 1.17 passes arguments on the stack")
-        missing = [n for n in HOOKS if n not in funcs]
+        missing = [n for n in REQUIRED if n not in funcs]
         if missing:
             raise Unsupported(f"{version}: no {', '.join(missing)}")
+        grpc = (module_version(modinfo, GRPC_MODULE) or "unknown") if GRPC_SERVE in funcs else ""
+        offsets = dwarf_offsets(f, tuple(funcs))
+        source = "dwarf"
+        notes: list[str] = []
+        if offsets is None:
+            source = "table"
+            offsets = table_offsets(ver) if ver is not None else None
+            if offsets is None:
+                raise Unsupported(f"{version}: no DWARF and no known struct offsets "
+                                  f"for this version")
+            if grpc:
+                g = grpc_table_offsets(grpc)
+                if g is None:
+                    notes.append(f"grpc-go {grpc}: no DWARF and no known struct offsets "
+                                 f"for this version, its RPCs are not followed")
+                    del funcs[GRPC_SERVE]
+                    if not any(n in funcs for n in SERVERS):
+                        raise Unsupported(f"{version}: {notes[0]}")
+                else:
+                    offsets = dataclasses.replace(offsets, grpc_stream_id=g.stream_id,
+                                                  grpc_st_conn=g.st_conn)
         entry: dict[str, int] = {}
         rets: dict[str, list[int]] = {}
         for name, (lo, hi) in funcs.items():
@@ -387,29 +505,30 @@ class GoBinary:
                 if not addrs:
                     raise Unsupported(f"{version}: no RET instruction in {name}")
                 rets[name] = [off + a - lo for a in addrs]
-        offsets = dwarf_offsets(f)
-        source = "dwarf"
-        if offsets is None:
-            offsets = table_offsets(ver) if ver is not None else None
-            source = "table"
-        if offsets is None:
-            raise Unsupported(f"{version}: no DWARF and no known struct offsets for this version")
-        return cls(version, offsets, source, entry, rets)
+        return cls(version, offsets, source, entry, rets, grpc, tuple(notes))
+
+    def describe(self, name: str) -> str:
+        """The summary's go_binaries entry."""
+        grpc = f", grpc-go {self.grpc}" if self.grpc and GRPC_SERVE in self.entry else ""
+        return f"{name} ({self.version}{grpc}, offsets from {self.offsets_from})"
 
     def to_json(self) -> dict:
         return {"version": self.version, "offsets": dataclasses.asdict(self.offsets),
-                "offsets_from": self.offsets_from, "entry": self.entry, "rets": self.rets}
+                "offsets_from": self.offsets_from, "entry": self.entry, "rets": self.rets,
+                "grpc": self.grpc, "notes": list(self.notes)}
 
     @classmethod
     def from_json(cls, d: dict) -> GoBinary:
         return cls(d["version"], Offsets(**d["offsets"]), d["offsets_from"],
                    {k: int(v) for k, v in d["entry"].items()},
-                   {k: [int(x) for x in v] for k, v in d["rets"].items()})
+                   {k: [int(x) for x in v] for k, v in d["rets"].items()},
+                   str(d.get("grpc", "")), tuple(str(n) for n in d.get("notes", ())))
 
 
-def _go_functions(f) -> tuple[RawElf, str, dict[str, tuple[int, int]]]:
-    """The cheap part: ELF headers, version, the functions; NotGo unless a
-    Go executable with a net/http server and client."""
+def _go_functions(f) -> tuple[RawElf, str, dict[str, tuple[int, int]], str]:
+    """The cheap part: ELF headers, version, the functions, the modules;
+    NotGo unless a Go executable with a server (net/http or grpc-go) and a
+    net/http client."""
     # here, not at import: the symbols package costs the tracer's start-up
     # (it runs in the inspecting child)
     from .symbols.rawelf import ElfFormatError, RawElf, file_reader
@@ -420,11 +539,11 @@ def _go_functions(f) -> tuple[RawElf, str, dict[str, tuple[int, int]]]:
         raise NotGo(str(e)) from None
     if elf.section(".gopclntab") is None and elf.section(".go.buildinfo") is None:
         raise NotGo("not a Go executable")
-    version = build_version(elf) or "unknown"
+    version, modinfo = build_info(elf)
     funcs = pclntab_functions(elf, HOOKS)
-    if SERVE not in funcs or ROUNDTRIP not in funcs:
-        raise NotGo("no net/http server and client")
-    return elf, version, funcs
+    if ROUNDTRIP not in funcs or not any(n in funcs for n in SERVERS):
+        raise NotGo("no net/http or grpc-go server and net/http client")
+    return elf, version or "unknown", funcs, modinfo
 
 
 INSPECT_TIMEOUT_S = 30.0
@@ -572,6 +691,8 @@ class GoProbes:
         before = set(self.obj.attached)
         try:
             for func, (entry, ret) in HOOKS.items():
+                if func not in binary.entry:
+                    continue  # a server kind it does not link
                 if ret is not None:
                     for off in binary.rets[func]:
                         self.obj.attach_uprobe(ret, path, off, cookie=slot)
@@ -581,7 +702,10 @@ class GoProbes:
                 self.obj.detach(link)
             return self._refuse(name, key, str(e))
         self.slots[key] = slot
-        self.binaries[key] = f"{name} ({binary.version}, offsets from {binary.offsets_from})"
+        self.binaries[key] = binary.describe(name)
+        for note in binary.notes:
+            self.unsupported[name] = note
+            log.warning("Go: %s: %s", name, note)
         log.info("Go: attached to %s", self.binaries[key])
         return True
 
@@ -638,27 +762,28 @@ class CallIndex:
 
     def __init__(self, table) -> None:
         self.table = table  # tracer.conn.ConnectionTable: conns by id, the correlator
-        self.calls: dict[int, deque] = {}  # client conn_id -> (ts, server conn_id, serve_ts)
+        # client conn_id -> (ts, server conn_id, serve_ts, HTTP/2 stream id or 0)
+        self.calls: dict[int, deque] = {}
         self.links = 0
         self.no_call = 0  # a client request of a Go process with no record for it
         self.no_server = 0  # a record whose server request is not in flight (or unknown)
         self.records = 0
         self.stale = 0  # the latest record before a request was too old to be its call
 
-    def add(self, ts: int, client: int, server: int, serve_ts: int) -> None:
+    def add(self, ts: int, client: int, server: int, serve_ts: int, stream: int = 0) -> None:
         self.records += 1
         q = self.calls.get(client)
         if q is None:
             if len(self.calls) >= MAX_CONNS:
                 self.calls.pop(next(iter(self.calls)))  # the oldest connection
             q = self.calls[client] = deque(maxlen=CALLS_PER_CONN)
-        q.append((ts, server, serve_ts))
+        q.append((ts, server, serve_ts, stream))
 
     def on_record(self, buf, off: int, size: int) -> None:
         if size >= _CALL.size:
-            typ, _, _, _, ts, client, server, serve_ts = _CALL.unpack_from(buf, off)
+            typ, _, _, _, ts, client, server, serve_ts, stream, _ = _CALL.unpack_from(buf, off)
             if typ == GO_REC_CALL:
-                self.add(ts, client, server, serve_ts)
+                self.add(ts, client, server, serve_ts, stream)
 
     def find(self, client_conn_id: int, ts: int):
         """The record of the call whose request starts at ts on that connection:
@@ -676,13 +801,16 @@ class CallIndex:
             return None
         return rec
 
-    def server_context(self, pid: int, server_conn_id: int, serve_ts: int):
-        """The server request in flight on that connection that had started by
-        serve_ts (the latest such: one at a time on an HTTP/1 connection)."""
+    def server_context(self, pid: int, server_conn_id: int, serve_ts: int, stream: int = 0):
+        """The server request in flight on that connection (and HTTP/2 stream:
+        the correlator keys those by (connection, stream id)) that had started
+        by serve_ts (the latest such: one at a time on an HTTP/1 connection)."""
         sconn = self.table.conns.get(server_conn_id)
         key = conn_key(sconn, True) if sconn is not None else None
         if key is None:
             return None
+        if stream:
+            key = (key, stream)
         best = None
         for ctx in self.table.correlator.active_pid.get(pid, ()):
             if ctx.key == key and ctx.start_ts <= serve_ts \
@@ -795,7 +923,7 @@ class GoRuntime(Addon):
                 if p is not None and pid in p.pids:
                     index.no_call += 1
                 return None
-        ctx = index.server_context(pid, rec[1], rec[2])
+        ctx = index.server_context(pid, rec[1], rec[2], rec[3])
         if ctx is None:
             index.no_server += 1
             return None

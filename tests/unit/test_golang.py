@@ -89,8 +89,9 @@ def test_pclntab_gives_the_symbol_table_addresses_even_when_stripped(gobins):
     with f:
         assert elf.function_symbols(SHT_SYMTAB) == []  # really stripped
         stripped = golang.pclntab_functions(elf, golang.HOOKS)
-    assert set(plain) == set(golang.HOOKS)
-    assert {n: lo for n, (lo, _) in plain.items()} == {n: syms[n] for n in golang.HOOKS}
+    linked = set(golang.HOOKS) - {golang.GRPC_SERVE}  # a net/http front has no grpc-go
+    assert set(plain) == linked
+    assert {n: lo for n, (lo, _) in plain.items()} == {n: syms[n] for n in linked}
     assert stripped == plain  # -s -w leaves the code where it was
     for lo, hi in plain.values():
         assert 0 < hi - lo < 1 << 16
@@ -306,12 +307,12 @@ def test_records_are_taken_in_order_bounded_and_expire():
     index = golang.CallIndex(table=None)
     n = golang.CALLS_PER_CONN + 3
     for i in range(n):
-        index.add(1000 + 10 * i, 7, 11, 900)
+        index.add(1000 + 10 * i, 7, 11, 900, i % 2)
     assert len(index.calls[7]) == golang.CALLS_PER_CONN  # the oldest dropped
     assert index.find(7, 1025) is None
     # the agent reads requests in order: the latest record before one is its,
     # and the older ones (calls never written) go with it
-    assert index.find(7, 1000 + 10 * 5 + 1) == (1050, 11, 900)
+    assert index.find(7, 1000 + 10 * 5 + 1) == (1050, 11, 900, 1)
     assert index.calls[7][0][0] == 1060
     assert index.find(7, 1000 + 10 * 5 + 2) is None  # taken already
     # a call whose request was never written is not a much later request's
@@ -328,11 +329,11 @@ def test_records_are_taken_in_order_bounded_and_expire():
 
 def test_records_decode_from_ring_bytes():
     index = golang.CallIndex(table=None)
-    rec = golang.GoCallC(golang.GO_REC_CALL, 2, 0, FRONT, 5000, 21, 11, 4000)
+    rec = golang.GoCallC(golang.GO_REC_CALL, 2, 0, FRONT, 5000, 21, 11, 4000, 7)
     raw = bytes(rec)
     index.on_record(memoryview(b"\0" * 8 + raw), 8, len(raw))
     index.on_record(memoryview(raw[:-1]), 0, len(raw) - 1)  # short: ignored
-    assert index.find(21, 6000) == (5000, 11, 4000)
+    assert index.find(21, 6000) == (5000, 11, 4000, 7)
     assert index.records == 1
 
 
@@ -402,7 +403,8 @@ def test_a_running_go_process_is_attached_once_per_executable(gobins, running_fr
     assert obj.offsets == {0: bytes(b.offsets.c())}  # slot 0, filled before any probe
     want = []
     for func, (entry, ret) in golang.HOOKS.items():
-        want += [(ret, off) for off in b.rets.get(func, ())] + [(entry, b.entry[func])]
+        if func in b.entry:
+            want += [(ret, off) for off in b.rets.get(func, ())] + [(entry, b.entry[func])]
     assert [(prog, off) for prog, _, off, _ in obj.links] == want
     assert {(path, c) for _, path, _, c in obj.links} == {(f"/proc/{running_front}/exe", 0)}
     assert probes.pids == {running_front}
@@ -460,3 +462,123 @@ def test_inspection_runs_in_a_child_with_the_same_answer(gobins, monkeypatch):
     monkeypatch.setattr(golang.sys, "executable", "/bin/false")  # a child that fails
     with pytest.raises(golang.Unsupported, match=r"inspection failed \(exit 1: no output\)"):
         golang.inspect_isolated(str(gobins["stripped"]))
+
+
+# -- grpc-go: the server request is one HTTP/2 stream ----------------------------------
+def _grpc_front(with_stream: bool):
+    """A grpc-go front (pid 500): RPCs 1 and 3 are streams of one HTTP/2
+    connection (conn 11), read in one read; their handlers' goroutines call
+    the backend on pooled connections 21 and 22, RPC 3's first."""
+    from tests.unit.h2synth import H2Pair, grpc_frame
+
+    front = GoFront()
+    rt = golang.GoRuntime()
+    rt.index = golang.CallIndex(front.table)
+    front.table.correlator.go_parent = rt.parent
+    p = H2Pair()
+    sids = [p.request("POST", "/front.Front/Call", {"x-request-id": str(i)},
+                      grpc_frame(b"%d" % i), grpc=True, flush=False) for i in (1, 2)]
+    p.flush_client()
+    h2 = Conversation(front.clock, 31, ROLE_SERVER, capture_bytes=4096, pid=FRONT, tid=501,
+                      comm="front", laddr="10.0.0.1", lport=9090, raddr="10.0.0.9",
+                      rport=41000)
+    feed(front.table, [h2.open()])
+    for direction, data in p.chunks:
+        ev = h2.syscall(h2.request_dir if direction == "c2s" else h2.response_dir, data)
+        feed(front.table, [ev])
+    serve = front.clock.t  # handleStream entries: after the read
+    for conn, sid in ((21, sids[1]), (22, sids[0])):  # the second RPC calls first
+        rt.index.add(front.clock.t, conn, 31, serve, sid if with_stream else 0)
+        front.clock.advance(1000)
+        front.call(conn, sid, tid=502)
+    skip = len(p.chunks)
+    for sid in sids:
+        p.respond(sid, 200, {"content-type": "application/grpc"}, grpc_frame(b"ok"),
+                  {"grpc-status": "0"})
+    for direction, data in p.chunks[skip:]:
+        feed(front.table, [h2.syscall(h2.request_dir if direction == "c2s" else h2.response_dir,
+                                      data, tid=503)])
+    front.table.correlator.close()
+    rpcs = {s.attributes()["http.request.header.x-request-id"]: s for s in front.table_spans
+            if s.kind == "server"}
+    calls = {s.path: s for s in front.table_spans if s.kind == "client"}
+    assert len(rpcs) == len(calls) == 2
+    return rpcs, calls, rt.index
+
+
+def test_grpc_calls_join_their_rpc_by_stream_id():
+    rpcs, spans, index = _grpc_front(with_stream=True)
+    for i, sid in (("1", 1), ("2", 3)):
+        call = spans[f"/ok/{sid}"]
+        assert (call.parent_span_id, call.trace_id) == (rpcs[i].span_id, rpcs[i].trace_id)
+        assert (call.correlation_source, call.correlation_confidence) == ("thread", 1.0)
+    assert (index.links, index.no_server) == (2, 0)
+
+
+def test_grpc_calls_without_the_stream_id_find_no_rpc():
+    """The stream id is what tells the RPCs of one connection apart: keyed by
+    the connection alone the records name no server request (none is keyed
+    so), and the calls fall back to the thread links."""
+    _, spans, index = _grpc_front(with_stream=False)
+    assert (index.links, index.no_server) == (0, 2)
+    assert spans["/ok/1"].correlation_confidence != 1.0
+
+
+def _modinfo(*lines: str) -> str:
+    return "\n".join(["path\tsvc", "mod\tsvc\t(devel)\t", *lines]) + "\n"
+
+
+@pytest.mark.parametrize("modinfo, want", [
+    (_modinfo("dep\tgoogle.golang.org/grpc\tv1.33.3\th1:x="), "v1.33.3"),
+    (_modinfo("dep\tgoogle.golang.org/grpc\tv1.33.3\t", "=>\t../grpc\t(devel)\t"), "v1.33.3"),
+    (_modinfo("dep\tgoogle.golang.org/grpc\tv1.2.0\t", "=>\tfork/grpc\tv1.33.1\th1:y="),
+     "v1.33.1"),
+    (_modinfo("dep\tgoogle.golang.org/grpc/examples\tv0.1.0\t"), None),
+    ("", None),
+])
+def test_grpc_version_from_build_info(modinfo, want):
+    assert golang.module_version(modinfo, golang.GRPC_MODULE) == want
+
+
+@pytest.mark.parametrize("version, known", [
+    ("v1.33.3", True), ("v1.33.0", True), ("v1.34.0", False), ("v1.32.9", False),
+    ("v0.0.0-20200413115906-b5235f65be36", False), ("v1.33.4-0.20210101000000-abc", False),
+    ("(devel)", False), ("unknown", False)])
+def test_grpc_table_only_for_known_versions(version, known):
+    assert (golang.grpc_table_offsets(version) is not None) == known
+
+
+@pytest.fixture(scope="module")
+def grpcbins(tmp_path_factory):
+    from workloads.go_grpc import build
+
+    try:
+        out = tmp_path_factory.mktemp("gogrpc")
+        return {"grpc": build.requirements()[golang.GRPC_MODULE], "plain": build.build(out),
+                "stripped": build.build(out, stripped=True)}
+    except build.GoMissing as e:
+        pytest.skip(str(e))
+
+
+def test_grpc_front_offsets_from_dwarf_match_the_table(grpcbins):
+    plain = golang.GoBinary.inspect(str(grpcbins["plain"]))
+    stripped = golang.GoBinary.inspect(str(grpcbins["stripped"]))
+    assert (plain.offsets_from, stripped.offsets_from) == ("dwarf", "table")
+    assert plain.grpc == stripped.grpc == grpcbins["grpc"]
+    assert set(plain.entry) == set(golang.HOOKS) - {golang.SERVE}  # no net/http server
+    g = golang.grpc_table_offsets(plain.grpc)
+    assert (plain.offsets.grpc_stream_id, plain.offsets.grpc_st_conn) == (g.stream_id, g.st_conn)
+    assert (stripped.offsets.grpc_stream_id, stripped.offsets.grpc_st_conn) == \
+        (g.stream_id, g.st_conn)
+    for name in ("pconn_conn", "pconn_tls", "tcpconn_fd", "netfd_sysfd"):
+        assert getattr(plain.offsets, name) == getattr(stripped.offsets, name), name
+    assert plain.notes == stripped.notes == ()
+
+
+def test_grpc_version_outside_the_table_is_named_and_needs_a_server(grpcbins, monkeypatch):
+    """Stripped, with a grpc-go version the table does not know: the binary
+    has no other server, so it is refused with the reason."""
+    monkeypatch.setattr(golang, "GRPC_OFFSETS", [])
+    with pytest.raises(golang.Unsupported, match=r"grpc-go v1\.33\.3: no DWARF and no known"):
+        golang.GoBinary.inspect(str(grpcbins["stripped"]))
+    assert golang.GoBinary.inspect(str(grpcbins["plain"])).offsets_from == "dwarf"

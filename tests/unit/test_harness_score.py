@@ -166,3 +166,11 @@ def test_wait_records_counts_the_runs_records_across_read_chunks(tmp_path):
     assert _wait_records(gt, "hc02", 4) == 4
     assert _wait_records(gt, "hc01", 24, limit_s=0.3) == 23
     assert _wait_records(tmp_path / "missing.jsonl", "hc01", 1, limit_s=0.1) == 0
+
+
+def test_the_load_generator_takes_every_scenario_the_harness_names():
+    """harness.load runs in the load namespace with its own list: a scenario
+    missing there fails the bench at its first run (go-chain did)."""
+    from harness import load, scenarios
+
+    assert set(load.SCENARIOS) == set(scenarios.NAMES)

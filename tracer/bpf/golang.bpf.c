@@ -9,6 +9,9 @@
  *  - serverHandler.ServeHTTP entry: the current goroutine serves the request
  *    read from that connection (go_serving[g] = its conn_id, entry time);
  *    cleared at the function's RET instructions;
+ *  - grpc-go (*Server).handleStream entry: the same for one RPC, which is one
+ *    HTTP/2 stream of the connection (go_serving[g] also has the stream id);
+ *    the unary or streaming handler runs on this goroutine, RETs clear it;
  *  - runtime.newproc1: a goroutine created by a serving one serves the same
  *    request (copied at creation, GO_MAX_DEPTH generations at most): entry
  *    saves the creator (2nd argument) per thread, the RET instructions read
@@ -195,6 +198,55 @@ int go_serve_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+/* func (s *Server) handleStream(t transport.ServerTransport, stream *transport.Stream, ...)
+ * (grpc-go; the same registers with or without the trailing trInfo): s in
+ * rax, t in rbx (itab) and rcx (data: *http2Server), stream in rdi. The RPC
+ * is the stream of that id on the transport's connection. A connection that
+ * is not a plain *net.TCPConn (TLS credentials) gives no traced conn_id or a
+ * conn_id without that stream in flight: user space joins nothing then. */
+SEC("uprobe")
+int go_grpc_serve(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct go_gkey k = gkey(pid_tgid, ctx->r14);
+	struct go_serve s = {};
+	struct go_offsets *o;
+	__u32 sid = 0;
+
+	go_count(GO_HIT_GRPC_SERVE);
+	if (!process_wanted(tgid, filters(), false))
+		return 0;
+	o = offsets(ctx);
+	if (!o || !ctx->cx || !ctx->di)
+		return 0;
+	if (bpf_probe_read_user(&sid, sizeof(sid), (void *)(ctx->di + o->grpc_stream_id)) || !sid) {
+		go_count(GO_READ_FAULT);
+		return 0;
+	}
+	s.server_conn_id = tcp_conn_id(tgid, ctx->cx + o->grpc_st_conn, o);
+	if (!s.server_conn_id) {
+		go_count(GO_SERVE_NO_CONN);
+		bpf_map_delete_elem(&go_serving, &k);
+		return 0;
+	}
+	s.serve_ts = bpf_ktime_get_ns();
+	s.stream_id = sid;
+	bpf_map_update_elem(&go_serving, &k, &s, BPF_ANY);
+	return 0;
+}
+
+/* at each RET of handleStream: the RPC is handled */
+SEC("uprobe")
+int go_grpc_serve_ret(struct pt_regs *ctx)
+{
+	struct go_gkey k = gkey(bpf_get_current_pid_tgid(), ctx->r14);
+
+	go_count(GO_HIT_GRPC_SERVE_RET);
+	bpf_map_delete_elem(&go_serving, &k);
+	return 0;
+}
+
 /* func newproc1(fn *funcval, callergp *g, callerpc uintptr, ...) *g */
 SEC("uprobe")
 int go_newproc(struct pt_regs *ctx)
@@ -299,6 +351,8 @@ int go_roundtrip(struct pt_regs *ctx)
 	rec->client_conn_id = client;
 	rec->server_conn_id = s->server_conn_id;
 	rec->serve_ts = s->serve_ts;
+	rec->stream_id = s->stream_id;
+	rec->pad2 = 0;
 	/* drained before every read of the events ring: no wake-up needed */
 	bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
 	go_count(GO_CALLS);

@@ -22,8 +22,8 @@ enum go_record_type {
 
 /* net/http (*persistConn).roundTrip entered by a goroutine that serves a
  * request (itself, or one of its ancestors): the client call that follows on
- * client_conn belongs to the server request on server_conn that started at
- * serve_ts. Connection ids are sock.bpf.o's (conns map). */
+ * client_conn belongs to the server request on server_conn (and HTTP/2
+ * stream_id) that started at serve_ts. Connection ids are sock.bpf.o's (conns map). */
 struct go_call {
 	__u8 type; /* enum go_record_type */
 	__u8 depth; /* goroutine generations between the server request and the call */
@@ -32,7 +32,9 @@ struct go_call {
 	__u64 ts; /* roundTrip entry (ktime) */
 	__u64 client_conn_id;
 	__u64 server_conn_id;
-	__u64 serve_ts; /* serverHandler.ServeHTTP entry (ktime) */
+	__u64 serve_ts; /* the server request's entry probe (ktime) */
+	__u32 stream_id; /* HTTP/2 stream of the server request (gRPC); 0: HTTP/1 */
+	__u32 pad2;
 };
 
 /* What a goroutine is doing for a server request: key (tgid, g address). */
@@ -46,7 +48,7 @@ struct go_serve {
 	__u64 server_conn_id;
 	__u64 serve_ts;
 	__u32 depth;
-	__u32 pad;
+	__u32 stream_id; /* 0: an HTTP/1 request */
 };
 
 /* Field offsets of one executable's Go types (from its DWARF, or the table
@@ -59,6 +61,8 @@ struct go_offsets {
 	__u16 pconn_tls;       /* net/http.persistConn.tlsState */
 	__u16 tcpconn_fd;      /* net.TCPConn -> net.conn.fd (*netFD) */
 	__u16 netfd_sysfd;     /* net.netFD.pfd + internal/poll.FD.Sysfd (int) */
+	__u16 grpc_stream_id;  /* grpc internal/transport.Stream.id (uint32) */
+	__u16 grpc_st_conn;    /* grpc internal/transport.http2Server.conn (net.Conn) */
 	__u16 valid;           /* 1 once user space filled the slot */
 };
 
@@ -70,6 +74,8 @@ enum go_counter {
 	GO_HIT_NEWPROC_RET, /* its RET instructions */
 	GO_HIT_GOEXIT,      /* runtime.goexit1 */
 	GO_HIT_ROUNDTRIP,   /* (*persistConn).roundTrip entries */
+	GO_HIT_GRPC_SERVE,  /* grpc (*Server).handleStream entries */
+	GO_HIT_GRPC_SERVE_RET, /* its RET instructions */
 	GO_SERVE_NO_CONN,   /* a server request on a connection sock.bpf.o does not trace */
 	GO_SERVE_TLS,       /* a server request over TLS (not joined yet) */
 	GO_INHERITED,       /* goroutines that took a server request from their creator */

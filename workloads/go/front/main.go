@@ -12,9 +12,16 @@
 // It prints "ready" once listening. Ground truth (-groundtruth) is one JSON
 // line per request handled and per call made, in workloads/groundtruth.py's
 // format: the call's record carries the id of the request it was made for.
+//
+// The harness's chain load (harness/load.py, scenario go-chain) asks for
+// GET /api/items/<n> and POST /api/orders, which call <backend>/items/<n> and
+// POST <backend>/orders (workloads/flask_chain/backend.py). Those copy the
+// x-request-id header, and only it: the harness scores spans by that id; the
+// tracer never links by it (traceparent is not forwarded).
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -43,15 +50,16 @@ type record struct {
 }
 
 type truth struct {
-	mu sync.Mutex
-	f  *os.File
+	mu      sync.Mutex
+	f       *os.File
+	service string
 }
 
 func (t *truth) write(r record) {
 	if t.f == nil {
 		return
 	}
-	r.Service, r.Protocol, r.Pid = "go-front", "http1", os.Getpid()
+	r.Service, r.Protocol, r.Pid = t.service, "http1", os.Getpid()
 	line, _ := json.Marshal(r)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -63,9 +71,10 @@ func main() {
 	backend := flag.String("backend", "http://127.0.0.1:8081", "backend base URL")
 	mode := flag.String("client", "shared", "shared: one keep-alive pool; new: a connection per call")
 	gtPath := flag.String("groundtruth", "", "ground-truth JSON lines file")
+	service := flag.String("service", "go-front", "service name in the ground truth")
 	flag.Parse()
 
-	var gt truth
+	gt := truth{service: *service}
 	if *gtPath != "" {
 		f, err := os.OpenFile(*gtPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
@@ -110,6 +119,49 @@ func main() {
 		}
 		gt.write(record{Kind: "server", RequestID: id, Method: r.Method, Path: r.URL.Path,
 			Status: status, StartNs: start, EndNs: time.Now().UnixNano()})
+	})
+	// the harness's chain: the request id travels in x-request-id (scoring only)
+	api := func(w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) {
+		start := time.Now().UnixNano()
+		rid := r.Header.Get("x-request-id")
+		req, err := http.NewRequest(method, *backend+path, body)
+		status := 0
+		var out []byte
+		if err == nil {
+			if rid != "" {
+				req.Header.Set("x-request-id", rid)
+			}
+			if body != nil {
+				req.Header.Set("content-type", "application/json")
+			}
+			var resp *http.Response
+			callStart := time.Now().UnixNano()
+			resp, err = client.Do(req)
+			if err == nil {
+				out, _ = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+			}
+			gt.write(record{Kind: "client", RequestID: rid, Method: method, Path: path,
+				Status: status, StartNs: callStart, EndNs: time.Now().UnixNano(), Peer: *backend})
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			status = http.StatusBadGateway
+		} else {
+			w.Header().Set("content-type", "application/json")
+			w.WriteHeader(status)
+			w.Write(out)
+		}
+		gt.write(record{Kind: "server", RequestID: rid, Method: r.Method, Path: r.URL.Path,
+			Status: status, StartNs: start, EndNs: time.Now().UnixNano()})
+	}
+	mux.HandleFunc("/api/items/", func(w http.ResponseWriter, r *http.Request) {
+		api(w, r, "GET", "/items/"+strings.TrimPrefix(r.URL.Path, "/api/items/"), nil)
+	})
+	mux.HandleFunc("/api/orders", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body) // sent with its length, not chunked
+		api(w, r, "POST", "/orders", bytes.NewReader(body))
 	})
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
