@@ -19,7 +19,7 @@ cdef extern from *:
     /* The escaped body of a JSON string from UTF-8 s[0:n]: dst has room for
      * 6 * n bytes. orjson escapes the quote, the backslash and the C0 controls,
      * nothing else. */
-    static Py_ssize_t _spans_json_escape(char *dst, const char *s, Py_ssize_t n) {
+    static inline Py_ssize_t _spans_json_escape(char *dst, const char *s, Py_ssize_t n) {
         /* by code, to keep backslashes out of this literal: 34 '"', 92 backslash */
         static const char short_esc[32] = {
             0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r', 0, 0,
@@ -60,7 +60,7 @@ cdef extern from *:
         "8081828384858687888990919293949596979899";
     /* v in decimal at dst, its length returned: the length first, then two
      * digits per division written from the end */
-    static Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) {
+    static inline Py_ssize_t _spans_json_u64(char *dst, unsigned long long v) {
         Py_ssize_t n = 1;
         for (unsigned long long t = v; t >= 10; t /= 10) n++;
         char *d = dst + n;

@@ -7,7 +7,7 @@ cdef extern from *:
      * next state, flags, symbol): the symbols emitted into out (room for 2n),
      * -1 on a failing state, -2 when the input ends mid-symbol. An empty
      * input decodes to nothing, as in hpack. */
-    static Py_ssize_t _hp_huffman(const unsigned char *table, const unsigned char *in,
+    static inline Py_ssize_t _hp_huffman(const unsigned char *table, const unsigned char *in,
                                   Py_ssize_t n, unsigned char *out, int emit, int fail,
                                   int complete) {
         unsigned int state = 0, flags = 0;
