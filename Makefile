@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # systemd: systemd-analyze verifies deploy/systemd (tests/unit/test_deploy.py)
-APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd nginx-light wrk golang-go libseccomp2 debuginfod prometheus golang-google-grpc-dev
+APT_PKGS := clang llvm libbpf-dev bpftool kmod iproute2 curl openssl systemd nginx-light wrk golang-go libseccomp2 debuginfod prometheus golang-google-grpc-dev python3.11-dbg
 STAMP := $(VENV)/.installed
 
 .PHONY: setup apt venv bpf core test unit kernel e2e bench bench-micro matrix matrix-deps peer-deps saturation lint fuzz clean

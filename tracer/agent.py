@@ -29,6 +29,7 @@ from .addons import Addon
 from .conn import ConnectionTable
 from .golang import GoRuntime
 from .inject import Injection
+from .pyasync import PyAsyncio
 from .sampling import AdaptiveController, AdaptiveSampling
 from .sock import (  # noqa: F401 (EXIT_PROGRAMS, comm_key, descendants: re-exported)
     EXIT_PROGRAMS,
@@ -56,7 +57,7 @@ POLL_MS = 500  # longest wait for the ring between wake-ups (the kernel wakes us
 CONSUME_BATCH = 1024
 # every add-on kind: one not in use still gives its idle() summary entries
 ADDON_KINDS: tuple[type[Addon], ...] = (SpanStacks, AdaptiveSampling, TlsPlaintext, Injection,
-                                        GoRuntime)
+                                        GoRuntime, PyAsyncio)
 
 
 def clock_offset_ns() -> int:
@@ -82,7 +83,8 @@ class Tracer:
                  inject_headers: bool = False, inject_sample_rate: float = 1.0,
                  policy: Callable | None = None, adaptive: AdaptiveController | None = None,
                  on_sampling: Callable[[AdaptiveController], None] | None = None,
-                 span_stacks: bool = False, go_runtime: bool = True, source=None,
+                 span_stacks: bool = False, go_runtime: bool = True,
+                 asyncio_runtime: bool = False, source=None,
                  addons: Sequence[Addon] = ()):
         """The flags choose the built-in add-ons; `addons` adds more (after
         them); `source` replaces sock.bpf.o's ring (tracer/sock.py)."""
@@ -97,6 +99,7 @@ class Tracer:
             *([TlsPlaintext()] if tls_plaintext else []),
             *([Injection(inject_sample_rate)] if inject_headers else []),
             *([GoRuntime()] if go_runtime else []),
+            *([PyAsyncio()] if asyncio_runtime else []),
             *addons,
         ]
         self._running: list[Addon] = []  # started and available, until stop()

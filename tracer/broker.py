@@ -89,7 +89,7 @@ REQUESTS: dict[str, dict[str, type]] = {
 }
 # the exec rings of tls.bpf.c and golang.bpf.c (sched_process_exec, filtered
 # by process_wanted): struct exec_event, the pid first
-EXEC_RINGS = ("tls_execs", "go_execs")
+EXEC_RINGS = ("tls_execs", "go_execs", "pa_execs")
 EXEC_KEEP_S = 60.0  # a reported pid may be asked about this long (tls.py rescans at +3 s)
 MAX_EXEC_PIDS = 1 << 16
 MAX_STACK_PIDS = 1024  # pids whose maps the broker read for --span-stacks (LRU)

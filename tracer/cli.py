@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-go", action="store_true",
                    help="do not follow goroutines in Go executables (their client calls then "
                         "take the thread links only)")
+    r.add_argument("--asyncio", action="store_true",
+                   help="follow Python asyncio tasks (CPython 3.11+ _asyncio uprobes) so that "
+                        "an event-loop service's calls sit under their requests; opt-in: about "
+                        "15 uprobe hits per request in every process using that interpreter "
+                        "(docs/eventloop.md)")
     r.add_argument("--user", default=None, metavar="NAME|UID",
                    help="after attach, the agent (which parses traffic) runs as this user "
                         "(default: nobody when started as root, else the user it started as; "
@@ -440,7 +445,8 @@ def cmd_run(args) -> int:
                     inject_headers=args.inject, inject_sample_rate=args.inject_sample_rate,
                     tls_plaintext=not args.no_tls, stats=stats, policy=policy,
                     adaptive=adaptive, on_sampling=_on_sampling,
-                    span_stacks=args.span_stacks, go_runtime=not args.no_go)
+                    span_stacks=args.span_stacks, go_runtime=not args.no_go,
+                    asyncio_runtime=args.asyncio)
     try:
         tracer.start()
     except loader.LoaderError as e:

@@ -42,13 +42,14 @@ cdef class Correlator:
     cdef public set fanout
     cdef public list held
     cdef public set client_addrs
-    cdef public object injected, policy, go_parent
+    cdef public object injected, policy
+    cdef public list runtime_parents
 
     cpdef note_client(self, addr, netns)
     @cython.locals(addr=object)
     cdef bint _client_traced(self, Conn conn) except -1
     @cython.locals(ctx=Context, tp=object, tids=tuple, ids=tuple, key=tuple, client=Context,
-                   waiting=Context, inj=object, parent=Context)
+                   waiting=Context, inj=object, parent=Context, hook=object)
     cpdef Context start(self, Conn conn, bint server, pid, tid, headers, seq=*, ts=*)
     @cython.locals(q=object, other=Context, ts=object)
     cdef Context _take(self, dict table, tuple key, Context ctx)

@@ -30,7 +30,8 @@ Sources of a parent, strongest first:
   request (grpcio writes from its event-engine thread when the call's own
   thread finds the channel busy or not yet connected) takes the one request of
   the process that is waiting for its first call (confidence 0.6).
-  In a Go process the thread is the goroutine (`go_parent`, tracer/golang.py):
+  In a Go process the thread is the goroutine (`runtime_parents`, tracer/golang.py;
+  an asyncio task in tracer/pyasync.py):
   the server request whose goroutine (or an ancestor) made the call is the
   parent, exactly (confidence 1.0; the contract's source is still "thread").
 """
@@ -175,9 +176,10 @@ class Correlator:
         # --inject: (pid, tid, lport, rport, start_ts) -> the ids the kernel wrote
         # into this client request's traceparent (tracer.inject.Injected) or None
         self.injected: Callable | None = None
-        # Go processes (tracer/golang.py): (conn, pid, start_ts) -> the server
-        # request whose goroutine made this client request, or None
-        self.go_parent: Callable | None = None
+        # runtime add-ons (tracer/golang.py, tracer/pyasync.py), each
+        # (conn, pid, start_ts) -> the server request whose goroutine or task
+        # made this client request, or None (not one of its processes)
+        self.runtime_parents: list[Callable] = []
         # filters and head sampling (tracer.sampling.SpanPolicy): (ctx, span)
         # -> keep?; None keeps every span. Swapped on SIGHUP.
         self.policy: Callable | None = None
@@ -234,8 +236,12 @@ class Correlator:
         else:
             inj = (self.injected(pid, tid, conn.lport, conn.rport, ts)
                    if self.injected is not None and ids is None else None)
-            parent = (self.go_parent(conn, pid, ts)
-                      if self.go_parent is not None and ids is None and inj is None else None)
+            parent = None
+            if self.runtime_parents and ids is None and inj is None:
+                for hook in self.runtime_parents:
+                    parent = hook(conn, pid, ts)
+                    if parent is not None:
+                        break
             if inj is not None:
                 self._link_injected(ctx, inj)
             elif parent is not None:

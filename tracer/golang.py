@@ -10,7 +10,7 @@ goroutine in serverHandler.ServeHTTP (or, for a grpc-go RPC, in
 goroutines it creates (runtime.newproc1), and a (*persistConn).roundTrip on
 such a goroutine gives a record (client connection, server connection and
 stream, times). The correlator asks
-`GoRuntime.parent` at each client request (Correlator.go_parent): the record
+`GoRuntime.parent` at each client request (Correlator.runtime_parents): the record
 of the request's connection names the server connection, and the server
 request in flight on it is the parent (source "thread": a goroutine is Go's
 thread; confidence 1).
@@ -828,7 +828,7 @@ class GoRuntime(Addon):
     """The add-on (tracer/addons.py): golang.bpf.o on sock.bpf.o's maps, its
     records drained before every read of the events ring (a client request's
     record is always written before the request itself), the correlator's
-    go_parent hook answered from them."""
+    runtime_parents hook answered from them."""
 
     name = "go"
     drains = True
@@ -854,7 +854,7 @@ class GoRuntime(Addon):
             return
         self.probes = GoProbes.load(kernel.loaded(), self_tgid=os.getpid())
         self.probes.start()
-        table.correlator.go_parent = self.parent
+        table.correlator.runtime_parents.append(self.parent)
 
     def separated(self, broker) -> None:
         self.broker = broker
@@ -909,7 +909,7 @@ class GoRuntime(Addon):
             p.unsupported[f"pid {pid}"] = reply["unsupported"]
 
     def parent(self, conn, pid: int, ts: int):
-        """Correlator.go_parent: the server request (correlate.Context) whose
+        """Correlator.runtime_parents: the server request (correlate.Context) whose
         goroutine made the client request starting at ts on conn, or None.
         Processes that are not Go cost a dict miss (and a look at the ring)."""
         index = self.index

@@ -244,7 +244,7 @@ def _run(hooked: bool):
     rt = golang.GoRuntime()
     rt.index = golang.CallIndex(front.table)
     if hooked:
-        front.table.correlator.go_parent = rt.parent
+        front.table.correlator.runtime_parents.append(rt.parent)
     serve = {1: front.read_request(1, tid=501), 2: front.read_request(2, tid=502),
              3: front.read_request(3, tid=501)}
 
@@ -287,7 +287,7 @@ def test_no_record_or_no_server_request_falls_back():
     front = GoFront()
     rt = golang.GoRuntime()
     rt.index = golang.CallIndex(front.table)
-    front.table.correlator.go_parent = rt.parent
+    front.table.correlator.runtime_parents.append(rt.parent)
     serve1 = front.read_request(1, tid=501)
     front.call(21, 1, tid=501)
     rt.index.add(front.clock.t, 21, 11, serve1)  # made after that call started: not its
@@ -474,7 +474,7 @@ def _grpc_front(with_stream: bool):
     front = GoFront()
     rt = golang.GoRuntime()
     rt.index = golang.CallIndex(front.table)
-    front.table.correlator.go_parent = rt.parent
+    front.table.correlator.runtime_parents.append(rt.parent)
     p = H2Pair()
     sids = [p.request("POST", "/front.Front/Call", {"x-request-id": str(i)},
                       grpc_frame(b"%d" % i), grpc=True, flush=False) for i in (1, 2)]
