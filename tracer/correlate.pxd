@@ -43,7 +43,7 @@ cdef class Correlator:
     cdef public list held
     cdef public set client_addrs
     cdef public object injected, policy
-    cdef public list runtime_parents
+    cdef public list runtime_parents, runtime_pids
 
     cpdef note_client(self, addr, netns)
     @cython.locals(addr=object)
@@ -57,7 +57,7 @@ cdef class Correlator:
     cdef int _activate(self, Context ctx) except -1
     @cython.locals(key=tuple, act=list, inflight=set)
     cdef int _deactivate(self, Context ctx) except -1
-    @cython.locals(act=list, header=tuple, parent=Context)
+    @cython.locals(act=list, header=tuple, parent=Context, pids=set)
     cdef void _link_client(self, Context ctx, pid, tid)
     @cython.locals(inflight=set, ts=object, found=Context, cand=Context, up=Context)
     cdef Context _io_parent(self, Context ctx, pid)

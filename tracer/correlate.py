@@ -180,6 +180,10 @@ class Correlator:
         # (conn, pid, start_ts) -> the server request whose goroutine or task
         # made this client request, or None (not one of its processes)
         self.runtime_parents: list[Callable] = []
+        # the processes each runtime add-on follows (one set per add-on): their
+        # calls are linked by its hook or not at all. A thread tells nothing
+        # there (Go runs goroutines on any thread), so no thread link is tried
+        self.runtime_pids: list[set[int]] = []
         # filters and head sampling (tracer.sampling.SpanPolicy): (ctx, span)
         # -> keep?; None keeps every span. Swapped on SIGHUP.
         self.policy: Callable | None = None
@@ -330,6 +334,10 @@ class Correlator:
         worse than none), counted as ambiguous. None (an I/O thread writes the
         call, e.g. grpcio's event engine): the one request of the process
         waiting for its first call (0.6, see _io_parent)."""
+        for pids in self.runtime_pids:
+            if pid in pids:
+                self.stats.correlation_ambiguous += 1
+                return
         act = self.active.get(tid)
         header = ctx.header
         parent = None

@@ -855,6 +855,7 @@ class GoRuntime(Addon):
         self.probes = GoProbes.load(kernel.loaded(), self_tgid=os.getpid())
         self.probes.start()
         table.correlator.runtime_parents.append(self.parent)
+        table.correlator.runtime_pids.append(self.probes.pids)
 
     def separated(self, broker) -> None:
         self.broker = broker

@@ -283,6 +283,28 @@ def test_without_the_hook_the_thread_link_is_wrong_for_go():
     assert spans["/ok/2"].parent_span_id is None  # ambiguous: none
 
 
+def test_a_go_process_call_without_a_record_gets_no_thread_link():
+    """A call of a process the Go add-on follows that its hook cannot name
+    (the record is missing) stays a root: the thread that wrote it tells
+    nothing about its request (without the add-on, request 3's call took
+    request 2, the thread's, as its parent: test above)."""
+    front = GoFront()
+    rt = golang.GoRuntime()
+    rt.index = golang.CallIndex(front.table)
+    front.table.correlator.runtime_parents.append(rt.parent)
+    front.table.correlator.runtime_pids.append({FRONT})
+    front.read_request(2, tid=502)
+    front.read_request(3, tid=501)
+    front.call(21, 3, tid=502)  # no roundTrip record for it
+    front.respond(2, tid=501)
+    front.respond(3, tid=502)
+    spans = front.spans()
+    assert spans["/ok/3"].parent_span_id is None
+    assert spans["/ok/3"].correlation_source == "none"
+    assert front.table.stats.correlation_ambiguous == 1
+    assert rt.index.no_call == 0  # the unit's GoRuntime has no probes: not counted there
+
+
 def test_no_record_or_no_server_request_falls_back():
     front = GoFront()
     rt = golang.GoRuntime()
