@@ -55,7 +55,11 @@ def test_kernel_targets_drop_privileges_after_attach(mode, tmp_path):
         threads = _threads(tr.pid)  # attached, and the drop (if any) is done
         _go(child)
         tr.send_signal(signal.SIGINT)
-        err = first + tr.communicate(timeout=120)[1]
+        # read() from the same buffered stream: communicate(timeout=) reads the
+        # raw pipe and loses what readline() buffered (the privileges line
+        # comes in the same write as the first one)
+        err = first + tr.stderr.read()
+        tr.wait(timeout=120)
     finally:
         for p in (tr, child):
             if p.poll() is None:
