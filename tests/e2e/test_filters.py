@@ -342,7 +342,11 @@ def test_adaptive_sampling_counts_every_request_in_kernel(tmp_path):
     assert len(tr.spans) + s["requests_sampled_out"] == N
     assert s["conns_sampled_out"] == 1 + 11
     assert s["adaptive_sampling_engaged"] == 1
-    assert len(s["adaptive_transitions"]) == 1 and s["adaptive_keep"] < 1 / 65536
+    # one step down, or two on a loaded machine (the first tick's CPU sample
+    # can be small: keep 1e-6, then 0): never back up
+    keeps = [k for _, k in s["adaptive_transitions"]]
+    assert 1 <= len(keeps) <= 2 and keeps == sorted(keeps, reverse=True), keeps
+    assert keeps[-1] < 1 / 65536 and s["adaptive_keep"] < 1 / 65536
     assert "23 requests on 12 connections" in tr.stderr
 
 
