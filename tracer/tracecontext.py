@@ -6,6 +6,7 @@ the correlator and head sampling all read headers through it.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping
 
@@ -17,29 +18,75 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-# random.getrandbits: ids need uniqueness, not secrecy, and os.urandom is a
-# syscall per span. The all-zero id is invalid in W3C trace context.
-def new_trace_id() -> str:
+# Ids need uniqueness, not secrecy: os.urandom is a syscall per span, and
+# random.getrandbits a Python call with its arguments parsed each time. So
+# splitmix64 (a bijection of a counter: no repeat within 2**64 draws), seeded
+# from `random` at the first id (random.seed makes runs repeatable) and again
+# in a forked child. The all-zero id is invalid in W3C trace context.
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+_state = 0
+_seeded = False
+
+
+def reseed() -> None:
+    """The next id starts a new sequence, seeded from `random`."""
+    global _state, _seeded
+    _state = _getrandbits(64)
+    _seeded = True
+
+
+def _unseed() -> None:
+    global _seeded
+    _seeded = False
+
+
+os.register_at_fork(after_in_child=_unseed)
+
+
+def _next64() -> int:
+    global _state
+    if not _seeded:
+        reseed()
+    if cython.compiled:  # the same in C (64-bit constants stay C integers there)
+        return _splitmix64(cython.address(_state))  # noqa: F821 (C, in tracecontext.pxd)
+    _state = (_state + 0x9E3779B97F4A7C15) & _MASK64
+    z = _state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def span_id_of(n: int) -> str:
+    """64 bits as a span id: 16 lowercase hex digits, 0 taken as 1."""
+    if n == 0:
+        n = 1
     if cython.compiled:
-        # getrandbits(128) draws its 32-bit words low word first: two 64-bit
-        # draws are the same bits, formatted in C without a 128-bit int
-        lo = _getrandbits(64)
-        hi = _getrandbits(64)
-        if lo == 0 and hi == 0:
-            lo = 1
-        return f"{hi:016x}{lo:016x}"
-    else:
-        return (_getrandbits(128) or 1).to_bytes(16, "big").hex()
+        s = PyUnicode_New(16, 127)  # noqa: F821 (C, in tracecontext.pxd)
+        _hex64(PyUnicode_1BYTE_DATA(s), n)  # noqa: F821 (C, in tracecontext.pxd)
+        return s
+    return f"{n:016x}"
+
+
+def trace_id_of(hi: int, lo: int) -> str:
+    """128 bits as a trace id: 32 lowercase hex digits, all-zero taken as 1."""
+    if hi == 0 and lo == 0:
+        lo = 1
+    if cython.compiled:
+        s = PyUnicode_New(32, 127)  # noqa: F821 (C, in tracecontext.pxd)
+        p = PyUnicode_1BYTE_DATA(s)  # noqa: F821 (C, in tracecontext.pxd)
+        _hex64(p, hi)  # noqa: F821 (C, in tracecontext.pxd)
+        _hex64(p + 16, lo)  # noqa: F821 (C, in tracecontext.pxd)
+        return s
+    return f"{hi:016x}{lo:016x}"
+
+
+def new_trace_id() -> str:
+    hi = _next64()
+    return trace_id_of(hi, _next64())
 
 
 def new_span_id() -> str:
-    if cython.compiled:
-        n = _getrandbits(64)
-        if n == 0:
-            n = 1
-        return f"{n:016x}"
-    else:
-        return (_getrandbits(64) or 1).to_bytes(8, "big").hex()
+    return span_id_of(_next64())
 
 
 _HEX_OR_DASH = _HEX_DIGITS + "-"

@@ -24,25 +24,68 @@ TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PID = "00f067aa0ba902b7"
 
 
-def test_ids_are_the_formatted_random_bits():
-    """Exactly what f"{getrandbits(n) or 1:0{n//4}x}" gave, draw for draw."""
-    random.seed(11)
-    got = [(new_trace_id(), new_span_id()) for _ in range(500)]
-    random.seed(11)
-    want = [(f"{random.getrandbits(128) or 1:032x}", f"{random.getrandbits(64) or 1:016x}")
-            for _ in range(500)]
-    assert got == want
+def _splitmix64(state: int):
+    """The reference sequence: splitmix64 (Steele, Lea, Flood 2014)."""
+    mask = (1 << 64) - 1
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        yield z ^ (z >> 31)
 
 
-def test_zero_draws_become_one(monkeypatch):
+def test_ids_follow_splitmix64_seeded_from_random():
+    """Draw for draw: seeded by random.getrandbits(64), a trace id takes two
+    draws (high half first), a span id one; random.seed repeats a run."""
     import tracer.tracecontext as tc
 
-    monkeypatch.setattr(tc, "_getrandbits", lambda n: 0)
-    assert tc.new_span_id() == "0" * 15 + "1"
-    assert tc.new_trace_id() == "0" * 31 + "1"
-    monkeypatch.setattr(tc, "_getrandbits", lambda n: (1 << n) - 1)
-    assert tc.new_span_id() == "f" * 16
-    assert tc.new_trace_id() == "f" * 32
+    random.seed(11)
+    tc.reseed()
+    got = [(new_trace_id(), new_span_id()) for _ in range(500)]
+    random.seed(11)
+    ref = _splitmix64(random.getrandbits(64))
+    want = []
+    for _ in range(500):
+        hi, lo = next(ref), next(ref)
+        want.append((f"{hi:016x}{lo:016x}", f"{next(ref):016x}"))
+    assert got == want
+    assert len({t for t, _ in got} | {s for _, s in got}) == 1000
+
+
+def test_a_forked_child_starts_its_own_sequence():
+    """After fork the child reseeds (from random, which reseeds itself in
+    the child): parent and child never hand out the same ids."""
+    import os
+
+    import tracer.tracecontext as tc
+
+    tc.reseed()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without cleanup
+        os.close(r)
+        os.write(w, " ".join(new_span_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child = set(f.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_span_id() for _ in range(50)}
+    assert len(child) == len(parent) == 50 and not child & parent
+
+
+def test_zero_bits_become_one_and_the_digits_are_lowercase_hex():
+    import tracer.tracecontext as tc
+
+    assert tc.span_id_of(0) == "0" * 15 + "1"
+    assert tc.trace_id_of(0, 0) == "0" * 31 + "1"
+    assert tc.trace_id_of(0, 1) == "0" * 31 + "1"
+    assert tc.trace_id_of(1, 0) == "0" * 15 + "1" + "0" * 16
+    assert tc.span_id_of((1 << 64) - 1) == "f" * 16
+    assert tc.trace_id_of((1 << 64) - 1, (1 << 64) - 1) == "f" * 32
+    for v in (0x0123456789ABCDEF, 0xFEDCBA9876543210, 1 << 63, 10):
+        assert tc.span_id_of(v) == f"{v:016x}"
 
 
 def _old_parse(value):
