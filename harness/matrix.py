@@ -4,8 +4,11 @@ and on other kernels booted with virtme-ng, then write one report row per kernel
 Kernel specs (comma-separated in `--kernels`):
   host                        the running kernel, natively, no VM;
   debian:<package>            a Debian kernel package; `*` stands for the ABI
-                              number (`debian:linux-image-6.1.0-*-cloud-amd64`),
-                              the newest one apt knows is fetched and unpacked;
+                              number or point release (`debian:linux-image-6.1.0-*-cloud-amd64`,
+                              `debian:linux-image-6.12.*-amd64`), the newest one
+                              of its suite is fetched and unpacked: bullseye (5.10)
+                              and trixie (6.12) through a private apt configuration
+                              under the cache (the machine's sources untouched);
   <vmlinuz>[:<modules dir>]   any kernel image; without a modules dir, the
                               modules are looked up as virtme-ng does
                               (<root>/lib/modules/<version> next to <root>/boot).
@@ -32,20 +35,36 @@ from harness.matrix_guest import REPO, RESULT_SCHEMA
 
 # The cloud flavour has no 9p (CONFIG_NET_9P unset), so virtme-ng cannot share the
 # root file system with it unless virtiofsd is installed: rt is the second flavour.
-DEFAULT_KERNELS = ("host,debian:linux-image-6.1.0-*-amd64,"
-                   "debian:linux-image-6.1.0-*-rt-amd64")
+DEFAULT_KERNELS = ("host,"
+                   "debian:linux-image-5.10.0-*-amd64,debian:linux-image-5.10.0-*-rt-amd64,"
+                   "debian:linux-image-5.10.0-*-cloud-amd64,"
+                   "debian:linux-image-6.1.0-*-amd64,debian:linux-image-6.1.0-*-rt-amd64,"
+                   "debian:linux-image-6.1.0-*-cloud-amd64,"
+                   "debian:linux-image-6.12.*-amd64")
+# The Debian suite serving each kernel series. Only bookworm is in this
+# machine's sources; every suite is fetched through a private apt
+# configuration (tests and users alike), so what the matrix boots does not
+# depend on the machine's apt setup.
+SUITES = {"linux-image-5.10.": "bullseye", "linux-image-6.1.": "bookworm",
+          "linux-image-6.12.": "trixie"}
+DEBIAN_MIRROR = os.environ.get("MATRIX_DEBIAN_MIRROR", "http://deb.debian.org")
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+APT_LISTS_MAX_AGE_S = 86400.0
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "httptrace-matrix"
 DEFAULT_TIMEOUT_S = 1800.0  # a TCG guest needs ~12 min for the tests and the bench smoke
 # Features shown as columns, in this order; any others go to the details section.
 FEATURES = ("btf", "kprobe", "fentry", "ringbuf", "tracepoint_syscalls", "uprobe",
-            "tc", "sockops", "sk_msg", "probe_write_user", "bpf_stats")
+            "tc", "sockops", "sk_msg", "probe_write_user", "bpf_stats",
+            # the real objects, loaded as the tracer loads them (tracer/probe.py)
+            "sock_object", "tls_object", "inject_object", "funcs_object", "kfuncs_object")
 # The stress scenario offers 6000 req/s; an emulated guest cannot absorb that and
 # the load generator overruns the runner's deadline (duration + 60 s).
 TCG_BENCH_RPS = 300
 # Attaching the tracer stalls an emulated guest for tens of seconds, eating into
 # that same deadline: a longer run buys the slack.
 TCG_BENCH_MIN_DURATION = 20.0
-SHORT = {"tracepoint_syscalls": "tp_sys", "probe_write_user": "write_user"}
+SHORT = {"tracepoint_syscalls": "tp_sys", "probe_write_user": "write_user",
+         **{f"{o}_object": f"{o}.o" for o in ("sock", "tls", "inject", "funcs", "kfuncs")}}
 
 
 class MatrixError(Exception):
@@ -106,8 +125,9 @@ def _natural(s: str) -> list:
 
 
 def debian_candidates(pattern: str, names: list[str]) -> list[str]:
-    """Package names matching pattern (`*` = the ABI number), newest first."""
-    rx = re.compile(re.escape(pattern).replace(r"\*", r"[0-9]+") + r"\Z")
+    """Package names matching pattern (`*` = the ABI number, or trixie's point
+    release `57+deb13`), newest first."""
+    rx = re.compile(re.escape(pattern).replace(r"\*", r"[0-9][0-9A-Za-z.+~]*") + r"\Z")
     return sorted((n for n in names if rx.match(n)), key=_natural, reverse=True)
 
 
@@ -131,15 +151,67 @@ def _unpacked(root: Path) -> tuple[Path, str] | None:
     return imgs[-1], imgs[-1].name.removeprefix("vmlinuz-")
 
 
+def suite_of(pattern: str) -> str:
+    for prefix, suite in SUITES.items():
+        if pattern.startswith(prefix):
+            return suite
+    raise KernelError(f"{pattern}: no Debian suite known for it (known: "
+                      f"{', '.join(p + '*' for p in SUITES)})")
+
+
+def apt_sources(suite: str, mirror: str = DEBIAN_MIRROR) -> str:
+    """One-line sources of a suite and its security updates (kernel ABI bumps
+    land there first), signed by the Debian archive keyring."""
+    opt = f"[signed-by={DEBIAN_KEYRING}]"
+    return (f"deb {opt} {mirror}/debian {suite} main\n"
+            f"deb {opt} {mirror}/debian {suite}-updates main\n"
+            f"deb {opt} {mirror}/debian-security {suite}-security main\n")
+
+
+def apt_options(root: Path) -> list[str]:
+    """apt options that read and write only below root: its sources list, no
+    sources.list.d, its own lists and package cache."""
+    return ["-o", f"Dir::Etc::sourcelist={root / 'sources.list'}",
+            "-o", "Dir::Etc::sourceparts=-", "-o", f"Dir::State={root / 'state'}",
+            "-o", f"Dir::Cache={root / 'cache'}", "-o", "APT::Get::List-Cleanup=0"]
+
+
+def private_apt(suite: str, cache: Path = CACHE_DIR,
+                max_age_s: float = APT_LISTS_MAX_AGE_S) -> list[str]:
+    """apt options for suite's private configuration under the cache; its
+    package lists are fetched when missing or older than max_age_s."""
+    root = cache / "apt" / suite
+    for d in ("state/lists/partial", "cache/archives/partial"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "sources.list").write_text(apt_sources(suite))
+    opts = apt_options(root)
+    stamp = root / "state" / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > max_age_s:
+        _check(["apt-get", *opts, "-q", "update"], timeout=600)
+        stamp.touch()
+    return opts
+
+
 def fetch_debian(pattern: str, cache: Path = CACHE_DIR) -> Path:
-    """Download and unpack the newest matching package; return its vmlinuz."""
+    """Download and unpack the newest matching package of its suite; return
+    its vmlinuz. Without the registry, the newest one unpacked before."""
     prefix = pattern.split("*")[0]
-    names = _check(["apt-cache", "pkgnames", prefix]).split()
+    try:
+        opts = private_apt(suite_of(pattern), cache)
+        names = _check(["apt-cache", *opts, "pkgnames", prefix]).split()
+    except KernelError:
+        # offline: the newest kernel unpacked before, if any
+        opts, names = [], [p.name for p in (cache / "debian").glob(prefix + "*")
+                           if _unpacked(p / "root")]
+        if not debian_candidates(pattern, names):
+            raise
     candidates = debian_candidates(pattern, names)
     if not candidates:
-        raise KernelError(f"no Debian package matches {pattern} (apt-get update?)")
+        raise KernelError(f"no Debian package matches {pattern} in {suite_of(pattern)}")
     errors = []
-    for pkg in candidates[:3]:  # the newest name may have no downloadable candidate
+    # the newest names may have no downloadable candidate (a security index
+    # ahead of the pool): older ABIs are tried, a few quick 404s at most
+    for pkg in candidates[:12]:
         root = cache / "debian" / pkg / "root"
         found = _unpacked(root)
         if found is None:
@@ -147,7 +219,7 @@ def fetch_debian(pattern: str, cache: Path = CACHE_DIR) -> Path:
             shutil.rmtree(dl, ignore_errors=True)
             dl.mkdir(parents=True)
             try:
-                _check(["apt-get", "download", "-q", pkg], cwd=dl)
+                _check(["apt-get", *opts, "download", "-q", pkg], cwd=dl)
             except KernelError as e:
                 errors.append(str(e))
                 continue
@@ -159,6 +231,9 @@ def fetch_debian(pattern: str, cache: Path = CACHE_DIR) -> Path:
             if found is None:
                 raise KernelError(f"{pkg} holds no boot/vmlinuz-*")
         img, kver = found
+        if (root / "usr/lib/modules").is_dir() and not (root / "lib").exists():
+            # merged /usr (trixie): lib/modules is where depmod and virtme-ng look
+            (root / "lib").symlink_to("usr/lib")
         if not (root / "lib/modules" / kver / "modules.dep").exists():
             # Debian generates modules.dep in postinst, which dpkg-deb -x skips.
             _check(["depmod", "-a", "-b", str(root), kver])
@@ -288,6 +363,9 @@ def judge(row: Row) -> Row:
     reasons = []
     if "btf" in feats and not feats["btf"].get("available"):
         reasons.append("no BTF (/sys/kernel/btf/vmlinux): CO-RE objects cannot load")
+    elif "sock_object" in feats and not feats["sock_object"].get("available"):
+        # nothing is traced there, whatever the tests that could run say
+        reasons.append(f"sock.bpf.o refused: {feats['sock_object'].get('detail', '')}")
     if probe and not probe.get("data"):
         reasons.append(f"probe failed: {probe.get('error', 'no output')}")
     tests = r.get("tests", {})
@@ -389,7 +467,7 @@ def _fallbacks(decisions: dict) -> str:
     """The probe's decisions about optional hooks, in a word each
     ('fentry: refused'); the full sentences go to the details section."""
     parts = [f"{k}: {re.split(r'[:(]', v)[0].strip()}" for k, v in decisions.items()
-             if k in ("kprobes", "fentry", "bpf_probe_write_user")]
+             if k in ("kprobes", "fentry", "bpf_probe_write_user") or v.startswith("unavailable")]
     return "; ".join(parts) or "–"
 
 

@@ -29,9 +29,12 @@ from .addons import Addon
 from .conn import ConnectionTable
 from .golang import GoRuntime
 from .inject import Injection
+from .loader import clock_offset_ns
 from .pyasync import PyAsyncio
 from .sampling import AdaptiveController, AdaptiveSampling
 from .sock import (  # noqa: F401 (EXIT_PROGRAMS, comm_key, descendants: re-exported)
+    DEFAULT_CAPTURE_BYTES,
+    DEFAULT_RING_BYTES,
     EXIT_PROGRAMS,
     KERNEL_COUNTERS,
     Filters,
@@ -60,25 +63,10 @@ ADDON_KINDS: tuple[type[Addon], ...] = (SpanStacks, AdaptiveSampling, TlsPlainte
                                         GoRuntime, PyAsyncio)
 
 
-def clock_offset_ns() -> int:
-    """Offset from bpf_ktime_get_ns (CLOCK_MONOTONIC) to the wall clock.
-
-    Bracket a monotonic read with two wall-clock reads and keep the tightest
-    of a few tries, so the offset error is a few hundred ns at most.
-    """
-    best = None
-    for _ in range(16):
-        w0 = time.time_ns()
-        m = time.monotonic_ns()
-        w1 = time.time_ns()
-        if best is None or w1 - w0 < best[0]:
-            best = (w1 - w0, (w0 + w1) // 2 - m)
-    return best[1]
-
-
 class Tracer:
     def __init__(self, filters: Filters | None = None, *, sink: Callable | None = None,
-                 capture_bytes: int = 512, ring_bytes: int = 8 << 20,
+                 capture_bytes: int = DEFAULT_CAPTURE_BYTES,
+                 ring_bytes: int = DEFAULT_RING_BYTES,
                  stats: Stats | None = None, tls_plaintext: bool = True,
                  inject_headers: bool = False, inject_sample_rate: float = 1.0,
                  policy: Callable | None = None, adaptive: AdaptiveController | None = None,

@@ -21,6 +21,7 @@ import ctypes
 import enum
 import logging
 import os
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -36,6 +37,10 @@ CTX_SCAN = 512
 SHARED_MAPS = ("filter_cfg", "filter_pids", "filter_netns", "filter_cgroups",
                "filter_ports", "filter_comms")  # owned by sock.bpf.o
 CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+# sk_msg helpers a kernel may refuse (verifier: "unknown func <name>#<id>"):
+# rodata knob cleared, then what is lost in sk_msg (inject.bpf.c msg_wanted)
+MSG_HELPERS = {"bpf_get_current_comm": ("msg_comm", "--comm"),
+               "bpf_get_current_task": ("msg_task", "--netns")}
 MAX_WAITING = 4096  # injected requests remembered, all keys together
 STALE_NS = 10_000_000_000
 
@@ -54,7 +59,8 @@ class InjectCounter(enum.IntEnum):
     INJ_CTX_SET = 6
     INJ_CTX_HEADER = 7
     INJ_SOCKS = 8
-    INJ_CTR_MAX = 9
+    INJ_UNFILTERED = 9
+    INJ_CTR_MAX = 10
 
 
 class InjectEventC(ctypes.Structure):
@@ -192,8 +198,9 @@ def cgroup2_root() -> str:
 
 
 class Injector:
-    def __init__(self, obj: loader.BPFObject) -> None:
+    def __init__(self, obj: loader.BPFObject, lost: tuple[str, ...] = ()) -> None:
         self.obj = obj
+        self.lost = lost  # sk_msg helpers this kernel refused (MSG_HELPERS keys)
         self.rb: loader.RingBuffer | None = None
         self.waiting = Waiting(self.drain)
         self.decode_errors = 0
@@ -205,8 +212,27 @@ class Injector:
         """Open and load inject.bpf.o on sock_obj's filter maps (LoaderError)."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample rate must be within 0..1")
-        return cls(loader.BPFObject.load_on("inject", sock_obj, SHARED_MAPS, self_tgid=self_tgid,
-                                            sample_per_10k=round(sample_rate * 10000)))
+        knobs = {"self_tgid": self_tgid, "sample_per_10k": round(sample_rate * 10000)}
+        lost: list[str] = []
+        while True:
+            try:
+                obj = loader.BPFObject.load_on("inject", sock_obj, SHARED_MAPS, **knobs)
+                break
+            except loader.LoadError as e:
+                helper = refused_helper(e.log)
+                if helper not in MSG_HELPERS or helper in lost:
+                    raise
+                lost.append(helper)
+                knobs[MSG_HELPERS[helper][0]] = 0
+        return cls(obj, tuple(lost))
+
+    def degraded(self) -> str:
+        """What this kernel's sk_msg cannot check, in one line ('' : nothing)."""
+        if not self.lost:
+            return ""
+        flags = " or ".join(MSG_HELPERS[h][1] for h in self.lost)
+        return (f"sk_msg lacks {', '.join(self.lost)} on this kernel: with {flags} on, "
+                "requests are sent without traceparent (counted: unfiltered)")
 
     def start(self) -> None:
         """Attach everything, or nothing (AttachError): a half-attached
@@ -262,6 +288,14 @@ class Injector:
         self.rb = None
 
 
+def refused_helper(log_text: str) -> str:
+    """The helper the verifier did not know for this program type ('' : none)."""
+    # 6.1: "unknown func bpf_x#16"; 6.12: "program of this type cannot use helper bpf_x#16"
+    m = re.findall(r"^(?:unknown func|program of this type cannot use helper) (\w+)#\d+",
+                   log_text or "", re.M)
+    return m[-1] if m else ""
+
+
 def unavailable_reason(features: dict[str, bool]) -> str:
     """Why injection cannot run, from probe results ('' when it can)."""
     missing = [name for name in ("sockops", "sk_msg") if not features.get(name)]
@@ -269,12 +303,11 @@ def unavailable_reason(features: dict[str, bool]) -> str:
 
 
 def unavailable() -> str:
-    """Feature probe (tracer/probe.py) for the program types injection needs."""
-    from . import probe
-
+    """Whether the kernel has the program types injection needs (the same
+    libbpf probe as tracer/probe.py's)."""
     return unavailable_reason({
-        "sockops": probe._probe_type("prog", probe.BPF_PROG_TYPE_SOCK_OPS).available,
-        "sk_msg": probe._probe_type("prog", probe.BPF_PROG_TYPE_SK_MSG).available,
+        "sockops": loader.prog_type_supported(loader.BPF_PROG_TYPE_SOCK_OPS),
+        "sk_msg": loader.prog_type_supported(loader.BPF_PROG_TYPE_SK_MSG),
     })
 
 
@@ -299,8 +332,16 @@ class Injection(Addon):
         self.unavailable = unavailable()  # the probe decides before anything is loaded
         if self.unavailable:
             return
-        inj = Injector.load(kernel.loaded(), self_tgid=os.getpid(), sample_rate=self.sample_rate)
+        try:
+            inj = Injector.load(kernel.loaded(), self_tgid=os.getpid(),
+                                sample_rate=self.sample_rate)
+        except loader.LoadError as e:
+            # the kernel's reason, in one line (the agent logs it, the summary keeps it)
+            self.unavailable = loader.refusal(e)
+            return
         inj.start()  # on failure it closed itself
+        if inj.lost:  # once, at start: the probe's decision says the same
+            log.warning("--inject: %s", inj.degraded())
         self.injector = inj
         table.correlator.injected = inj.take
 

@@ -21,10 +21,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import os
+import re
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -778,3 +781,83 @@ class BPFObject:
         if self._ptr:
             self._lib.bpf_object__close(self._ptr)
             self._ptr = None
+
+
+def clock_offset_ns() -> int:
+    """Offset from bpf_ktime_get_ns (CLOCK_MONOTONIC) to the wall clock.
+
+    Bracket a monotonic read with two wall-clock reads and keep the tightest
+    of a few tries, so the offset error is a few hundred ns at most.
+    """
+    best = None
+    for _ in range(16):
+        w0 = time.time_ns()
+        m = time.monotonic_ns()
+        w1 = time.time_ns()
+        if best is None or w1 - w0 < best[0]:
+            best = (w1 - w0, (w0 + w1) // 2 - m)
+    return best[1]
+
+
+# ---- the kernel's reason for a refusal, in one line ---------------------------
+_LOG_NOISE = re.compile(r"processed \d+ insns|verification time|stack depth|"
+                        r"max_states_per_insn|^libbpf: |^\s*$|^; ")
+
+
+def refusal_line(message: str, log_text: str) -> str:
+    """'<program>: <the verifier's last line>' from a libbpf load log, else
+    message: the kernel's reason for refusing an object, in one line."""
+    prog, last, in_log = "", "", False
+    for line in (log_text or "").splitlines():
+        m = re.search(r"prog '([^']+)': BPF program load failed", line)
+        if m:
+            prog = m.group(1)
+        if "-- BEGIN PROG LOAD LOG --" in line:
+            in_log, last = True, ""
+        elif "-- END PROG LOAD LOG --" in line:
+            in_log = False
+        elif in_log and not _LOG_NOISE.search(line):
+            last = line.strip()
+    if not last:
+        return message
+    # a kernel older than the helper names it "unknown#<id>": the build's name
+    last = re.sub(r"invalid func unknown#(\d+)", lambda m: (
+        f"invalid func {_built_helper_names().get(int(m[1]), 'unknown')}#{m[1]}"
+        " (the kernel lacks this helper)"), last)
+    return f"{prog}: {last}" if prog else last
+
+
+@functools.cache
+def _built_helper_names() -> dict[int, str]:
+    """Helper id -> name, from the BTF header the objects were built against."""
+    try:
+        text = (BUILD_DIR / "vmlinux.h").read_text()
+    except OSError:
+        return {}
+    return {int(n): f"bpf_{name}" for name, n in re.findall(r"\bBPF_FUNC_(\w+) = (\d+),", text)}
+
+
+def refusal(e: LoaderError) -> str:
+    """One line for a load or attach failure, with the verifier's reason."""
+    why = refusal_line(str(e), e.log)
+    if why == str(e):
+        return why
+    code = f" ({_errno_msg(e.err)})" if e.err else ""
+    return f"{why}{code}"
+
+
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_PROG_TYPE_SK_MSG = 16
+BPF_FUNC_loop = 181
+
+
+def prog_type_supported(prog_type: int) -> bool:
+    """libbpf's probe: does this kernel load a program of this type?"""
+    return libbpf().libbpf_probe_bpf_prog_type(prog_type, None) == 1
+
+
+def bpf_loop() -> bool:
+    """bpf_loop (5.17+): sock.bpf.o's exit program verifies its iovec loop
+    once with it, and falls back to a bounded loop without it."""
+    return libbpf().libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop, None) == 1

@@ -4,6 +4,12 @@ Each feature is found by doing the thing: loading and attaching a trivial
 program (tracer/bpf/probes/features.bpf.c), asking the kernel to create a map
 or verify a helper (libbpf_probe_*), enabling bpf_stats. Version numbers are
 never consulted: backports and lockdown make them meaningless.
+
+Then each real object (sock, tls, inject, funcs, kfuncs) is loaded as the
+tracer loads it (same rodata and maps, then closed): a program type the
+kernel has can still be refused for a helper or a verifier limit, and a
+feature is only reported available when its object loads. A refusal is one
+line: the program and the verifier's last word (`refusal`).
 """
 
 from __future__ import annotations
@@ -13,19 +19,27 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from . import core, loader
+from .loader import (  # noqa: F401 (bpf_loop, refusal, refusal_line: re-exported)
+    BPF_PROG_TYPE_SK_MSG,
+    BPF_PROG_TYPE_SOCK_OPS,
+    BPF_PROG_TYPE_TRACEPOINT,
+    BPF_FUNC_loop,
+    bpf_loop,
+    refusal,
+    refusal_line,
+)
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
+KFUNC_PROBE = "do_sys_openat2"  # any traceable kernel function: kfuncs.bpf.o is loaded for it
+# the real objects, as features; each needs the ones before it that it names
+OBJECTS = ("sock_object", "tls_object", "inject_object", "funcs_object", "kfuncs_object")
 
 # uapi enum values (stable ABI)
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_PROG_TYPE_TRACEPOINT = 5
-BPF_PROG_TYPE_SOCK_OPS = 13
-BPF_PROG_TYPE_SK_MSG = 16
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_SOCKHASH = 18
 BPF_STATS_RUN_TIME = 0
-BPF_FUNC_loop = 181
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -135,12 +149,6 @@ def _probe_type(kind: str, value: int, *extra) -> Feature:
     return Feature(kind, False, f"probe failed: {loader._errno_msg(-ret)}")
 
 
-def bpf_loop() -> bool:
-    """bpf_loop (5.17+): sock.bpf.o's exit program verifies its iovec loop
-    once with it, and falls back to a bounded loop without it."""
-    return _probe_type("helper", BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop).available
-
-
 def _bpf_stats() -> Feature:
     lib = loader.libbpf()
     fd = lib.bpf_enable_stats(BPF_STATS_RUN_TIME)
@@ -149,6 +157,115 @@ def _bpf_stats() -> Feature:
         return Feature("bpf_stats", True, "BPF_ENABLE_STATS works")
     err = ctypes.get_errno() or -fd
     return Feature("bpf_stats", False, loader._errno_msg(err))
+
+
+def _object_feature(name: str, load) -> Feature:
+    """load() opens, configures and loads the real object, then closes it;
+    its detail says how it loaded (or the kernel's reason it did not)."""
+    try:
+        detail = load() or "loaded as the tracer loads it"
+    except loader.LoaderError as e:
+        return Feature(name, False, refusal(e))
+    except OSError as e:  # the object is not built
+        return Feature(name, False, f"cannot read the object: {e}")
+    return Feature(name, True, detail)
+
+
+def _agent_defaults() -> tuple[int, int]:
+    """(capture_bytes, ring_bytes) of a default `run`."""
+    from . import sock
+
+    return sock.DEFAULT_CAPTURE_BYTES, sock.DEFAULT_RING_BYTES
+
+
+def _sock_opened() -> loader.BPFObject:
+    """sock.bpf.o set up and loaded as tracer/sock.py SockKernel.start does."""
+    from . import sock
+
+    capture, ring = _agent_defaults()
+    obj = loader.BPFObject.open(loader.object_path("sock"))
+    try:
+        obj.set_rodata(capture_bytes=capture, self_tgid=os.getpid(), wakeup_bytes=ring // 4)
+        obj.set_max_entries("events", ring)
+        obj.set_max_entries("user_stacks", 1)
+        sock.load_sock(obj)
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def object_features(feats: dict[str, Feature]) -> dict[str, Feature]:
+    """Each real object loaded as it would run, then closed."""
+    out: dict[str, Feature] = {}
+    try:
+        sock_obj = _sock_opened()
+    except loader.LoaderError as e:
+        sock_obj = None
+        out["sock_object"] = Feature("sock_object", False, refusal(e))
+    else:
+        out["sock_object"] = Feature("sock_object", True, "loaded as the tracer loads it")
+    try:
+        out["tls_object"] = _object_feature("tls_object", lambda: _load_tls(sock_obj))
+        out["inject_object"] = _object_feature("inject_object", lambda: _load_inject(sock_obj))
+    finally:
+        if sock_obj is not None:
+            sock_obj.close()
+    out["funcs_object"] = _object_feature("funcs_object", _load_funcs)
+    out["kfuncs_object"] = _object_feature("kfuncs_object", lambda: _load_kfuncs(feats))
+    return out
+
+
+def _needs_sock(sock_obj) -> None:
+    if sock_obj is None:
+        raise loader.LoadError("not tried: it loads on sock.bpf.o's maps, which was refused")
+
+
+def _load_tls(sock_obj) -> str:
+    from . import tls
+
+    _needs_sock(sock_obj)
+    capture, ring = _agent_defaults()
+    probes = tls.TlsProbes.load(sock_obj, capture_bytes=capture, wakeup_bytes=ring // 4,
+                                self_tgid=os.getpid())
+    mode = probes.mode
+    probes.close()
+    return f"loaded ({mode})"
+
+
+def _load_inject(sock_obj) -> str:
+    from . import inject
+
+    _needs_sock(sock_obj)
+    inj = inject.Injector.load(sock_obj, self_tgid=os.getpid())
+    degraded = inj.degraded()
+    inj.close()
+    return f"loaded; {degraded}" if degraded else ""
+
+
+def _load_funcs() -> str:
+    from .funcs.tracer import FuncsTracer
+
+    t = FuncsTracer([], None)
+    try:
+        t.start()
+    finally:
+        t.close()
+    return ""
+
+
+def _load_kfuncs(feats: dict[str, Feature]) -> str:
+    from .funcs.kernel import KernelTracer, KFunc
+
+    method, why = kernel_functions(feats)
+    if method is None:
+        raise loader.LoadError(f"not tried: {why}")
+    t = KernelTracer([KFunc(KFUNC_PROBE)], method)
+    try:
+        t.start()
+    finally:
+        t.close()
+    return f"loaded and attached ({method}, {KFUNC_PROBE})"
 
 
 def probe() -> ProbeResult:
@@ -181,6 +298,8 @@ def probe() -> ProbeResult:
     put("probe_write_user", _try_program("probe_write_user", lambda o: None))
     put("bpf_stats", _bpf_stats())
     put("bpf_loop", _probe_type("helper", BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_loop))
+    for name, feat in object_features(f).items():
+        put(name, feat)
     res.lockdown = lockdown_mode()
     from . import lockdown
 
@@ -194,7 +313,10 @@ def probe() -> ProbeResult:
 def decisions(res: ProbeResult) -> dict[str, str]:
     """What the tracer will use for each job, and the fallback it took."""
     d = {}
-    if res.ok("tracepoint_syscalls"):
+    sock_obj = res.features.get("sock_object")
+    if sock_obj is not None and not sock_obj.available:
+        d["socket capture"] = f"unavailable: sock.bpf.o refused ({sock_obj.detail})"
+    elif res.ok("tracepoint_syscalls"):
         d["socket capture"] = "syscall tracepoints (sock.bpf.o)"
     elif res.ok("raw_tracepoint"):
         d["socket capture"] = "unavailable: syscall tracepoints missing (raw sys_enter not built yet)"
@@ -207,23 +329,51 @@ def decisions(res: ProbeResult) -> dict[str, str]:
     if not res.ok("fentry"):
         d["fentry"] = "refused: syscall tracepoints instead"
     method, why = kernel_functions(res.features)
+    kf = res.features.get("kfuncs_object")
+    if method and kf is not None and not kf.available:
+        method, why = None, f"kfuncs.bpf.o refused ({kf.detail})"
     d["kernel functions"] = why if method else f"unavailable: {why}"
+    fo = res.features.get("funcs_object")
+    if not res.ok("uprobe"):
+        d["user functions"] = "unavailable: no uprobes"
+    elif fo is not None and not fo.available:
+        d["user functions"] = f"unavailable: funcs.bpf.o refused ({fo.detail})"
+    else:
+        d["user functions"] = "uprobes (funcs.bpf.o)"
     d["event transport"] = ("BPF ring buffer, batched wake-ups" if res.ok("ringbuf")
                             else "unavailable: needs BPF ring buffer (Linux 5.8+)")
     d["per-event core"] = core.info()["reason"]
-    d["TLS plaintext"] = ("OpenSSL uprobes (libssl by inode, static copies by symbol)"
-                          if res.ok("uprobe") else "unavailable: no uprobes (TLS connections count as unparsed)")
+    tls_obj = res.features.get("tls_object")
+    if not res.ok("uprobe"):
+        d["TLS plaintext"] = "unavailable: no uprobes (TLS connections count as unparsed)"
+    elif tls_obj is not None and not tls_obj.available:
+        d["TLS plaintext"] = (f"unavailable: tls.bpf.o refused ({tls_obj.detail}); "
+                              "TLS connections count as unparsed")
+    else:
+        d["TLS plaintext"] = "OpenSSL uprobes (libssl by inode, static copies by symbol)"
     if res.ok("uprobe"):
         multi = res.features.get("uprobe_multi")
         d["TLS uprobes"] = ("uprobe_multi: an entry and a return link per library" if res.ok("uprobe_multi")
                             else f"per-function links ({multi.detail if multi else 'not probed'}):"
                             " stopping releases each")
-    d["header injection"] = ("sockops + sk_msg" if res.ok("sockops") and res.ok("sk_msg")
-                             else "unavailable")
+    d["header injection"] = injection_decision(res.features)
     if not res.ok("probe_write_user"):
         d["bpf_probe_write_user"] = f"refused (lockdown={res.lockdown}): not used"
     d.update(_lockdown_decisions(res))
     return d
+
+
+def injection_decision(feats: dict[str, Feature]) -> str:
+    """`run --inject`: sockops + sk_msg, only if inject.bpf.o itself loads."""
+    missing = [n for n in ("sockops", "sk_msg") if not (n in feats and feats[n].available)]
+    if missing:
+        return f"unavailable: {' and '.join(missing)} refused by this kernel"
+    obj = feats.get("inject_object")
+    if obj is not None and not obj.available:
+        return f"unavailable: inject.bpf.o refused ({obj.detail})"
+    if obj is not None and obj.detail.startswith("loaded; "):
+        return "sockops + sk_msg; " + obj.detail.removeprefix("loaded; ")
+    return "sockops + sk_msg"
 
 
 def _lockdown_decisions(res: ProbeResult) -> dict[str, str]:

@@ -20,8 +20,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from . import events, loader, probe
+from . import events, loader
 from .conn import kernel_capture_hook
+
+# a default `run`: the payload prefix copied per syscall, the events ring
+DEFAULT_CAPTURE_BYTES = 512
+DEFAULT_RING_BYTES = 8 << 20
 
 log = logging.getLogger("tracer.sock")
 C = events.Counter
@@ -99,7 +103,7 @@ def load_sock(obj: loader.BPFObject, exit_prog: str | None = None) -> str:
     cheapest (or `exit_prog`), put where the sys_exit stubs tail-call it.
     Returns its name."""
     if exit_prog is None:
-        exit_prog = EXIT_PROGRAMS[0] if probe.bpf_loop() else EXIT_PROGRAMS[1]
+        exit_prog = EXIT_PROGRAMS[0] if loader.bpf_loop() else EXIT_PROGRAMS[1]
     for prog in EXIT_PROGRAMS:
         obj.set_autoload(prog, prog == exit_prog)
     obj.load()

@@ -57,8 +57,9 @@ def _chain(topology, tmp_path: Path, *tracer_args: str, incoming: bool = False):
     sc = scenarios.build("http-chain", tmp_path)
     for srv in sc.servers:  # backend first
         topology.spawn(srv.role, list(srv.argv), env={**os.environ, **srv.env})
-    _wait_http(topology, "frontend", f"http://{scenarios.BACKEND}:8081/healthz")
-    _wait_http(topology, "client", f"{sc.load_host}/healthz")
+    # generous: gunicorn starts in tens of seconds in an emulated (matrix) guest
+    _wait_http(topology, "frontend", f"http://{scenarios.BACKEND}:8081/healthz", timeout=180)
+    _wait_http(topology, "client", f"{sc.load_host}/healthz", timeout=180)
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     ns = [topology.ns(r) for r in ("frontend", "backend")]
@@ -79,11 +80,11 @@ def _chain(topology, tmp_path: Path, *tracer_args: str, incoming: bool = False):
     return spans, tr.summary, gt, tr.stderr
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("incoming", [False, True], ids=["new-traces", "incoming-traceparent"])
 def test_injected_traceparent_links_frontend_to_backend(topology, tmp_path: Path,
                                                         incoming: bool):
-    require("btf", "ringbuf", "tracepoint_syscalls", "sockops", "sk_msg")
+    require("btf", "ringbuf", "tracepoint_syscalls", "sockops", "sk_msg", "inject_object")
     spans, summary, gt, stderr = _chain(topology, tmp_path, "--inject", incoming=incoming)
     assert "--inject unavailable" not in stderr
     traces = defaultdict(list)
@@ -116,7 +117,7 @@ def test_injected_traceparent_links_frontend_to_backend(topology, tmp_path: Path
     assert summary["events_dropped"] == 0
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_injection_is_off_by_default(topology, tmp_path: Path):
     require("btf", "ringbuf", "tracepoint_syscalls")
     spans, summary, gt, _ = _chain(topology, tmp_path)

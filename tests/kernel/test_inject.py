@@ -18,6 +18,7 @@ import pytest
 
 from tests.kernel.conftest import require
 from tracer import events, inject, loader
+from tracer import sock as sockmod
 from tracer.agent import load_sock
 
 CLIENT = r"""
@@ -38,7 +39,7 @@ H2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 @pytest.fixture(scope="module")
 def injector():
-    require("btf", "ringbuf", "tracepoint_syscalls", "sockops", "sk_msg")
+    require("btf", "ringbuf", "tracepoint_syscalls", "sockops", "sk_msg", "inject_object")
     sock = loader.BPFObject.open(loader.object_path("sock"))
     try:
         load_sock(sock)
@@ -52,7 +53,7 @@ def injector():
         sock.close()
 
 
-def _send(injector, *parts: bytes) -> bytes:
+def _send(injector, *parts: bytes, on_spawn=None) -> bytes:
     sock, inj = injector
     srv = socket.create_server(("127.0.0.1", 0))
     got = bytearray()
@@ -68,6 +69,8 @@ def _send(injector, *parts: bytes) -> bytes:
     p = subprocess.Popen([sys.executable, "-c", CLIENT, str(srv.getsockname()[1]),
                           *[x.hex() for x in parts]], stdin=subprocess.PIPE)
     sock.map("filter_pids").update(p.pid, b"\x01")
+    if on_spawn is not None:
+        on_spawn(p.pid)
     p.stdin.write(b"go\n")
     p.stdin.close()
     assert p.wait(timeout=20) == 0
@@ -123,3 +126,33 @@ def test_port_filter_applies_to_injection(injector):
         sock.map("filter_ports").delete(1)
         cfg.update(0, bytes(events.FilterConfigC(1, 0, 0, 0)))
     assert TP.search(_send(injector, req))
+
+
+def _comm_filter(sock):
+    """--comm on, naming the client: on_spawn for _send; the filter is cleared after."""
+    cfg, comms = sock.map("filter_cfg"), sock.map("filter_comms")
+
+    def on(pid):
+        # the name the client execs as (its /proc comm may still be ours)
+        comms.update(sockmod.comm_key(os.path.basename(sys.executable)), b"\x01")
+        cfg.update(0, bytes(events.FilterConfigC(1, 0, 0, 0, 1)))
+
+    def off():
+        cfg.update(0, bytes(events.FilterConfigC(1, 0, 0, 0)))
+        for k in list(comms.keys()):
+            comms.delete(k)
+    return on, off
+
+
+def test_comm_filter_applies_to_injection(injector):
+    """The same --comm with the helper: the named client gets its header."""
+    sock, inj = injector
+    if inj.lost:
+        pytest.skip(inj.degraded())
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    on, off = _comm_filter(sock)
+    try:
+        assert len(TP.findall(_send(injector, req, on_spawn=on))) == 1
+    finally:
+        off()
+    assert inj.counters()["unfiltered"] == 0

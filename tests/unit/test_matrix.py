@@ -3,6 +3,7 @@ No root, no VM."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,11 @@ def test_parse_specs_all_kinds():
 
 
 def test_default_kernels_parse():
-    kinds = [s.kind for s in matrix.parse_specs(matrix.DEFAULT_KERNELS)]
-    assert kinds == ["host", "debian", "debian"]
+    specs = matrix.parse_specs(matrix.DEFAULT_KERNELS)
+    assert [s.kind for s in specs] == ["host"] + ["debian"] * 7
+    # 5.10 x3 (bullseye), 6.1 x3 (bookworm), 6.12 (trixie)
+    assert [matrix.suite_of(s.value) for s in specs[1:]] == \
+        ["bullseye"] * 3 + ["bookworm"] * 3 + ["trixie"]
 
 
 @pytest.mark.parametrize("bad", ["", "bogus", "debian:", "debian:foo", "host,host"])
@@ -40,6 +44,76 @@ def test_debian_star_is_the_abi_number_only():
         "linux-image-6.1.0-56-amd64", "linux-image-6.1.0-10-amd64", "linux-image-6.1.0-9-amd64"]
     assert matrix.debian_candidates("linux-image-6.1.0-*-cloud-amd64", names) == [
         "linux-image-6.1.0-56-cloud-amd64"]
+
+
+def test_trixie_star_is_the_point_release():
+    names = ["linux-image-6.12.118+deb13-amd64", "linux-image-6.12.9+deb13-amd64",
+             "linux-image-6.12.118+deb13-rt-amd64", "linux-image-6.12.118+deb13-amd64-dbg",
+             "linux-image-amd64"]
+    assert matrix.debian_candidates("linux-image-6.12.*-amd64", names) == [
+        "linux-image-6.12.118+deb13-amd64", "linux-image-6.12.9+deb13-amd64"]
+    assert matrix.debian_candidates("linux-image-6.12.*-rt-amd64", names) == [
+        "linux-image-6.12.118+deb13-rt-amd64"]
+
+
+def test_unknown_series_has_no_suite():
+    with pytest.raises(matrix.KernelError, match="no Debian suite known"):
+        matrix.suite_of("linux-image-4.19.0-*-amd64")
+
+
+def test_fetch_goes_through_a_private_apt_configuration(tmp_path, monkeypatch):
+    """Every apt call reads and writes below the cache, never the machine's
+    sources or lists; the lists are fetched once a day."""
+    calls = []
+
+    def fake_check(cmd, timeout=300, cwd=None, **kw):
+        calls.append(cmd)
+        if cmd[0] == "apt-cache":
+            return "linux-image-5.10.0-45-amd64\nlinux-image-5.10.0-46-amd64\n"
+        if "download" in cmd:
+            (Path(cwd) / "k.deb").write_bytes(b"")
+        if cmd[0] == "dpkg-deb":
+            root = Path(cmd[-1])
+            (root / "boot").mkdir(parents=True)
+            (root / "boot/vmlinuz-5.10.0-46-amd64").write_bytes(b"")
+            (root / "lib/modules/5.10.0-46-amd64").mkdir(parents=True)
+        return ""
+
+    monkeypatch.setattr(matrix, "_check", fake_check)
+    img = matrix.fetch_debian("linux-image-5.10.0-*-amd64", tmp_path)
+    assert img == tmp_path / "debian/linux-image-5.10.0-46-amd64/root/boot/vmlinuz-5.10.0-46-amd64"
+    root = tmp_path / "apt" / "bullseye"
+    opts = ["-o", f"Dir::Etc::sourcelist={root}/sources.list", "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State={root}/state", "-o", f"Dir::Cache={root}/cache",
+            "-o", "APT::Get::List-Cleanup=0"]
+    assert calls[0] == ["apt-get", *opts, "-q", "update"]
+    assert calls[1] == ["apt-cache", *opts, "pkgnames", "linux-image-5.10.0-"]
+    assert calls[2] == ["apt-get", *opts, "download", "-q", "linux-image-5.10.0-46-amd64"]
+    assert [c[0] for c in calls[3:]] == ["dpkg-deb", "depmod"]
+    sources = (root / "sources.list").read_text().splitlines()
+    assert sources[0] == (f"deb [signed-by={matrix.DEBIAN_KEYRING}] {matrix.DEBIAN_MIRROR}"
+                          "/debian bullseye main")
+    assert sources[2].endswith("/debian-security bullseye-security main")
+    calls.clear()  # unpacked, lists fresh: one lookup, no update, no download
+    assert matrix.fetch_debian("linux-image-5.10.0-*-amd64", tmp_path) == img
+    assert [c[:2] for c in calls] == [["apt-cache", "-o"], ["depmod", "-a"]]
+
+
+def test_fetch_offline_takes_the_kernel_unpacked_before(tmp_path, monkeypatch):
+    root = tmp_path / "debian/linux-image-6.12.9+deb13-amd64/root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/vmlinuz-6.12.9+deb13-amd64").write_bytes(b"")
+    (root / "lib/modules/6.12.9+deb13-amd64").mkdir(parents=True)
+    (root / "lib/modules/6.12.9+deb13-amd64/modules.dep").write_text("")
+
+    def offline(cmd, **kw):
+        raise matrix.KernelError("apt-get -o failed: Temporary failure resolving 'deb.debian.org'")
+
+    monkeypatch.setattr(matrix, "_check", offline)
+    assert matrix.fetch_debian("linux-image-6.12.*-amd64", tmp_path) == \
+        root / "boot/vmlinuz-6.12.9+deb13-amd64"
+    with pytest.raises(matrix.KernelError, match="Temporary failure"):
+        matrix.fetch_debian("linux-image-5.10.0-*-amd64", tmp_path)
 
 
 def _result(**over):
@@ -67,6 +141,12 @@ def test_judge_and_report_marks_emulated_timings(tmp_path):
     assert ok.ok and not ok.reason
     assert not bad.ok and "no BTF" in bad.reason
     assert not failing.ok and "2 test(s) failed" in failing.reason
+    nosock = _result()
+    nosock["probe"]["data"]["features"]["sock_object"] = {
+        "available": False, "detail": "tp_exit_accept: invalid func bpf_get_current_task_btf#158"}
+    refused = matrix.judge(Row("5.10", "spec", result=nosock))
+    assert not refused.ok and refused.reason == \
+        "sock.bpf.o refused: tp_exit_accept: invalid func bpf_get_current_task_btf#158"
 
     md_path = matrix.write_report([ok, bad, failing], tmp_path, "rid")
     md = md_path.read_text()
@@ -186,3 +266,29 @@ def test_failure_line_picks_the_panic_over_the_stack_dump():
     assert line.startswith("initramfs does not have module fs-9p; Failed to mount real root")
     assert "Kernel panic - not syncing" in line
     assert matrix.failure_line("a\nlast words\n\n") == "last words"
+
+
+def test_merged_usr_kernel_gets_lib_modules_where_virtme_looks(tmp_path, monkeypatch):
+    """trixie ships its modules under usr/lib/modules: lib -> usr/lib."""
+    calls = []
+
+    def fake_check(cmd, timeout=300, cwd=None, **kw):
+        calls.append(cmd[0])
+        if cmd[0] == "apt-cache":
+            return "linux-image-6.12.118+deb13-amd64\n"
+        if "download" in cmd:
+            (Path(cwd) / "k.deb").write_bytes(b"")
+        if cmd[0] == "dpkg-deb":
+            root = Path(cmd[-1])
+            (root / "boot").mkdir(parents=True)
+            (root / "boot/vmlinuz-6.12.118+deb13-amd64").write_bytes(b"")
+            (root / "usr/lib/modules/6.12.118+deb13-amd64").mkdir(parents=True)
+        if cmd[0] == "depmod":
+            assert (Path(cmd[-2]) / "lib/modules" / cmd[-1]).is_dir()
+        return ""
+
+    monkeypatch.setattr(matrix, "_check", fake_check)
+    img = matrix.fetch_debian("linux-image-6.12.*-amd64", tmp_path)
+    root = img.parent.parent
+    assert (root / "lib").is_symlink() and (root / "lib").readlink() == Path("usr/lib")
+    assert calls[-1] == "depmod"

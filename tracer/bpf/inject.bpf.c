@@ -23,6 +23,11 @@ char LICENSE[] SEC("license") = "GPL";
 /* self_tgid: filters.h */
 const volatile __u32 sample_per_10k = 10000; /* new traces sampled (flag 01) */
 const volatile __u64 ctx_ttl_ns = 30000000000ULL; /* older thread contexts are stale */
+/* Helpers sk_msg may lack (6.1 refuses bpf_get_current_comm there): user
+ * space clears a knob when the verifier names its helper, the verifier then
+ * drops the dead call, and the filter it served fails closed in sk_msg. */
+const volatile __u8 msg_comm = 1;  /* bpf_get_current_comm: --comm */
+const volatile __u8 msg_task = 1;  /* bpf_get_current_task: --netns */
 
 /* BTF anchor for tests/unit/test_inject_btf.py (see sock.bpf.c). */
 struct inject_btf_anchor {
@@ -289,22 +294,22 @@ static __always_inline int on_write_enter(__u64 ubuf)
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int inj_enter_read(struct trace_event_raw_sys_enter *ctx) { return on_read_enter(ctx->args[1]); }
+int inj_enter_read(struct syscall_trace_enter *ctx) { return on_read_enter(ctx->args[1]); }
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int inj_exit_read(struct trace_event_raw_sys_exit *ctx) { return on_read_exit(ctx->ret); }
+int inj_exit_read(struct syscall_trace_exit *ctx) { return on_read_exit(ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int inj_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return on_read_enter(ctx->args[1]); }
+int inj_enter_recvfrom(struct syscall_trace_enter *ctx) { return on_read_enter(ctx->args[1]); }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int inj_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return on_read_exit(ctx->ret); }
+int inj_exit_recvfrom(struct syscall_trace_exit *ctx) { return on_read_exit(ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int inj_enter_write(struct trace_event_raw_sys_enter *ctx) { return on_write_enter(ctx->args[1]); }
+int inj_enter_write(struct syscall_trace_enter *ctx) { return on_write_enter(ctx->args[1]); }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int inj_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return on_write_enter(ctx->args[1]); }
+int inj_enter_sendto(struct syscall_trace_enter *ctx) { return on_write_enter(ctx->args[1]); }
 
 /* ---- sk_msg: write the header -------------------------------------------------------- */
 
@@ -316,6 +321,40 @@ static __always_inline void hex(char *out, const __u8 *in, int n)
 		out[2 * k] = hexdig[in[k] >> 4];
 		out[2 * k + 1] = hexdig[in[k] & 15];
 	}
+}
+
+/* The process filter in sk_msg: filters.h's where this kernel gives sk_msg
+ * its helpers; else a --comm or --netns filter that is on rejects (counted):
+ * never write into a process that was not chosen. */
+static __always_inline bool msg_wanted(__u32 tgid)
+{
+	struct filter_config *cfg;
+
+	if (msg_comm && msg_task)
+		return wanted(tgid);
+	if (tgid == self_tgid)
+		return false;
+	cfg = filters();
+	if (!cfg)
+		return true;
+	if (cfg->by_pid && !pid_wanted(tgid))
+		return false;
+	if (cfg->by_cgroup && !cgroup_wanted())
+		return false;
+	if ((cfg->by_comm && !msg_comm) || (cfg->by_netns && !msg_task)) {
+		count(INJ_UNFILTERED);
+		return false;
+	}
+	if (cfg->by_comm) {
+		char comm[TASK_COMM_LEN] = {};
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&filter_comms, comm))
+			return false;
+	}
+	if (cfg->by_netns && !task_netns_wanted())
+		return false;
+	return true;
 }
 
 /* --port: the local or the remote port is in filter_ports */
@@ -344,7 +383,7 @@ int inject_msg(struct sk_msg_md *msg)
 	/* TLS (0x16...), HTTP/2 frames and bodies fail this before any work */
 	if (data + 4 > end || !upper(data[0]) || !upper(data[1]) || !upper(data[2]))
 		return SK_PASS;
-	if (!wanted(id >> 32) || !msg_port_wanted(msg))
+	if (!msg_wanted(id >> 32) || !msg_port_wanted(msg))
 		return SK_PASS;
 	/* the head must lie in the bounded, linear prefix of this segment */
 	if (bpf_msg_pull_data(msg, 0, size < INJECT_SCAN ? size : INJECT_SCAN, 0))

@@ -52,6 +52,7 @@ enum inject_counter {
 	INJ_CTX_SET,        /* server request read: thread context set */
 	INJ_CTX_HEADER,     /* ... from an incoming traceparent */
 	INJ_SOCKS,          /* client sockets added to the SOCKHASH */
+	INJ_UNFILTERED,     /* not injected: a filter sk_msg cannot check here is on */
 	INJ_CTR_MAX,
 };
 

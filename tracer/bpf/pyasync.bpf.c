@@ -410,37 +410,37 @@ static __always_inline int write_enter(int fd)
 #define ARG(i) (ctx->args[i])
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int pa_enter_read(struct trace_event_raw_sys_enter *ctx) { return read_enter(ARG(0)); }
+int pa_enter_read(struct syscall_trace_enter *ctx) { return read_enter(ARG(0)); }
 SEC("tracepoint/syscalls/sys_exit_read")
-int pa_exit_read(struct trace_event_raw_sys_exit *ctx) { return read_exit(ctx->ret); }
+int pa_exit_read(struct syscall_trace_exit *ctx) { return read_exit(ctx->ret); }
 SEC("tracepoint/syscalls/sys_enter_readv")
-int pa_enter_readv(struct trace_event_raw_sys_enter *ctx) { return read_enter(ARG(0)); }
+int pa_enter_readv(struct syscall_trace_enter *ctx) { return read_enter(ARG(0)); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int pa_exit_readv(struct trace_event_raw_sys_exit *ctx) { return read_exit(ctx->ret); }
+int pa_exit_readv(struct syscall_trace_exit *ctx) { return read_exit(ctx->ret); }
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int pa_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+int pa_enter_recvfrom(struct syscall_trace_enter *ctx)
 {
 	/* a peek consumes nothing: the real read follows */
 	return (ARG(3) & MSG_PEEK) ? 0 : read_enter(ARG(0));
 }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int pa_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return read_exit(ctx->ret); }
+int pa_exit_recvfrom(struct syscall_trace_exit *ctx) { return read_exit(ctx->ret); }
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int pa_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+int pa_enter_recvmsg(struct syscall_trace_enter *ctx)
 {
 	return (ARG(2) & MSG_PEEK) ? 0 : read_enter(ARG(0));
 }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int pa_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return read_exit(ctx->ret); }
+int pa_exit_recvmsg(struct syscall_trace_exit *ctx) { return read_exit(ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int pa_enter_write(struct trace_event_raw_sys_enter *ctx) { return write_enter(ARG(0)); }
+int pa_enter_write(struct syscall_trace_enter *ctx) { return write_enter(ARG(0)); }
 SEC("tracepoint/syscalls/sys_enter_writev")
-int pa_enter_writev(struct trace_event_raw_sys_enter *ctx) { return write_enter(ARG(0)); }
+int pa_enter_writev(struct syscall_trace_enter *ctx) { return write_enter(ARG(0)); }
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int pa_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return write_enter(ARG(0)); }
+int pa_enter_sendto(struct syscall_trace_enter *ctx) { return write_enter(ARG(0)); }
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int pa_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return write_enter(ARG(0)); }
+int pa_enter_sendmsg(struct syscall_trace_enter *ctx) { return write_enter(ARG(0)); }
 
 SEC("tracepoint/sched/sched_process_exec")
 int pa_exec(void *ctx)

@@ -304,17 +304,17 @@ static __always_inline int open_exit(long ret, __u8 role)
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept")
-int tp_enter_accept(struct trace_event_raw_sys_enter *ctx) { return open_enter(-1); }
+int tp_enter_accept(struct syscall_trace_enter *ctx) { return open_enter(-1); }
 SEC("tracepoint/syscalls/sys_exit_accept")
-int tp_exit_accept(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret, ROLE_SERVER); }
+int tp_exit_accept(struct syscall_trace_exit *ctx) { return open_exit(ctx->ret, ROLE_SERVER); }
 SEC("tracepoint/syscalls/sys_enter_accept4")
-int tp_enter_accept4(struct trace_event_raw_sys_enter *ctx) { return open_enter(-1); }
+int tp_enter_accept4(struct syscall_trace_enter *ctx) { return open_enter(-1); }
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int tp_exit_accept4(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret, ROLE_SERVER); }
+int tp_exit_accept4(struct syscall_trace_exit *ctx) { return open_exit(ctx->ret, ROLE_SERVER); }
 SEC("tracepoint/syscalls/sys_enter_connect")
-int tp_enter_connect(struct trace_event_raw_sys_enter *ctx) { return open_enter((int)ctx->args[0]); }
+int tp_enter_connect(struct syscall_trace_enter *ctx) { return open_enter((int)ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_connect")
-int tp_exit_connect(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret, ROLE_CLIENT); }
+int tp_exit_connect(struct syscall_trace_exit *ctx) { return open_exit(ctx->ret, ROLE_CLIENT); }
 
 /* ---- data --------------------------------------------------------------- */
 
@@ -511,7 +511,7 @@ static long copy_iov_cb(__u32 i, void *c)
  * bpf_stats still charge each syscall's stub for the whole run. With
  * bpf_loop (5.17+) the iovec loop body is verified once too; the bounded
  * variant is for older kernels. The agent puts one of them in exit_tail. */
-static __always_inline int exit_body(struct trace_event_raw_sys_exit *ctx, bool use_loop)
+static __always_inline int exit_body(struct syscall_trace_exit *ctx, bool use_loop)
 {
 	long ret = ctx->ret;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -597,10 +597,10 @@ out:
 }
 
 SEC("tracepoint")
-int io_exit(struct trace_event_raw_sys_exit *ctx) { return exit_body(ctx, true); }
+int io_exit(struct syscall_trace_exit *ctx) { return exit_body(ctx, true); }
 
 SEC("tracepoint")
-int io_exit_bounded(struct trace_event_raw_sys_exit *ctx) { return exit_body(ctx, false); }
+int io_exit_bounded(struct syscall_trace_exit *ctx) { return exit_body(ctx, false); }
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -633,19 +633,19 @@ static __always_inline int msg_enter(int fd, __u64 umsg, __u8 dir, __u8 sys)
 #define ARG(i) (ctx->args[i])
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int tp_enter_read(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_read(struct syscall_trace_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_READ); }
 SEC("tracepoint/syscalls/sys_exit_read")
-int tp_exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_read(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
-int tp_enter_readv(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_readv(struct syscall_trace_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_INGRESS, SYS_READV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int tp_exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_readv(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_recvfrom(struct syscall_trace_enter *ctx)
 {
 	/* A peek does not consume: the same bytes come again with the real read. */
 	if (ARG(3) & MSG_PEEK)
@@ -653,46 +653,46 @@ int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 	return io_enter(ARG(0), ARG(1), 0, DIR_INGRESS, SYS_RECVFROM);
 }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_recvfrom(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_recvmsg(struct syscall_trace_enter *ctx)
 {
 	if (ARG(2) & MSG_PEEK)
 		return 0;
 	return msg_enter(ARG(0), ARG(1), DIR_INGRESS, SYS_RECVMSG);
 }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_recvmsg(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_write(struct syscall_trace_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int tp_exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_write(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
-int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_writev(struct syscall_trace_enter *ctx)
 { return ARG(2) ? io_enter(ARG(0), ARG(1), ARG(2), DIR_EGRESS, SYS_WRITEV) : 0; }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int tp_exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_writev(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_sendto(struct syscall_trace_enter *ctx)
 { return io_enter(ARG(0), ARG(1), 0, DIR_EGRESS, SYS_SENDTO); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_sendto(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_sendmsg(struct syscall_trace_enter *ctx)
 { return msg_enter(ARG(0), ARG(1), DIR_EGRESS, SYS_SENDMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_io(ctx); }
+int tp_exit_sendmsg(struct syscall_trace_exit *ctx) { return exit_io(ctx); }
 
 /* ---- close ------------------------------------------------------------- */
 
 SEC("tracepoint/syscalls/sys_enter_close")
-int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_close(struct syscall_trace_enter *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = (int)ARG(0) };

@@ -129,8 +129,20 @@ def _kernel_tracer(targets: list[str], args, writer_for, netns, cgroups):
         from . import kernel
     except ImportError:
         raise UsageError("kernel function tracing unavailable") from None
+    from tracer import probe
+
     try:
-        tracer = kernel.kernel_tracer(targets, pids=args.pid, cgroups=cgroups, netns=netns)
+        kernel.parse_targets(targets)  # malformed targets first, before any probing
+        probe.require_environment()
+    except (kernel.KernelFuncError, probe.EnvironmentProblem) as e:
+        raise UsageError(str(e)) from None
+    method, why = probe.probe_kernel_functions()
+    if method is None:
+        raise UsageError(f"kernel function tracing unavailable: {why}; trace a user-space "
+                         "function (BINARY:SYMBOL) or a tracepoint instead")
+    try:
+        tracer = kernel.kernel_tracer(targets, method, why, pids=args.pid, cgroups=cgroups,
+                                      netns=netns)
     except kernel.KernelFuncError as e:
         raise UsageError(str(e)) from None
     writer = writer_for()

@@ -370,24 +370,14 @@ def resolve(names: list[str]) -> list[KFunc]:
         btf.close()
 
 
-def kernel_tracer(targets: list[str], *, pids=(), cgroups=(), netns=(),
-                  emit=None) -> KernelTracer:
-    """'kernel:NAME' targets -> a KernelTracer ready to start, with the mechanism
-    the feature probe picks. Raises KernelFuncError (one line) when the
-    targets are malformed or unknown or the kernel allows neither mechanism;
-    the `funcs` CLI turns it into exit 2."""
-    from .. import probe
-
-    names = parse_targets(targets)
-    try:
-        probe.require_environment()
-    except probe.EnvironmentProblem as e:
-        raise KernelFuncError(str(e)) from None
-    method, why = probe.probe_kernel_functions()
-    if method is None:
-        raise KernelFuncError(f"kernel function tracing unavailable: {why}; trace a "
-                              "user-space function (BINARY:SYMBOL) or a tracepoint instead")
-    tracer = KernelTracer(resolve(names), method, pids=pids, cgroups=cgroups, netns=netns,
-                          emit=emit)
+def kernel_tracer(targets: list[str], method: str, why: str, *, pids=(), cgroups=(),
+                  netns=(), emit=None) -> KernelTracer:
+    """'kernel:NAME' targets -> a KernelTracer ready to start with `method`
+    (the feature probe's pick, tracer.probe.probe_kernel_functions: the
+    caller asks it, so that the probe may load this module's objects).
+    Raises KernelFuncError (one line) when the targets are malformed or
+    unknown; the `funcs` CLI turns it into exit 2."""
+    tracer = KernelTracer(resolve(parse_targets(targets)), method, pids=pids, cgroups=cgroups,
+                          netns=netns, emit=emit)
     tracer.why = why
     return tracer

@@ -129,9 +129,7 @@ class FuncsTracer:
         self.stacks_missing = 0
         self.stacks_evicted = 0
         self.events_seen = 0
-        from tracer.agent import clock_offset_ns
-
-        self.clock_offset_ns = clock_offset_ns()
+        self.clock_offset_ns = loader.clock_offset_ns()
 
     # -- events -> records ---------------------------------------------------------
     def handle(self, ev: CallEvent | StackEvent) -> None:
