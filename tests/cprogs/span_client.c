@@ -1,13 +1,16 @@
 /*
  * span_client.c: an HTTP/1.1 client for tests/e2e/test_span_stacks.py.
  *
- *   span_client PORT N    N keep-alive GET /ok/<i> requests to 127.0.0.1:PORT
+ *   span_client PORT N [hold]   N keep-alive GET /ok/<i> requests to 127.0.0.1:PORT
  *
  * Each request is written from do_request() through send_all(), so the user
  * stack at the request's first writev(2) holds do_request and main (frame
  * pointers: build with -fno-omit-frame-pointer). send_all itself is not seen:
  * libc's writev wrapper sets up no frame, so the frame-pointer walk goes from
- * writev straight to send_all's caller. Exits 0 after N complete responses.
+ * writev straight to send_all's caller. Exits 0 after N complete responses;
+ * with "hold", prints "done" then and exits when stdin reaches EOF, so the
+ * process (its /proc maps, which stacks are symbolized from) outlives the
+ * tracer's handling of its spans.
  */
 #define _GNU_SOURCE /* memmem, strcasestr */
 #include <arpa/inet.h>
@@ -103,5 +106,11 @@ int main(int argc, char **argv)
 		}
 	}
 	close(fd);
+	if (argc > 3 && !strcmp(argv[3], "hold")) {
+		printf("done\n");
+		fflush(stdout);
+		while (getchar() != EOF)
+			;
+	}
 	return 0;
 }

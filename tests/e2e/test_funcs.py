@@ -311,9 +311,10 @@ def _count_eval_calls(tmp_path: Path, n: int, tag: str) -> tuple[int, dict]:
     try:
         assert py.stdout.readline().strip() == "ready"
         lib = _libpython_eval(py.pid)
-        # a library by name: resolved through the --pid process's maps
+        # a library by name: resolved through the --pid process's maps; "()":
+        # no arguments, so libpython's DWARF is not scanned for them
         binary = "libpython3.*.so*" if "/libpython3" in lib else lib
-        t = FuncsRun([f"{binary}:_PyEval_EvalFrameDefault", "--pid", str(py.pid)],
+        t = FuncsRun([f"{binary}:_PyEval_EvalFrameDefault()", "--pid", str(py.pid)],
                      tmp_path / f"{tag}.jsonl")
         py.stdin.write("go\n")
         py.stdin.flush()

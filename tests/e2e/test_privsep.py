@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_privileges import _broker_expected, _status, broker_of, nobody
-from tests.e2e.tracing import TracerRun, free_port, py_server, server
+from tests.e2e.tracing import TracerRun, free_port, py_server, server, wait_uprobes_on
 from tests.kernel.conftest import require
 
 N = 23
@@ -78,7 +78,7 @@ def test_agent_holds_nothing_broker_attaches_later_tls_46_server_spans(tmp_path,
         socks = _sockets(broker)
         assert len(socks) == 1 and socks[0] in _unix_inodes()  # the channel, nothing else
         with server([node, str(SERVERS / "tls_servers.js"), "https", str(sport), *cert]) as tls:
-            time.sleep(3.0)  # the exec is looked at on the next housekeeping tick
+            wait_uprobes_on(tr.proc.pid, node)
             urls = [f"https://127.0.0.1:{sport}/ok/{i}" for i in range(N)]
             subprocess.run(["curl", "-sk", *urls, *["-o", "/dev/null"] * N], check=True,
                            timeout=30)
@@ -193,7 +193,10 @@ def test_exe_names_and_jaeger_file_as_nobody(tmp_path):
     try:
         port = free_port()
         jaeger = out / "traces.json"
-        with py_server(port) as srv, \
+        # requests spread over more than the export interval: the first batch,
+        # which names the process, goes out while tracing (the broker refuses
+        # exe requests once the agent stops)
+        with py_server(port, 60) as srv, \
                 TracerRun(tmp_path, "--port", str(port), "--no-tls", "--no-go",
                           "--service-name", f"{exe}=checkout",
                           "--export", f"jaeger-json:{jaeger}") as tr:

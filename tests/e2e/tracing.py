@@ -9,8 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).parent
 
@@ -44,6 +47,65 @@ def server(argv: list[str], ready: bytes = b"ready", timeout: float = 15.0):
         p.stderr.close()
 
 
+@contextlib.contextmanager
+def held(argv: list[str], timeout: float = 60.0):
+    """Run a client that prints "done" when its work is over and exits 0 at
+    stdin EOF (tests/cprogs/span_client.c with "hold"): returns once it is
+    done; it exits when the block ends. For checks that need the process to
+    outlive the tracer's handling of its spans (stacks are symbolized from
+    its /proc maps)."""
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        out = p.stdout.readline()
+        if out != b"done\n":
+            raise RuntimeError(f"{argv[0]} not done: {out!r} {p.stderr.read1(4096)!r}")
+        yield p
+        p.stdin.close()
+        if p.wait(timeout) != 0:
+            raise RuntimeError(f"{argv[0]} exited {p.returncode}: {p.stderr.read()!r}")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for f in (p.stdin, p.stdout, p.stderr):
+            f.close()
+
+
+def uprobe_files(pid: int) -> set[str]:
+    """Files probed by the BPF uprobe links that pid and its children hold,
+    from their fdinfo (`path:` of uprobe_multi links, `name:` of perf-event
+    uprobes), resolved."""
+    files = set()
+    procs = [psutil.Process(pid)]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        procs += procs[0].children(recursive=True)
+    for p in procs:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p.pid}/fdinfo"):
+                with contextlib.suppress(OSError):
+                    info = dict(line.split(":\t", 1) for line in
+                                Path(f"/proc/{p.pid}/fdinfo/{fd}").read_text().splitlines()
+                                if ":\t" in line)
+                    kind = info.get("link_type", "") + info.get("event_type", "")
+                    target = info.get("path") or info.get("name")
+                    if target and "uprobe" in kind:
+                        files.add(os.path.realpath(target))
+    return files
+
+
+def wait_uprobes_on(pid: int, path: str, timeout: float = 20.0) -> None:
+    """Until the tracer (pid, its broker) holds uprobe links on path: a
+    process started after the tracer is attached to on a later housekeeping
+    tick."""
+    path = os.path.realpath(path)
+    deadline = time.monotonic() + timeout
+    while path not in uprobe_files(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no uprobe on {path} within {timeout} s: {uprobe_files(pid)}")
+        time.sleep(0.1)
+
+
 def py_server(port: int, sleep_ms: int = 20):
     return server([sys.executable, str(HERE / "servers" / "py_server.py"), str(port),
                    str(sleep_ms)])
@@ -67,10 +129,17 @@ class TracerRun:
 
     def __enter__(self) -> TracerRun:
         self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE, text=True)
-        first = self.proc.stderr.readline()
-        if "tracer: tracing" not in first:
+        # warnings (one line each) may come before the ready line
+        self.before = []
+        for _ in range(20):
+            line = self.proc.stderr.readline()
+            if "tracer: tracing" in line or not line:
+                break
+            self.before.append(line)
+        if "tracer: tracing" not in line:
             self.proc.kill()
-            raise RuntimeError(f"tracer did not start: {first}{self.proc.stderr.read()}")
+            raise RuntimeError(f"tracer did not start: {''.join(self.before)}{line}"
+                               f"{self.proc.stderr.read()}")
         return self
 
     def stop(self) -> None:
@@ -78,11 +147,18 @@ class TracerRun:
             return
         time.sleep(0.3)  # let the last events reach the ring buffer
         self.proc.send_signal(signal.SIGINT)
+        # through the text wrapper (readline() above may have buffered more),
+        # in a thread so that a hung tracer still times out
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(self.proc.stderr.read()))
+        reader.start()
         try:
-            rest = self.proc.communicate(timeout=60)[1]
+            self.proc.wait(timeout=60)
         finally:
             self.proc.kill()
-        self.stderr = rest
+            reader.join(10)
+            self.proc.stderr.close()
+        self.stderr = "".join(self.before) + "".join(rest)
         self.returncode = self.proc.returncode
         self.proc = None
         self.spans = [json.loads(line) for line in self.out.read_text().splitlines()]
