@@ -52,7 +52,7 @@ log = logging.getLogger("tracer.agent")
 
 IDLE_EXPIRY_NS = 300 * 1_000_000_000  # connections with no event for 5 min are dropped
 HOUSEKEEPING_S = 1.0
-POLL_MS = 500  # longest wait for the ring between wake-ups (the kernel wakes us at fill)
+POLL_MS = 1000  # longest wait for the ring: housekeeping is due then anyway (the kernel wakes us at fill)
 # Records per consume call: under sustained overload the ring never empties, and
 # an unbounded drain would starve housekeeping (expiry, counters, sampling).
 # Small enough that a turn of the loop stays short even when the agent is held

@@ -57,14 +57,25 @@ struct active_io {
 	__u32 capture;  /* this connection's capture size */
 	__u8 tls;       /* ciphertext: count its bytes, emit nothing */
 	__u8 skip;      /* sampled-out connection: count request turns, emit nothing */
+	__u8 live;      /* a syscall is open: set at sys_enter, cleared at sys_exit */
 };
 
+/* Task-local storage, not a hash keyed by tid: the task holds a pointer to
+ * its entry, so sys_enter and sys_exit find it without hashing, locking a
+ * bucket or taking an element from a free list (docs/performance.md). An
+ * entry lives as long as its thread; `live` says whether a syscall is open. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct active_io);
 } active SEC(".maps");
+
+static __always_inline struct active_io *active_get(bool create)
+{
+	return bpf_task_storage_get(&active, bpf_get_current_task_btf(), NULL,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
 
 /* accept/connect: fd (connect) and entry time, per thread. */
 struct pending_open {
@@ -323,14 +334,15 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct conn_key key = { .tgid = pid_tgid >> 32, .fd = fd };
 	struct filter_config *cfg = filters();
-	struct active_io io = {};
+	struct active_io io = { .live = 1 };
+	struct active_io *slot;
 	struct conn_info *info;
 	struct ssl_call *call;
-	__u64 ts = bpf_ktime_get_ns();
-	__u32 tid = (__u32)pid_tgid;
+	__u64 ts;
 
 	if (!process_wanted(key.tgid, cfg, false))
 		return 0;
+	ts = bpf_ktime_get_ns();
 	info = bpf_map_lookup_elem(&conns, &key);
 	if (!info) {
 		/* Opened before we started (or by a path we don't hook). */
@@ -361,7 +373,9 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 		io.fd = fd;
 		io.dir = dir;
 		io.role = info->role;
-		bpf_map_update_elem(&active, &tid, &io, BPF_ANY);
+		slot = active_get(true);
+		if (slot)
+			*slot = io;
 		return 0;
 	}
 	io.tls = info->tls;
@@ -383,7 +397,9 @@ static __always_inline int io_enter(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 	 * server's reads (either for a socket of unknown role). */
 	if (!info->sniffed && !info->tls)
 		io.sniff = request_direction(info->role, dir);
-	bpf_map_update_elem(&active, &tid, &io, BPF_ANY);
+	slot = active_get(true);
+	if (slot)
+		*slot = io;
 	return 0;
 }
 
@@ -515,13 +531,12 @@ static __always_inline int exit_body(struct syscall_trace_exit *ctx, bool use_lo
 {
 	long ret = ctx->ret;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
-	struct active_io *io = bpf_map_lookup_elem(&active, &tid);
+	struct active_io *io = active_get(false);
 	struct scratch *s;
 	struct data_event *ev;
 	__u64 want, n, off = 0;
 
-	if (!io)
+	if (!io || !io->live)
 		return 0;
 	if (ret <= 0)
 		goto out;
@@ -592,7 +607,7 @@ static __always_inline int exit_body(struct syscall_trace_exit *ctx, bool use_lo
 	n = bound_payload(off);
 	submit_event(ev, offsetof(struct data_event, payload) + n);
 out:
-	bpf_map_delete_elem(&active, &tid);
+	io->live = 0;
 	return 0;
 }
 
@@ -613,7 +628,7 @@ static __always_inline int exit_io(void *ctx)
 {
 	bpf_tail_call(ctx, &exit_tail, 0);
 	/* Reached only while exit_tail is empty (before the agent fills it):
-	 * the entry stays in `active` and the LRU reclaims it. */
+	 * the entry stays live until the thread's next hooked syscall enters. */
 	count(CTR_EXIT_UNREACHED);
 	return 0;
 }
