@@ -87,6 +87,10 @@ REQUESTS: dict[str, dict[str, type]] = {
     "stack_module": {"pid": int, "path": str},
     "detach": {},
 }
+# what is still answered once the agent stops: reads that name and symbolize
+# the spans of the last drain (the process filter is still loaded), nothing
+# that attaches
+AFTER_DETACH = frozenset({"detach", "exe", "stack_maps", "stack_module"})
 # the exec rings of tls.bpf.c and golang.bpf.c (sched_process_exec, filtered
 # by process_wanted): struct exec_event, the pid first
 EXEC_RINGS = ("tls_execs", "go_execs", "pa_execs")
@@ -307,7 +311,7 @@ class Broker:
             op = check_request(msg, {k: v[0] for k, v in self.addon_ops.items()})
         except ProtocolError as e:
             return self.refuse(str(e))
-        if self.detached and op != "detach":
+        if self.detached and op not in AFTER_DETACH:
             return self.refuse(f"{op}: the agent is stopping")
         fields = {k: v for k, v in msg.items() if k != "op"}
         if op in self.addon_ops:

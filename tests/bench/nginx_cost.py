@@ -10,7 +10,8 @@ Per fixed-rate phase (rate 0: as fast as one connection goes):
 - agent CPU: all threads of the `tracer run` process, from
   /proc/PID/task/*/schedstat (ns), over the phase;
 - BPF run time: run_time_ns of the agent's programs (kernel.bpf_stats_enabled
-  on for the run), read from /proc/PID/fdinfo of their fds;
+  on for the run), read from /proc/PID/fdinfo of their fds; per program too
+  (bpf_by_program: runs and ns per request, named by bpftool);
 - spans: requests answered (only the server is traced: one span each); the
   whole run's spans_emitted must equal the requests sent.
 Saturation: wrk -t2 -c16 against nginx (2 workers) untraced, then traced;
@@ -24,6 +25,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -126,18 +128,39 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def bpf_ns(pid: int) -> int:
-    """run_time_ns summed over the BPF programs whose fds the process holds."""
-    total = 0
+def bpf_programs(pid: int) -> dict[int, tuple[int, int]]:
+    """prog id -> (run_time_ns, run_cnt) of the BPF programs whose fds the
+    process holds."""
+    progs = {}
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:
             continue
-        if "prog_id:" in text:
-            m = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
-            total += int(m.group(1)) if m else 0
-    return total
+        m = re.search(r"^prog_id:\s+(\d+)", text, re.M)
+        if m:
+            rt = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+            rc = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
+            progs[int(m.group(1))] = (int(rt.group(1)) if rt else 0, int(rc.group(1)) if rc else 0)
+    return progs
+
+
+def per_program(before: dict, after: dict, requests: int) -> dict[str, dict]:
+    """Each program's runs and ns per request between two bpf_programs()
+    readings, named by bpftool; the costliest first."""
+    names = {}
+    with contextlib.suppress(OSError, ValueError):
+        out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+                             timeout=30).stdout
+        names = {p["id"]: p.get("name", "?") for p in json.loads(out)}
+    rows = []
+    for pid_, (rt, rc) in after.items():
+        rt0, rc0 = before.get(pid_, (0, 0))
+        if rc > rc0:
+            rows.append((rt - rt0, names.get(pid_, str(pid_)), rc - rc0))
+    return {name: {"runs_per_request": round(rc / requests, 2), "ns_per_run": round(rt / rc),
+                   "ns_per_request": round(rt / requests)}
+            for rt, name, rc in sorted(rows, reverse=True)}
 
 
 def paced(client: Path, rate: int, seconds: float, conns: int = 1) -> dict:
@@ -185,10 +208,14 @@ def _fixed_rates(client: Path, nginx_pid: int, workdir: Path, core: str, rates: 
         paced(client, 200, 1.0)  # warm-up: connections, caches, TLS discovery settles
         sent = 0
         for rate in rates:
-            c0, b0 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+            p0 = bpf_programs(tr.pid)
+            c0 = cpu_ns(tr.pid)
             r = paced(client, rate, seconds)
             time.sleep(0.3)  # the agent's batched wake-up and last spans
-            c1, b1 = cpu_ns(tr.pid), bpf_ns(tr.pid)
+            c1 = cpu_ns(tr.pid)
+            p1 = bpf_programs(tr.pid)
+            b0 = sum(rt for rt, _ in p0.values())
+            b1 = sum(rt for rt, _ in p1.values())
             sent += r["requests"]
             spans = r["requests"]
             rps = spans / r["seconds"]
@@ -201,6 +228,7 @@ def _fixed_rates(client: Path, nginx_pid: int, workdir: Path, core: str, rates: 
                 "bpf_us_per_span": round(bpf_us, 2),
                 # share of one core at this rate, agent + BPF
                 "all_in_pct_core": round((agent_us + bpf_us) * rps / 1e4, 3),
+                "bpf_by_program": per_program(p0, p1, spans),
             })
         rss = _vm_hwm_mb(tr.pid)
     finally:

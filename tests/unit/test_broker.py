@@ -5,7 +5,9 @@ discovered itself can be named."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -128,6 +130,24 @@ def test_addon_request_and_nothing_after_detach():
     assert reply["ok"] and reply["requests"] == 3 and reply["refused"] == 1
     assert b.handle({"op": "maps", "pid": 7})[0] == \
         {"ok": False, "refused": "maps: the agent is stopping"}
+    assert b.handle({"op": "echo_pid", "pid": 9})[0]["refused"] == \
+        "echo_pid: the agent is stopping"
+
+
+def test_exe_still_answered_after_detach():
+    """The spans of the last drain are named after the agent asked the
+    broker to detach: exe stays answered (for traced processes only)."""
+    b = _broker()
+    b.handle({"op": "detach"})
+    with subprocess.Popen(["sleep", "30"]) as p:
+        try:
+            reply, _ = b.handle({"op": "exe", "pid": p.pid})
+        finally:
+            p.kill()
+    assert reply == {"ok": True, "exe": shutil.which("sleep") and os.path.realpath(
+        shutil.which("sleep"))}
+    assert b.handle({"op": "exe", "pid": os.getpid()})[0] == \
+        {"ok": False, "refused": "exe: not a process the tracer traces"}  # the broker itself
 
 
 def test_wire_format_whole_json_objects_only():

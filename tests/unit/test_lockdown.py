@@ -49,11 +49,13 @@ EXPECTED = {
     # get_current_task_btf: no lockdown reason gates it (its loads are direct
     # BTF loads, not bpf_probe_read_kernel)
     # bpf_loop, bpf_tail_call: the shared sys_exit program (no lockdown reason)
+    # bpf_task_storage_get: per-thread syscall state (no lockdown reason)
     "sock": {"bpf_get_current_cgroup_id", "bpf_get_current_comm", "bpf_get_current_pid_tgid",
              "bpf_get_current_task_btf", "bpf_get_prandom_u32", "bpf_get_smp_processor_id",
              "bpf_get_stackid", "bpf_ktime_get_ns", "bpf_loop", "bpf_map_delete_elem",
              "bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_probe_read_kernel",
-             "bpf_probe_read_user", "bpf_ringbuf_output", "bpf_ringbuf_query", "bpf_tail_call"},
+             "bpf_probe_read_user", "bpf_ringbuf_output", "bpf_ringbuf_query", "bpf_tail_call",
+             "bpf_task_storage_get"},
     "tls": {"bpf_get_attach_cookie", "bpf_get_current_cgroup_id", "bpf_get_current_comm",
             "bpf_get_current_pid_tgid", "bpf_ktime_get_ns", "bpf_map_delete_elem", "bpf_map_lookup_elem",
             "bpf_map_update_elem", "bpf_probe_read_user", "bpf_ringbuf_output",
