@@ -138,10 +138,10 @@ def bpf_programs(pid: int) -> dict[int, tuple[int, int]]:
         except OSError:
             continue
         m = re.search(r"^prog_id:\s+(\d+)", text, re.M)
-        if m:
-            rt = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
-            rc = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
-            progs[int(m.group(1))] = (int(rt.group(1)) if rt else 0, int(rc.group(1)) if rc else 0)
+        rt = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+        rc = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
+        if m and rt and rc:  # a program's fd (a link's names its program too)
+            progs[int(m.group(1))] = (int(rt.group(1)), int(rc.group(1)))
     return progs
 
 
