@@ -56,7 +56,8 @@ DEFAULT_TIMEOUT_S = 1800.0  # a TCG guest needs ~12 min for the tests and the be
 FEATURES = ("btf", "kprobe", "fentry", "ringbuf", "tracepoint_syscalls", "uprobe",
             "tc", "sockops", "sk_msg", "probe_write_user", "bpf_stats",
             # the real objects, loaded as the tracer loads them (tracer/probe.py)
-            "sock_object", "tls_object", "inject_object", "funcs_object", "kfuncs_object")
+            "sock_object", "tls_object", "inject_object", "golang_object", "pyasync_object",
+            "funcs_object", "kfuncs_object")
 # The stress scenario offers 6000 req/s; an emulated guest cannot absorb that and
 # the load generator overruns the runner's deadline (duration + 60 s).
 TCG_BENCH_RPS = 300
@@ -64,7 +65,8 @@ TCG_BENCH_RPS = 300
 # that same deadline: a longer run buys the slack.
 TCG_BENCH_MIN_DURATION = 20.0
 SHORT = {"tracepoint_syscalls": "tp_sys", "probe_write_user": "write_user",
-         **{f"{o}_object": f"{o}.o" for o in ("sock", "tls", "inject", "funcs", "kfuncs")}}
+         **{f"{o}_object": f"{o}.o" for o in ("sock", "tls", "inject", "golang", "pyasync",
+                                            "funcs", "kfuncs")}}
 
 
 class MatrixError(Exception):

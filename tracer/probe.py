@@ -32,7 +32,8 @@ from .loader import (  # noqa: F401 (bpf_loop, refusal, refusal_line: re-exporte
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 KFUNC_PROBE = "do_sys_openat2"  # any traceable kernel function: kfuncs.bpf.o is loaded for it
 # the real objects, as features; each needs the ones before it that it names
-OBJECTS = ("sock_object", "tls_object", "inject_object", "funcs_object", "kfuncs_object")
+OBJECTS = ("sock_object", "tls_object", "inject_object", "golang_object", "pyasync_object",
+           "funcs_object", "kfuncs_object")
 
 # uapi enum values (stable ABI)
 BPF_PROG_TYPE_KPROBE = 2
@@ -208,6 +209,9 @@ def object_features(feats: dict[str, Feature]) -> dict[str, Feature]:
     try:
         out["tls_object"] = _object_feature("tls_object", lambda: _load_tls(sock_obj))
         out["inject_object"] = _object_feature("inject_object", lambda: _load_inject(sock_obj))
+        out["golang_object"] = _object_feature("golang_object", lambda: _load_golang(sock_obj))
+        out["pyasync_object"] = _object_feature("pyasync_object",
+                                                lambda: _load_pyasync(sock_obj))
     finally:
         if sock_obj is not None:
             sock_obj.close()
@@ -241,6 +245,22 @@ def _load_inject(sock_obj) -> str:
     degraded = inj.degraded()
     inj.close()
     return f"loaded; {degraded}" if degraded else ""
+
+
+def _load_golang(sock_obj) -> str:
+    from . import golang
+
+    _needs_sock(sock_obj)
+    golang.GoProbes.load(sock_obj, self_tgid=os.getpid()).close()
+    return ""
+
+
+def _load_pyasync(sock_obj) -> str:
+    from . import pyasync
+
+    _needs_sock(sock_obj)
+    pyasync.PyProbes.load(sock_obj, self_tgid=os.getpid()).close()
+    return ""
 
 
 def _load_funcs() -> str:
@@ -357,6 +377,17 @@ def decisions(res: ProbeResult) -> dict[str, str]:
                             else f"per-function links ({multi.detail if multi else 'not probed'}):"
                             " stopping releases each")
     d["header injection"] = injection_decision(res.features)
+    for name, job, how in (("golang", "Go goroutine causality",
+                            "runtime uprobes (golang.bpf.o), on by default"),
+                           ("pyasync", "asyncio task causality",
+                            "interpreter uprobes (pyasync.bpf.o), with --asyncio")):
+        obj = res.features.get(f"{name}_object")
+        if not res.ok("uprobe"):
+            d[job] = "unavailable: no uprobes (thread-level causality only)"
+        elif obj is not None and not obj.available:
+            d[job] = f"unavailable: {name}.bpf.o refused ({obj.detail}); thread-level causality only"
+        else:
+            d[job] = how
     if not res.ok("probe_write_user"):
         d["bpf_probe_write_user"] = f"refused (lockdown={res.lockdown}): not used"
     d.update(_lockdown_decisions(res))

@@ -58,9 +58,11 @@ def test_debian_kernel_boots_and_reports_probe_and_kernel_tests(tmp_path):
     assert feats["btf"]["available"] and feats["ringbuf"]["available"]
     # The point of the matrix: Debian 6.1 loads fentry, which this host refuses.
     assert feats["fentry"]["available"], feats["fentry"]
-    # Every real object loads there as the tracer loads it; inject.bpf.o without
-    # the --comm check in sk_msg, whose verifier lacks bpf_get_current_comm (#22).
-    for obj in ("sock_object", "tls_object", "inject_object", "funcs_object", "kfuncs_object"):
+    # Every real object loads there as the tracer loads it (the Go and asyncio
+    # runtime probes too: the matrix's answer to which kernels run them); inject.bpf.o
+    # without the --comm check in sk_msg, whose verifier lacks bpf_get_current_comm (#22).
+    for obj in ("sock_object", "tls_object", "inject_object", "golang_object", "pyasync_object",
+                "funcs_object", "kfuncs_object"):
         assert feats[obj]["available"], feats[obj]
     assert r["probe"]["data"]["decisions"]["header injection"].startswith(
         "sockops + sk_msg; sk_msg lacks bpf_get_current_comm"), r["probe"]["data"]["decisions"]

@@ -26,12 +26,14 @@ def test_every_object_is_probed_with_a_one_line_detail(result):
     d = probe.decisions(result)
     assert d["header injection"].startswith("unavailable") != result.ok("inject_object")
     assert d["socket capture"].startswith("unavailable") != result.ok("sock_object")
+    assert d["Go goroutine causality"].startswith("unavailable") != result.ok("golang_object")
+    assert d["asyncio task causality"].startswith("unavailable") != result.ok("pyasync_object")
 
 
 def test_available_objects_load_as_the_agent_loads_them(result, tmp_path):
     if not result.ok("sock_object"):
         pytest.skip(f"sock.bpf.o refused: {result.features['sock_object'].detail}")
-    from tracer import inject, tls
+    from tracer import golang, inject, pyasync, tls
 
     sock = probe._sock_opened()
     try:
@@ -39,5 +41,9 @@ def test_available_objects_load_as_the_agent_loads_them(result, tmp_path):
             inject.Injector.load(sock, self_tgid=os.getpid()).close()
         if result.ok("tls_object"):
             tls.TlsProbes.load(sock, self_tgid=os.getpid()).close()
+        if result.ok("golang_object"):
+            golang.GoProbes.load(sock, self_tgid=os.getpid()).close()
+        if result.ok("pyasync_object"):
+            pyasync.PyProbes.load(sock, self_tgid=os.getpid()).close()
     finally:
         sock.close()

@@ -94,6 +94,10 @@ def test_injection_loaded_without_a_helper_says_what_is_lost():
      "unavailable: tls.bpf.o refused (io_exit: x); TLS connections count as unparsed"),
     ("funcs_object", "user functions", "unavailable: funcs.bpf.o refused (io_exit: x)"),
     ("kfuncs_object", "kernel functions", "unavailable: kfuncs.bpf.o refused (io_exit: x)"),
+    ("golang_object", "Go goroutine causality",
+     "unavailable: golang.bpf.o refused (io_exit: x); thread-level causality only"),
+    ("pyasync_object", "asyncio task causality",
+     "unavailable: pyasync.bpf.o refused (io_exit: x); thread-level causality only"),
 ])
 def test_each_refused_object_turns_its_feature_off(obj, key, want):
     assert probe.decisions(_res(**{obj: Feature(obj, False, "io_exit: x")}))[key] == want
@@ -115,7 +119,7 @@ def test_objects_needing_sock_are_not_tried_without_it(monkeypatch):
     assert list(got) == list(probe.OBJECTS)
     assert got["sock_object"].detail == \
         "io_exit: unknown func bpf_get_current_comm#16 (EINVAL: Invalid argument)"
-    for name in ("tls_object", "inject_object"):
+    for name in ("tls_object", "inject_object", "golang_object", "pyasync_object"):
         assert not got[name].available
         assert got[name].detail.startswith("not tried: it loads on sock.bpf.o's maps")
     assert got["funcs_object"].available
