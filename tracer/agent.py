@@ -52,6 +52,7 @@ log = logging.getLogger("tracer.agent")
 
 IDLE_EXPIRY_NS = 300 * 1_000_000_000  # connections with no event for 5 min are dropped
 HOUSEKEEPING_S = 1.0
+HOUSEKEEPING_MAX_LATE_S = 0.25  # a ring that never drains (overload) still gets housekeeping
 POLL_MS = 1000  # longest wait for the ring: housekeeping is due then anyway (the kernel wakes us at fill)
 # Records per consume call: under sustained overload the ring never empties, and
 # an unbounded drain would starve housekeeping (expiry, counters, sampling).
@@ -259,7 +260,11 @@ class Tracer:
             until = min(next_house, deadline) if deadline else next_house
             self.poll_once(max(1, min(POLL_MS, int((until - now) * 1000))))
             now = time.monotonic()
-            if now >= next_house:
+            # Housekeeping gives up on contexts by age against the clock: with
+            # records still in the ring (a backlog), their evidence may be
+            # there. Drain first, late by at most HOUSEKEEPING_MAX_LATE_S.
+            if now >= next_house and (not self.kernel.rb.available()
+                                      or now >= next_house + HOUSEKEEPING_MAX_LATE_S):
                 next_house = now + HOUSEKEEPING_S
                 self.housekeeping(time.monotonic_ns())
                 if on_tick:

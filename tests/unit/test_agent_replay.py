@@ -305,3 +305,41 @@ def test_each_kernel_counter_is_named_once_for_reading_and_summary():
             else:
                 assert key not in s
         assert t._kernel["conns_sampled_out"] == 108  # what /metrics reads
+
+
+
+
+def test_housekeeping_waits_for_the_ring_to_drain(monkeypatch):
+    """A backlog bigger than one consume batch, recorded 30 s ago: a
+    client -> frontend -> backend request whose backend read ends one batch
+    and whose frontend write (the backend span's parent, seen late: the
+    race of two CPUs) starts the next. Housekeeping that ran between the two
+    batches gave up on the pending backend context (its evidence still in
+    the ring): the backend span lost its parent. It waits for the ring to
+    drain, so the chain resolves exactly."""
+    from tests.unit.synth import DataEvent
+    from tests.unit.test_correlate import Chain
+
+    monkeypatch.setattr(agent, "HOUSEKEEPING_S", 0.0)  # due after every batch
+    clock = Clock(t0=time.monotonic_ns() - 30 * 10**9)
+    ch = Chain(clock=clock)
+    ch.open()
+    ch.request(0, race=True)
+    front_write = min(i for i, ev in enumerate(ch.events)
+                      if isinstance(ev, DataEvent) and ev.conn_id == ch.fcli.conn_id)
+    assert ch.events[front_write - 1].conn_id == ch.bsrv.conn_id  # the backend's read
+    other = Conversation(clock, conn_id=90, role=ROLE_SERVER, pid=4000, tid=4001, comm="api",
+                         lport=8081, raddr="10.0.0.9", rport=42000)
+    filler = [other.open()]
+    while len(filler) < agent.CONSUME_BATCH - front_write:
+        filler += other.request(http_request("GET", "/f"))
+        filler += other.response(http_response(200))
+    filler = filler[:agent.CONSUME_BATCH - front_write]
+    records = [encode(ev) for ev in filler + ch.events]
+    source = RecordedRing(records)
+    t, spans, s = replay(source)
+    assert source.consumes[0] == agent.CONSUME_BATCH and len(source.consumes) >= 2
+    (fcli,) = [sp for sp in spans if sp.comm == "front" and sp.kind == "client"]
+    (back,) = [sp for sp in spans if sp.comm == "back"]
+    assert back.parent_span_id == fcli.span_id
+    assert s["correlation_unresolved"] == 0
