@@ -33,8 +33,12 @@ bpf: apt
 
 # The compiled core (tracer/core.py HOT): Cython, in place. Rebuilds only what
 # changed; a stale module is reported by `probe` and fails the tests.
+# Then the bytecode of the rest, as a wheel install has it: an editable tree
+# run with PYTHONDONTWRITEBYTECODE compiled every module at every start
+# (about 60 ms of the tracer's start-up, docs/performance.md).
 core: venv
 	$(VPY) setup.py -q build_ext --inplace -j 2
+	$(VPY) -m compileall -q tracer harness netns workloads >/dev/null
 
 # matrix-deps too: tests/e2e/test_matrix_boot.py boots one Debian kernel under
 # qemu (about 50 s), and tests must not skip on CI.
