@@ -313,7 +313,7 @@ def vng_command(img: Path, out: Path, label: str, accel: str, bench_duration: fl
     return cmd
 
 
-BOOT_FAILURES = re.compile(r"Kernel panic.*|Failed to mount real root.*|initramfs does not "
+BOOT_FAILURES = re.compile(r"Oops: .*|Kernel panic.*|Failed to mount real root.*|initramfs does not "
                            r"have module fs-\S+|virtme-run: .*|qemu-system-\S+: .*|"
                            r"Unable to mount root fs.*")
 
@@ -357,6 +357,13 @@ def load_result(d: Path) -> dict:
     return data
 
 
+def unfinished_steps(result: dict) -> list[str]:
+    """The steps the guest was asked for and did not finish (it stopped in
+    the first of them: a panic, a hang killed by the timeout)."""
+    done = result.get("timings_s") or {}
+    return [s for s in result.get("steps") or [] if s not in done]
+
+
 def judge(row: Row) -> Row:
     """Fill ok/reason from the result: no BTF, a failed probe or a failed test fails."""
     r = row.result
@@ -377,6 +384,9 @@ def judge(row: Row) -> Row:
         reasons.append(f"tests did not run: {tests.get('error', '')}")
     if r and "probe" not in r:
         reasons.append("incomplete result: no probe step")
+    unfinished = unfinished_steps(r) if r else []
+    if unfinished and not row.reason:
+        reasons.append(f"the guest stopped during its {unfinished[0]} step")
     row.ok = not reasons and not row.reason
     row.reason = "; ".join(filter(None, [row.reason, *reasons]))
     return row
@@ -424,6 +434,11 @@ def run_kernel(spec: KernelSpec, out: Path, timeout: float, accel: str,
                 f"no result came back (exit {status}, did not boot?): {failure_line(tail)}"
         except (ValueError, KernelError) as e:
             row.reason = row.reason or f"unreadable result: {e}"
+        else:
+            unfinished = unfinished_steps(row.result)
+            if unfinished and not row.reason:
+                row.reason = (f"the guest stopped during its {unfinished[0]} step: "
+                              f"{failure_line(tail)}")
     except KernelError as e:
         row.reason = str(e)
     row.wall_s = round(time.monotonic() - t0, 1)

@@ -148,6 +148,15 @@ def test_judge_and_report_marks_emulated_timings(tmp_path):
     assert not refused.ok and refused.reason == \
         "sock.bpf.o refused: tp_exit_accept: invalid func bpf_get_current_task_btf#158"
 
+    # a guest that died in its tests step (a TCG guest's kernel oopsed there):
+    # only the probe's timing came back
+    stopped = matrix.judge(Row("6.12", "spec", result=_result(
+        steps=["probe", "tests", "kfuncs", "bench"], tests={}, bench={})))
+    assert not stopped.ok and stopped.reason == "the guest stopped during its tests step"
+    assert matrix.failure_line("[  5.1] x\n[ 597.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n"
+                               "[ 597.9] Kernel panic - not syncing: Fatal exception\n") == \
+        "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; Kernel panic - not syncing: Fatal exception"
+
     md_path = matrix.write_report([ok, bad, failing], tmp_path, "rid")
     md = md_path.read_text()
     head, body = matrix.table([ok])
