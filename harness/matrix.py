@@ -40,7 +40,9 @@ DEFAULT_KERNELS = ("host,"
                    "debian:linux-image-5.10.0-*-cloud-amd64,"
                    "debian:linux-image-6.1.0-*-amd64,debian:linux-image-6.1.0-*-rt-amd64,"
                    "debian:linux-image-6.1.0-*-cloud-amd64,"
-                   "debian:linux-image-6.12.*-amd64")
+                   "debian:linux-image-6.12.*-amd64,"
+                   # the host runs lockdown=integrity; this row shows the refusal
+                   "debian:linux-image-6.1.0-*-amd64@lockdown=confidentiality")
 # The Debian suite serving each kernel series. Only bookworm is in this
 # machine's sources; every suite is fetched through a private apt
 # configuration (tests and users alike), so what the matrix boots does not
@@ -82,14 +84,21 @@ class KernelSpec:
     kind: str  # host | debian | path
     value: str = ""
     modules: str = ""
+    append: str = ""  # kernel command-line arguments (`@lockdown=confidentiality`)
 
     @property
     def label(self) -> str:
         if self.kind == "host":
             return "host"
         if self.kind == "debian":
-            return self.value.removeprefix("linux-image-")
-        return Path(self.value).name
+            base = self.value.removeprefix("linux-image-")
+        else:
+            base = Path(self.value).name
+        return with_append(base, self.append)
+
+
+def with_append(label: str, append: str) -> str:
+    return f"{label}@{append}" if append else label
 
 
 def parse_specs(text: str) -> list[KernelSpec]:
@@ -97,6 +106,11 @@ def parse_specs(text: str) -> list[KernelSpec]:
     for raw in (s.strip() for s in text.split(",")):
         if not raw:
             continue
+        raw, _, append = raw.partition("@")
+        if append and not re.fullmatch(r"[A-Za-z0-9_.=-]+( [A-Za-z0-9_.=-]+)*", append):
+            raise MatrixError(f"bad kernel arguments {append!r}: words like lockdown=integrity")
+        if append and raw == "host":
+            raise MatrixError("host@...: the running kernel's command line cannot be changed")
         if raw == "host":
             specs.append(KernelSpec("host"))
         elif raw.startswith("debian:"):
@@ -104,10 +118,10 @@ def parse_specs(text: str) -> list[KernelSpec]:
             if not re.fullmatch(r"linux-image-[A-Za-z0-9.+*-]+", pkg):
                 raise MatrixError(f"bad kernel spec {raw!r}: expected "
                                   "debian:linux-image-<version>[-flavour]-<arch>")
-            specs.append(KernelSpec("debian", pkg))
+            specs.append(KernelSpec("debian", pkg, append=append))
         elif "/" in raw or raw.startswith("path:"):
             img, _, mods = raw.removeprefix("path:").partition(":")
-            specs.append(KernelSpec("path", img, mods))
+            specs.append(KernelSpec("path", img, mods, append))
         else:
             raise MatrixError(f"bad kernel spec {raw!r}: use host, debian:<package> "
                               "or a path to a vmlinuz[:modules dir]")
@@ -298,7 +312,7 @@ def root_share(img: Path) -> str:
 
 def vng_command(img: Path, out: Path, label: str, accel: str, bench_duration: float,
                 extra: tuple[str, ...] = (), memory: str = "2G", cpus: int = 2,
-                share: str = "9p") -> list[str]:
+                share: str = "9p", append: str = "") -> list[str]:
     inner = " ".join(shlex.quote(a)
                      for a in _guest_args(out, label, accel, bench_duration, extra))
     log = shlex.quote(str(out / "guest.log"))
@@ -306,6 +320,8 @@ def vng_command(img: Path, out: Path, label: str, accel: str, bench_duration: fl
     cmd = [str(Path(sys.executable).parent / "vng"), "-v", "--run", str(img),
            "--memory", memory, "--cpus", str(cpus), "--rwdir", str(out),
            "--exec", f"cd {shlex.quote(str(REPO))} && {inner} >{log} 2>&1"]
+    if append:
+        cmd[4:4] = ["--append", append]
     if share == "9p":
         cmd.insert(4, "--force-9p")
     if accel == "tcg":
@@ -404,7 +420,8 @@ def run_kernel(spec: KernelSpec, out: Path, timeout: float, accel: str,
         if spec.kind == "debian":
             img = fetch_debian(spec.value, cache)
             # The resolved package names the row: linux-image-6.1.0-55-cloud-amd64.
-            row.label = img.parent.parent.parent.name.removeprefix("linux-image-")
+            row.label = with_append(img.parent.parent.parent.name.removeprefix("linux-image-"),
+                                    spec.append)
         elif spec.kind == "path":
             img = stage_path_kernel(spec, cache)
         # vng wants an absolute --rwdir, and a plain name (no glob characters).
@@ -419,7 +436,7 @@ def run_kernel(spec: KernelSpec, out: Path, timeout: float, accel: str,
                 extra = ("--bench-rps", str(TCG_BENCH_RPS), *extra)
                 bench_duration = max(bench_duration, TCG_BENCH_MIN_DURATION)
             cmd = vng_command(img, kdir, row.label, accel, bench_duration, extra,
-                              share=root_share(img))
+                              share=root_share(img), append=spec.append)
             env = _vng_env()
         status, tail = _run_bounded(cmd, timeout, env)
         (kdir / "console.log").write_text(tail)

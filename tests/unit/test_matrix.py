@@ -24,13 +24,28 @@ def test_parse_specs_all_kinds():
 
 def test_default_kernels_parse():
     specs = matrix.parse_specs(matrix.DEFAULT_KERNELS)
-    assert [s.kind for s in specs] == ["host"] + ["debian"] * 7
-    # 5.10 x3 (bullseye), 6.1 x3 (bookworm), 6.12 (trixie)
+    assert [s.kind for s in specs] == ["host"] + ["debian"] * 8
+    # 5.10 x3 (bullseye), 6.1 x3 (bookworm), 6.12 (trixie), then 6.1 under lockdown
     assert [matrix.suite_of(s.value) for s in specs[1:]] == \
-        ["bullseye"] * 3 + ["bookworm"] * 3 + ["trixie"]
+        ["bullseye"] * 3 + ["bookworm"] * 3 + ["trixie", "bookworm"]
+    assert specs[-1].append == "lockdown=confidentiality"
+    assert specs[-1].label == "6.1.0-*-amd64@lockdown=confidentiality"
 
 
-@pytest.mark.parametrize("bad", ["", "bogus", "debian:", "debian:foo", "host,host"])
+def test_kernel_arguments_name_their_row_and_reach_the_command(tmp_path):
+    (spec,) = matrix.parse_specs("debian:linux-image-6.1.0-*-amd64@lockdown=integrity")
+    assert (spec.value, spec.append) == ("linux-image-6.1.0-*-amd64", "lockdown=integrity")
+    # the same kernel with and without arguments: two rows
+    assert len(matrix.parse_specs("debian:linux-image-6.1.0-*-amd64,"
+                                  "debian:linux-image-6.1.0-*-amd64@lockdown=integrity")) == 2
+    cmd = matrix.vng_command(tmp_path / "v", tmp_path, "k", "tcg", 2.0, append="lockdown=integrity")
+    assert cmd[cmd.index("--append") + 1] == "lockdown=integrity"
+    assert "--append" not in matrix.vng_command(tmp_path / "v", tmp_path, "k", "tcg", 2.0)
+
+
+@pytest.mark.parametrize("bad", ["", "bogus", "debian:", "debian:foo", "host,host",
+                                 "host@lockdown=integrity",
+                                 "debian:linux-image-6.1.0-*-amd64@x;reboot"])
 def test_parse_specs_rejects(bad):
     with pytest.raises(MatrixError):
         matrix.parse_specs(bad)
